@@ -1,0 +1,181 @@
+using System.Reflection;
+using System.Runtime.InteropServices;
+using System.Text.RegularExpressions;
+
+namespace Sudo.Torch;
+
+/// <summary>What the loaded native library reports: versions, flavour, devices, threads, BLAS.</summary>
+public sealed record LibraryInfo(
+    string NativePath,
+    int AbiVersion,
+    string TorchVersion,
+    string TorchLibrary,
+    bool CudaCompiled,
+    bool CudaAvailable,
+    int CudaDevices,
+    int TorchThreads,
+    int BlasThreads,
+    string Blas,
+    bool FusedAttention,
+    string ParallelInfo)
+{
+    public string Flavour => CudaCompiled ? "CUDA" : "CPU";
+}
+
+/// <summary>Loads the native shim (next to this assembly, or $SUDO_NATIVE_LIB), checks that it matches
+/// this binding and the libtorch it was built against, and owns the thread settings.</summary>
+public static unsafe partial class Library
+{
+    private static readonly object Gate = new();
+    private static bool _loaded;
+    private static string _nativePath = "";
+
+    internal static IntPtr Resolve(string name, Assembly assembly, DllImportSearchPath? path)
+    {
+        if (name != Native.Lib) return IntPtr.Zero;
+        var file = FindNative();
+        _nativePath = file;
+        return NativeLibrary.Load(file);
+    }
+
+    private static string FindNative()
+    {
+        var env = Environment.GetEnvironmentVariable("SUDO_NATIVE_LIB");
+        if (!string.IsNullOrEmpty(env))
+        {
+            if (!File.Exists(env)) throw new DllNotFoundException($"SUDO_NATIVE_LIB points to '{env}', which does not exist");
+            return Path.GetFullPath(env);
+        }
+        var candidates = new List<string>();
+        var asmDir = Path.GetDirectoryName(typeof(Library).Assembly.Location);
+        if (!string.IsNullOrEmpty(asmDir)) candidates.Add(Path.Combine(asmDir, "libsudo_native.so"));
+        candidates.Add(Path.Combine(AppContext.BaseDirectory, "libsudo_native.so"));
+        foreach (var c in candidates)
+            if (File.Exists(c)) return c;
+        throw new DllNotFoundException(
+            "libsudo_native.so not found (looked in: " + string.Join(", ", candidates) +
+            "). Build it with `dotnet build` (which runs CMake on core/native) or point SUDO_NATIVE_LIB at it.");
+    }
+
+    /// <summary>Loads and checks the native library once; every entry point of the binding calls this.</summary>
+    public static void EnsureLoaded()
+    {
+        if (_loaded) return;
+        lock (Gate)
+        {
+            if (_loaded) return;
+            CheckVersions();
+            ApplyThreadDefaults();
+            Native.sudo_set_checkpoint_release(&Autograd.ReleaseCallback);
+            _loaded = true;
+        }
+    }
+
+    private static void CheckVersions()
+    {
+        int abi;
+        try
+        {
+            abi = Native.sudo_abi_version();
+        }
+        catch (EntryPointNotFoundException e)
+        {
+            throw new InvalidOperationException($"{_nativePath} is not a Sudo native library of this version: {e.Message}", e);
+        }
+        if (abi != Native.AbiVersion)
+            throw new InvalidOperationException(
+                $"native library {_nativePath} has C ABI version {abi} but Sudo.Torch expects {Native.AbiVersion}: rebuild with `dotnet build`");
+        if (Environment.GetEnvironmentVariable("SUDO_SKIP_VERSION_CHECK") == "1") return;
+        var built = Native.Str(Native.sudo_torch_version());
+        var loaded = Native.Str(Native.sudo_torch_library_path());
+        var builtDir = Native.Str(Native.sudo_build_torch_path());
+        var m = MajorMinor().Match(built);
+        if (!m.Success) throw new InvalidOperationException($"cannot parse the libtorch version '{built}' the native library was built with");
+        var major = int.Parse(m.Groups[1].Value);
+        if (major < 1 || (major == 1 && int.Parse(m.Groups[2].Value) < 13))
+            throw new InvalidOperationException($"libtorch {built} is too old: Sudo needs libtorch ≥ 1.13");
+        // The loaded libtorch must be the one the shim was compiled against: same version and directory.
+        if (loaded.Length > 0)
+        {
+            var real = ResolveLink(loaded);
+            var lm = SonameVersion().Match(Path.GetFileName(real));
+            if (lm.Success && (lm.Groups[1].Value != m.Groups[1].Value || lm.Groups[2].Value != m.Groups[2].Value))
+                throw new InvalidOperationException(
+                    $"libtorch mismatch: the native library was built against libtorch {built} but loaded {real} " +
+                    $"(version {lm.Groups[1].Value}.{lm.Groups[2].Value}). Rebuild (`dotnet build`) or set SUDO_SKIP_VERSION_CHECK=1 to bypass.");
+            if (builtDir.Length > 0 && Directory.Exists(builtDir) &&
+                !SameDirectory(Path.GetDirectoryName(loaded)!, builtDir) && !SameDirectory(Path.GetDirectoryName(real)!, builtDir))
+                throw new InvalidOperationException(
+                    $"libtorch mismatch: the native library was linked against {builtDir} but the process loaded {loaded}. " +
+                    "Fix LD_LIBRARY_PATH, rebuild (`dotnet build`) or set SUDO_SKIP_VERSION_CHECK=1 to bypass.");
+        }
+    }
+
+    private static string ResolveLink(string path)
+    {
+        try
+        {
+            var target = File.ResolveLinkTarget(path, returnFinalTarget: true);
+            return target?.FullName ?? path;
+        }
+        catch (IOException)
+        {
+            return path;
+        }
+    }
+
+    private static bool SameDirectory(string a, string b) =>
+        string.Equals(Path.GetFullPath(a).TrimEnd('/'), Path.GetFullPath(b).TrimEnd('/'), StringComparison.Ordinal);
+
+    [GeneratedRegex(@"^(\d+)\.(\d+)")]
+    private static partial Regex MajorMinor();
+
+    [GeneratedRegex(@"\.so\.(\d+)\.(\d+)")]
+    private static partial Regex SonameVersion();
+
+    /// <summary>Threads are owned together: libtorch's intra-op pool and OpenBLAS's pool. Defaults are
+    /// the fastest split measured on 2 cores (torch = all cores, OpenBLAS = 1; oversubscribing both
+    /// doubled step times). SUDO_TORCH_THREADS / SUDO_BLAS_THREADS override.</summary>
+    private static void ApplyThreadDefaults()
+    {
+        var torchThreads = EnvInt("SUDO_TORCH_THREADS") ?? (Environment.GetEnvironmentVariable("OMP_NUM_THREADS") is null ? Environment.ProcessorCount : (int?)null);
+        var blasThreads = EnvInt("SUDO_BLAS_THREADS") ?? (Environment.GetEnvironmentVariable("OPENBLAS_NUM_THREADS") is null ? 1 : (int?)null);
+        if (torchThreads is int t) Native.CheckStatus(Native.sudo_set_num_threads(t), "set_num_threads");
+        if (blasThreads is int b) Native.sudo_blas_set_num_threads(b);
+    }
+
+    private static int? EnvInt(string name)
+    {
+        var v = Environment.GetEnvironmentVariable(name);
+        if (string.IsNullOrWhiteSpace(v)) return null;
+        if (!int.TryParse(v, out var n) || n < 1) throw new ArgumentException($"{name}='{v}': expected a positive integer");
+        return n;
+    }
+
+    public static LibraryInfo Info()
+    {
+        EnsureLoaded();
+        return new LibraryInfo(
+            _nativePath,
+            Native.sudo_abi_version(),
+            Native.Str(Native.sudo_torch_version()),
+            Native.Str(Native.sudo_torch_library_path()),
+            Native.sudo_cuda_compiled() != 0,
+            Native.sudo_cuda_available() != 0,
+            Native.sudo_cuda_device_count(),
+            Native.sudo_get_num_threads(),
+            Native.sudo_blas_get_num_threads(),
+            Native.Str(Native.sudo_blas_info()),
+            Native.sudo_sdpa_fused_available() != 0,
+            Native.Str(Native.sudo_parallel_info()));
+    }
+
+    public static string NativePath
+    {
+        get
+        {
+            EnsureLoaded();
+            return _nativePath;
+        }
+    }
+}

@@ -1,0 +1,278 @@
+// Autograd entry points, grad/inference/anomaly modes, autocast, and reentrant gradient checkpointing.
+#include "common.h"
+
+#include <ATen/autocast_mode.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/InferenceMode.h>
+#include <torch/csrc/autograd/anomaly_mode.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/grad_mode.h>
+#include <torch/version.h>
+
+using namespace sudo;
+using torch::autograd::variable_list;
+
+#define SUDO_TORCH_AT_LEAST(maj, min) \
+  (TORCH_VERSION_MAJOR > (maj) || (TORCH_VERSION_MAJOR == (maj) && TORCH_VERSION_MINOR >= (min)))
+
+namespace {
+thread_local std::string g_callback_error;
+
+std::vector<at::Tensor> run_block(sudo_block_fn fn, void* ctx, const std::vector<at::Tensor>& inputs) {
+  std::vector<sudo_tensor> in;
+  in.reserve(inputs.size());
+  for (auto& t : inputs) in.push_back(new at::Tensor(t));
+  std::vector<sudo_tensor> outs(64, nullptr);
+  int32_t n = 0;
+  g_callback_error.clear();
+  int32_t rc = fn(ctx, in.data(), static_cast<int32_t>(in.size()), outs.data(), static_cast<int32_t>(outs.size()), &n);
+  for (auto h : in) delete static_cast<at::Tensor*>(h);
+  std::vector<at::Tensor> result;
+  for (int32_t i = 0; i < n && i < static_cast<int32_t>(outs.size()); ++i) {
+    if (outs[i]) {
+      result.push_back(*static_cast<at::Tensor*>(outs[i]));
+      delete static_cast<at::Tensor*>(outs[i]);
+    }
+  }
+  if (rc != 0) throw std::runtime_error("checkpointed block failed: " + g_callback_error);
+  return result;
+}
+
+struct AutocastState {
+  bool cpu_enabled = false;
+  at::ScalarType cpu_dtype = at::kBFloat16;
+  void capture() {
+#if SUDO_TORCH_AT_LEAST(2, 4)
+    cpu_enabled = at::autocast::is_autocast_enabled(at::kCPU);
+    cpu_dtype = at::autocast::get_autocast_dtype(at::kCPU);
+#else
+    cpu_enabled = at::autocast::is_cpu_enabled();
+    cpu_dtype = at::autocast::get_autocast_cpu_dtype();
+#endif
+  }
+  void apply() const {
+#if SUDO_TORCH_AT_LEAST(2, 4)
+    at::autocast::set_autocast_enabled(at::kCPU, cpu_enabled);
+    at::autocast::set_autocast_dtype(at::kCPU, cpu_dtype);
+#else
+    at::autocast::set_cpu_enabled(cpu_enabled);
+    at::autocast::set_autocast_cpu_dtype(cpu_dtype);
+#endif
+  }
+};
+
+// Reentrant checkpoint node: the block ran without grad in forward; backward re-runs it with grad
+// on detached copies of the inputs and differentiates w.r.t. those inputs and the block's weights.
+// Weights are edges of this node, so they get gradients even when no input requires grad.
+struct CheckpointBackward : public torch::autograd::Node {
+  sudo_block_fn fn = nullptr;
+  void* ctx = nullptr;
+  void (*release)(void*) = nullptr;
+  std::vector<at::Tensor> inputs;   // detached
+  std::vector<bool> input_requires_grad;
+  std::vector<at::Tensor> params;   // leaves
+  bool preserve_rng = false;
+  at::Tensor rng_state;
+  AutocastState autocast;
+
+  std::string name() const override { return "CheckpointBackward"; }
+  void release_variables() override {
+    inputs.clear();
+    params.clear();
+    rng_state = at::Tensor();
+  }
+  ~CheckpointBackward() override {
+    if (release) release(ctx);
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    if (inputs.empty() && params.empty() && !input_requires_grad.empty())
+      throw std::runtime_error("checkpointed block: backward called twice (use retain_graph only without checkpointing)");
+    std::vector<at::Tensor> in;
+    in.reserve(inputs.size());
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      auto x = inputs[i].detach();
+      x.requires_grad_(input_requires_grad[i]);
+      in.push_back(x);
+    }
+    AutocastState outer;
+    outer.capture();
+    autocast.apply();
+    at::Tensor outer_rng;
+    auto gen = at::detail::getDefaultCPUGenerator();
+    if (preserve_rng && rng_state.defined()) {
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      outer_rng = gen.get_state();
+      gen.set_state(rng_state);
+    }
+    std::vector<at::Tensor> outs;
+    try {
+      at::AutoGradMode enable(true);
+      outs = run_block(fn, ctx, in);
+    } catch (...) {
+      outer.apply();
+      if (outer_rng.defined()) { std::lock_guard<std::mutex> lock(gen.mutex()); gen.set_state(outer_rng); }
+      throw;
+    }
+    outer.apply();
+    if (outer_rng.defined()) { std::lock_guard<std::mutex> lock(gen.mutex()); gen.set_state(outer_rng); }
+
+    variable_list out_sel, grad_sel, diff;
+    std::vector<size_t> diff_slot;
+    size_t k = 0;
+    for (auto& o : outs) {
+      if (!(o.is_floating_point() || o.is_complex())) continue;
+      if (k < grads.size() && grads[k].defined() && o.requires_grad()) {
+        out_sel.push_back(o);
+        grad_sel.push_back(grads[k]);
+      }
+      ++k;
+    }
+    for (size_t i = 0; i < in.size(); ++i)
+      if (input_requires_grad[i]) { diff.push_back(in[i]); diff_slot.push_back(i); }
+    for (size_t j = 0; j < params.size(); ++j)
+      if (params[j].requires_grad()) { diff.push_back(params[j]); diff_slot.push_back(in.size() + j); }
+
+    variable_list result(in.size() + params.size());
+    if (out_sel.empty() || diff.empty()) return result;
+    auto g = torch::autograd::grad(out_sel, diff, grad_sel, /*retain_graph=*/false, /*create_graph=*/false,
+                                   /*allow_unused=*/true);
+    for (size_t i = 0; i < g.size(); ++i) result[diff_slot[i]] = g[i];
+    return result;
+  }
+};
+}  // namespace
+
+extern "C" {
+
+int32_t sudo_backward(sudo_tensor t, sudo_tensor grad, int32_t retain_graph, int32_t create_graph) {
+  TRY_S(T(t).backward(opt(grad), c10::optional<bool>(retain_graph != 0), create_graph != 0);)
+}
+
+int32_t sudo_autograd_grad(const sudo_tensor* outputs, int32_t nout, const sudo_tensor* inputs, int32_t nin,
+                           const sudo_tensor* grad_outputs, int32_t retain_graph, int32_t create_graph,
+                           int32_t allow_unused, sudo_tensor* result) {
+  TRY_S(
+    variable_list outs = list(outputs, nout), ins = list(inputs, nin), gouts;
+    if (grad_outputs) for (int32_t i = 0; i < nout; ++i) gouts.push_back(opt(grad_outputs[i]));
+    auto r = torch::autograd::grad(outs, ins, gouts, c10::optional<bool>(retain_graph != 0), create_graph != 0,
+                                   allow_unused != 0);
+    for (int32_t i = 0; i < nin; ++i) result[i] = r[i].defined() ? wrap(r[i]) : nullptr;)
+}
+
+int32_t sudo_grad_enabled(void) { return at::GradMode::is_enabled() ? 1 : 0; }
+void sudo_set_grad_enabled(int32_t on) { at::GradMode::set_enabled(on != 0); }
+void* sudo_inference_mode_enter(int32_t on) {
+  try { return new c10::InferenceMode(on != 0); } SUDO_CATCH return nullptr;
+}
+void sudo_inference_mode_exit(void* guard) { delete static_cast<c10::InferenceMode*>(guard); }
+int32_t sudo_inference_mode_enabled(void) { return c10::InferenceMode::is_enabled() ? 1 : 0; }
+int32_t sudo_is_inference(sudo_tensor t) { return T(t).is_inference() ? 1 : 0; }
+void sudo_set_anomaly_enabled(int32_t on) { torch::autograd::AnomalyMode::set_enabled(on != 0); }
+int32_t sudo_anomaly_enabled(void) { return torch::autograd::AnomalyMode::is_enabled() ? 1 : 0; }
+
+void sudo_set_callback_error(const char* msg) { g_callback_error = msg ? msg : ""; }
+
+static void (*g_release)(void*) = nullptr;
+
+int32_t sudo_checkpoint(sudo_block_fn fn, void* ctx, const sudo_tensor* inputs, int32_t n_inputs, const sudo_tensor* params,
+                        int32_t n_params, int32_t preserve_rng, sudo_tensor* outs, int32_t cap, int32_t* nout) {
+  struct CtxGuard {
+    void* ctx;
+    ~CtxGuard() { if (ctx && g_release) g_release(ctx); }
+  } guard{ctx};
+  TRY_S(
+    auto in = list(inputs, n_inputs);
+    auto ps = list(params, n_params);
+    bool needs_graph = at::GradMode::is_enabled() && !c10::InferenceMode::is_enabled();
+    bool any_grad = false;
+    for (auto& t : in) any_grad = any_grad || t.requires_grad();
+    for (auto& t : ps) any_grad = any_grad || t.requires_grad();
+    std::vector<at::Tensor> result;
+    if (!needs_graph || !any_grad) {
+      result = run_block(fn, ctx, in);
+    } else {
+      auto node = std::shared_ptr<CheckpointBackward>(new CheckpointBackward(), torch::autograd::deleteNode);
+      node->fn = fn;
+      node->ctx = ctx;
+      node->preserve_rng = preserve_rng != 0;
+      node->autocast.capture();
+      if (node->preserve_rng) {
+        auto gen = at::detail::getDefaultCPUGenerator();
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        node->rng_state = gen.get_state();
+      }
+      {
+        at::NoGradGuard ng;
+        result = run_block(fn, ctx, in);
+      }
+      variable_list all(in.begin(), in.end());
+      all.insert(all.end(), ps.begin(), ps.end());
+      node->set_next_edges(torch::autograd::collect_next_edges(all));
+      for (auto& t : in) { node->inputs.push_back(t.detach()); node->input_requires_grad.push_back(t.requires_grad()); }
+      for (auto& t : ps) node->params.push_back(t);
+      for (auto& o : result) {
+        if (!(o.is_floating_point() || o.is_complex())) continue;
+        // A view (or an input passed through) cannot take this node as its history: copy it.
+        bool alias = o.is_view();
+        for (auto& t : in) alias = alias || o.is_alias_of(t);
+        if (alias) o = o.clone();
+        torch::autograd::create_gradient_edge(o, node);
+      }
+      // From here the node owns ctx: the C# side's handle is freed when the graph is.
+      node->release = g_release;
+      guard.ctx = nullptr;
+    }
+    if (static_cast<int32_t>(result.size()) > cap) throw std::out_of_range("checkpointed block returned too many outputs");
+    for (size_t i = 0; i < result.size(); ++i) outs[i] = wrap(result[i]);
+    *nout = static_cast<int32_t>(result.size());)
+}
+
+SUDO_EXPORT void sudo_set_checkpoint_release(void (*release)(void*)) { g_release = release; }
+
+// ---- autocast ----
+int32_t sudo_autocast_set(int32_t dev_type, int32_t enabled, int32_t dtype) {
+  TRY_S(
+#if SUDO_TORCH_AT_LEAST(2, 4)
+    auto d = static_cast<c10::DeviceType>(dev_type);
+    at::autocast::set_autocast_enabled(d, enabled != 0);
+    if (dtype >= 0) at::autocast::set_autocast_dtype(d, dt(dtype));
+#else
+    if (dev_type == 0) {
+      at::autocast::set_cpu_enabled(enabled != 0);
+      if (dtype >= 0) at::autocast::set_autocast_cpu_dtype(dt(dtype));
+    } else if (dev_type == 1) {
+      at::autocast::set_enabled(enabled != 0);
+      if (dtype >= 0) at::autocast::set_autocast_gpu_dtype(dt(dtype));
+    } else {
+      throw std::invalid_argument("autocast supports cpu and cuda");
+    }
+#endif
+  )
+}
+int32_t sudo_autocast_enabled(int32_t dev_type) {
+#if SUDO_TORCH_AT_LEAST(2, 4)
+  return at::autocast::is_autocast_enabled(static_cast<c10::DeviceType>(dev_type)) ? 1 : 0;
+#else
+  return (dev_type == 0 ? at::autocast::is_cpu_enabled() : at::autocast::is_enabled()) ? 1 : 0;
+#endif
+}
+int32_t sudo_autocast_dtype(int32_t dev_type) {
+#if SUDO_TORCH_AT_LEAST(2, 4)
+  return static_cast<int32_t>(at::autocast::get_autocast_dtype(static_cast<c10::DeviceType>(dev_type)));
+#else
+  return static_cast<int32_t>(dev_type == 0 ? at::autocast::get_autocast_cpu_dtype() : at::autocast::get_autocast_gpu_dtype());
+#endif
+}
+int32_t sudo_autocast_nesting(int32_t delta) {
+  try {
+    int32_t n = delta > 0 ? at::autocast::increment_nesting() : at::autocast::decrement_nesting();
+    if (delta < 0 && n == 0) at::autocast::clear_cache();
+    return n;
+  }
+  SUDO_CATCH return -1;
+}
+
+}  // extern "C"
