@@ -210,7 +210,9 @@ public static class safetensors
     public static void save_file(IReadOnlyDictionary<string, Tensor> tensors, string path, IReadOnlyDictionary<string, string>? metadata = null)
     {
         Library.EnsureLoaded();
-        var keys = tensors.Keys.OrderBy(k => k, StringComparer.Ordinal).ToArray();
+        // Largest element size first, then by name (the reference writer's order): with the header padded
+        // to 8 bytes, every tensor starts aligned to its element size, so readers can map it in place.
+        var keys = tensors.OrderByDescending(kv => kv.Value.dtype.ElementSize()).ThenBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => kv.Key).ToArray();
         var header = new JsonObject();
         if (metadata is { Count: > 0 })
         {

@@ -205,17 +205,19 @@ public partial class Tensor
             return Wrap(Native.sudo_reduce((int)op, Handle, p, dims.Length, keepdim ? 1 : 0, dtype.HasValue ? (int)dtype.Value : -1), name);
     }
 
-    public Tensor sum(ScalarType? dtype = null) => Reduce(ReduceOp.Sum, default, false, dtype, "sum");
+    // No (ScalarType? dtype) overloads for the full reductions: C# converts the literal 0 to any enum,
+    // so t.sum(0) would silently reduce everything. Full reduction with a dtype: t.sum([], dtype: ...).
+    public Tensor sum() => Reduce(ReduceOp.Sum, default, false, null, "sum");
     public Tensor sum(long dim, bool keepdim = false, ScalarType? dtype = null) => Reduce(ReduceOp.Sum, [dim], keepdim, dtype, "sum");
     public Tensor sum(long[] dims, bool keepdim = false, ScalarType? dtype = null) => Reduce(ReduceOp.Sum, dims, keepdim, dtype, "sum");
-    public Tensor mean(ScalarType? dtype = null) => Reduce(ReduceOp.Mean, default, false, dtype, "mean");
+    public Tensor mean() => Reduce(ReduceOp.Mean, default, false, null, "mean");
     public Tensor mean(long dim, bool keepdim = false, ScalarType? dtype = null) => Reduce(ReduceOp.Mean, [dim], keepdim, dtype, "mean");
     public Tensor mean(long[] dims, bool keepdim = false, ScalarType? dtype = null) => Reduce(ReduceOp.Mean, dims, keepdim, dtype, "mean");
     public Tensor amax(long[] dims, bool keepdim = false) => Reduce(ReduceOp.Amax, dims, keepdim, null, "amax");
     public Tensor amin(long[] dims, bool keepdim = false) => Reduce(ReduceOp.Amin, dims, keepdim, null, "amin");
     public Tensor logsumexp(long dim, bool keepdim = false) => Reduce(ReduceOp.LogSumExp, [dim], keepdim, null, "logsumexp");
     public Tensor logsumexp(long[] dims, bool keepdim = false) => Reduce(ReduceOp.LogSumExp, dims, keepdim, null, "logsumexp");
-    public Tensor prod(ScalarType? dtype = null) => Reduce(ReduceOp.Prod, default, false, dtype, "prod");
+    public Tensor prod() => Reduce(ReduceOp.Prod, default, false, null, "prod");
     public Tensor prod(long dim, bool keepdim = false) => Reduce(ReduceOp.Prod, [dim], keepdim, null, "prod");
     public Tensor all() => Reduce(ReduceOp.All, default, false, null, "all");
     public Tensor all(long dim, bool keepdim = false) => Reduce(ReduceOp.All, [dim], keepdim, null, "all");

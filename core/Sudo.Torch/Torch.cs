@@ -119,6 +119,7 @@ public static unsafe partial class torch
     }
 
     public static Tensor arange(Scalar end, ScalarType? dtype = null, Device? device = null) => arange(0, end, 1, dtype, device);
+    public static Tensor arange(Scalar start, Scalar end) => arange(start, end, 1);
     public static Tensor arange(Scalar start, Scalar end, Scalar step, ScalarType? dtype = null, Device? device = null)
     {
         var integral = start.IsIntegral && end.IsIntegral && step.IsIntegral;

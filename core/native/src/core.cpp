@@ -115,7 +115,7 @@ const char* sudo_blas_info(void) {
   auto cfg = reinterpret_cast<char* (*)(void)>(blas_sym("openblas_get_config"));
   auto core = reinterpret_cast<char* (*)(void)>(blas_sym("openblas_get_corename"));
   if (cfg) {
-    s = std::string("OpenBLAS ") + cfg() + (core ? std::string(" core=") + core() : "");
+    s = std::string(cfg()) + (core ? std::string(" core=") + core() : "");
   } else {
     Dl_info info;
     void* sgemm = blas_sym("sgemm_");

@@ -1,0 +1,48 @@
+/// The sudoml subcommands: thin wrappers over the public API (a recipe can do all of this).
+module Sudo.Cli.Commands
+
+open System
+open System.Text.Json
+open Sudo.Torch
+
+let private json (o: obj) =
+    JsonSerializer.Serialize(o, JsonSerializerOptions(WriteIndented = false))
+
+let info (asJson: bool) =
+    let i = Library.Info()
+    if asJson then
+        printfn "%s" (json i)
+    else
+        printfn "sudoml (Sudo %s)" (Reflection.Assembly.GetExecutingAssembly().GetName().Version.ToString())
+        printfn "libtorch       %s (%s build)" i.TorchVersion i.Flavour
+        printfn "libtorch file  %s" i.TorchLibrary
+        printfn "native shim    %s (C ABI v%d)" i.NativePath i.AbiVersion
+        let cuda =
+            if not i.CudaCompiled then "not compiled (CPU libtorch)"
+            elif i.CudaAvailable then sprintf "available, %d device(s)" i.CudaDevices
+            else "compiled, no device available"
+        printfn "devices        cpu%s" (if i.CudaAvailable then sprintf ", cuda:0..%d" (i.CudaDevices - 1) else "")
+        printfn "cuda           %s" cuda
+        printfn "threads        torch intra-op %d, BLAS %d (SUDO_TORCH_THREADS / SUDO_BLAS_THREADS override), %d cores" i.TorchThreads i.BlasThreads Environment.ProcessorCount
+        printfn "BLAS           %s" i.Blas
+        printfn "attention      %s" (if i.FusedAttention then "fused scaled_dot_product_attention" else "composed matmul-softmax-matmul (libtorch < 2.1)")
+    0
+
+let benchEngine () =
+    let r = EngineBench.Run()
+    printfn "%s" (json r)
+    0
+
+let demo (steps: int) (seed: int64) =
+    let sw = Diagnostics.Stopwatch.StartNew()
+    printfn "demo: a conv net learns where a blob sits in noisy 16x16 images (4 classes), %d AdamW steps" steps
+    let log (step: int) (loss: float) (lr: float) =
+        if step % 25 = 0 || step = steps - 1 then
+            printfn "  step %4d  loss %.4f  lr %.2e" step loss lr
+    let struct (first, last, acc, acc2) = Examples.ConvNetDemo.Run(steps, seed, Action<int, float, float>(log))
+    printfn "loss %.4f -> %.4f; held-out accuracy %.1f%% (after safetensors reload %.1f%%, chance 25%%); %.1f s"
+        first last (100.0 * acc) (100.0 * acc2) sw.Elapsed.TotalSeconds
+    if last < first && acc > 0.5 && acc = acc2 then 0
+    else
+        eprintfn "demo: training did not converge as expected"
+        1

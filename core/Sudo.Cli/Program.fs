@@ -1,0 +1,73 @@
+module Sudo.Cli.Program
+
+open System
+open Argu
+
+type InfoArgs =
+    | Json
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Json -> "print the library info as one JSON object."
+
+type BenchArgs =
+    | [<MainCommand; ExactlyOnce>] Target of target: string
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Target _ -> "what to measure: engine."
+
+type DemoArgs =
+    | Steps of int
+    | Seed of int64
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Steps _ -> "training steps (default 300)."
+            | Seed _ -> "random seed (default 0)."
+
+[<RequireSubcommand>]
+type CliArgs =
+    | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
+    | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
+    | [<CliPrefix(CliPrefix.None)>] Demo of ParseResults<DemoArgs>
+    | Torch_Threads of int
+    | Blas_Threads of int
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Info _ -> "libtorch version, build flavour, devices, threads and BLAS."
+            | Bench _ -> "print speed figures as JSON (sudoml bench engine)."
+            | Demo _ -> "a small real training run (conv net on a synthetic task)."
+            | Torch_Threads _ -> "libtorch intra-op threads (default: all cores)."
+            | Blas_Threads _ -> "OpenBLAS threads (default: 1; see ARCHITECTURE.md)."
+
+[<EntryPoint>]
+let main argv =
+    let parser = ArgumentParser.Create<CliArgs>(programName = "sudoml")
+    try
+        let args = parser.ParseCommandLine(argv)
+        args.TryGetResult Torch_Threads |> Option.iter Sudo.Torch.torch.set_num_threads
+        args.TryGetResult Blas_Threads |> Option.iter Sudo.Torch.torch.set_blas_threads
+        match args.GetSubCommand() with
+        | Info a -> Commands.info (a.Contains Json)
+        | Bench a ->
+            match a.GetResult Target with
+            | "engine" -> Commands.benchEngine ()
+            | other ->
+                eprintfn "sudoml bench: unknown target '%s' (expected: engine)" other
+                2
+        | Demo a -> Commands.demo (a.GetResult(Steps, defaultValue = 300)) (a.GetResult(Seed, defaultValue = 0L))
+        | _ ->
+            eprintfn "%s" (parser.PrintUsage())
+            2
+    with
+    | :? ArguParseException as e ->
+        eprintfn "%s" e.Message
+        2
+    | :? Sudo.Torch.TorchException as e ->
+        eprintfn "sudoml: libtorch error in %s: %s" e.Op e.NativeMessage
+        1
+    | :? ArgumentException as e ->
+        eprintfn "sudoml: %s" e.Message
+        2

@@ -1,0 +1,86 @@
+using System.Diagnostics;
+
+namespace Sudo.Torch;
+
+/// <summary>Engine speed figures (sudoml bench engine). Printed, never asserted.</summary>
+public sealed record EngineBenchResult(
+    double op_overhead_us,
+    double matmul_gflops,
+    double matmul_bf16_gflops,
+    double conv_fwd_bwd_ms,
+    int torch_threads,
+    int blas_threads);
+
+public static class EngineBench
+{
+    public static EngineBenchResult Run(int overheadIters = 200_000, int matmulReps = 10, int convReps = 10)
+    {
+        Library.EnsureLoaded();
+        return new EngineBenchResult(
+            OpOverheadMicros(overheadIters),
+            MatmulGflops(ScalarType.Float32, matmulReps),
+            MatmulGflops(ScalarType.BFloat16, matmulReps),
+            ConvFwdBwdMs(convReps),
+            torch.get_num_threads(),
+            torch.get_blas_threads());
+    }
+
+    /// <summary>Median over 5 rounds of the per-call time of a 4-element add (result disposed each time).</summary>
+    public static double OpOverheadMicros(int iters)
+    {
+        using var a = torch.randn([4]);
+        using var b = torch.randn([4]);
+        for (var i = 0; i < 10_000; i++) (a + b).Dispose();
+        var rounds = new List<double>();
+        for (var r = 0; r < 5; r++)
+        {
+            var sw = Stopwatch.StartNew();
+            for (var i = 0; i < iters; i++) (a + b).Dispose();
+            rounds.Add(sw.Elapsed.TotalMicroseconds / iters);
+        }
+        return Median(rounds);
+    }
+
+    public static double MatmulGflops(ScalarType dtype, int reps, long n = 1024)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var g = new Generator(0);
+        var a = torch.randn([n, n], g).to(dtype);
+        var b = torch.randn([n, n], g).to(dtype);
+        for (var i = 0; i < 3; i++) a.matmul(b).Dispose();
+        var times = new List<double>();
+        for (var i = 0; i < reps; i++)
+        {
+            var sw = Stopwatch.StartNew();
+            a.matmul(b).Dispose();
+            times.Add(sw.Elapsed.TotalSeconds);
+        }
+        return 2.0 * n * n * n / Median(times) / 1e9;
+    }
+
+    public static double ConvFwdBwdMs(int reps)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var g = new Generator(0);
+        var x = torch.randn([8, 64, 32, 32], g).requires_grad_();
+        var w = (torch.randn([64, 64, 3, 3], g) * 0.05).requires_grad_();
+        var times = new List<double>();
+        for (var i = 0; i < reps + 2; i++)
+        {
+            using var step = torch.NewDisposeScope();
+            var sw = Stopwatch.StartNew();
+            var y = torch.nn.functional.conv2d(x, w, null, 1, 1);
+            y.sum().backward();
+            if (i >= 2) times.Add(sw.Elapsed.TotalMilliseconds);
+            x.zero_grad();
+            w.zero_grad();
+        }
+        return Median(times);
+    }
+
+    private static double Median(List<double> xs)
+    {
+        xs.Sort();
+        return xs.Count % 2 == 1 ? xs[xs.Count / 2] : 0.5 * (xs[xs.Count / 2 - 1] + xs[xs.Count / 2]);
+    }
+}

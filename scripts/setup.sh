@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the system packages Sudo needs, only when missing: libtorch-dev (libtorch 1.13 CPU), the
+# pthread OpenBLAS (Debian's reference BLAS is ~45x slower), cmake, g++, ccache, and the image codecs
+# (libturbojpeg0, libspng0). Idempotent and quiet when everything is there. As non-root it prints the
+# exact command instead of running it.
+set -euo pipefail
+
+need=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for p in libtorch-dev libopenblas0-pthread cmake g++ ccache libturbojpeg0 libspng0; do
+  have_pkg "$p" || need+=("$p")
+done
+if ! command -v dotnet >/dev/null; then
+  echo "setup: the .NET SDK (dotnet, net10.0) is not on PATH; install it first" >&2
+  exit 1
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  cmd="apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${need[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing system packages: ${need[*]}" >&2
+    echo "setup: run as root:  sudo sh -c '$cmd'" >&2
+    exit 1
+  fi
+  start=$(date +%s)
+  echo "setup: installing ${need[*]} (one time)..." >&2
+  sh -c "$cmd" >/tmp/sudo-setup-apt.log 2>&1 || { tail -20 /tmp/sudo-setup-apt.log >&2; echo "setup: apt-get failed (log: /tmp/sudo-setup-apt.log)" >&2; exit 1; }
+  echo "setup: system packages installed in $(( $(date +%s) - start )) s" >&2
+fi
+# The pthread OpenBLAS must be the BLAS libtorch gets (Debian's alternatives pick the highest priority).
+blas=$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || true)
+case "$blas" in
+  *openblas*) ;;
+  *) echo "setup: warning: libblas.so.3 resolves to '$blas', not OpenBLAS; matmul will be very slow." \
+          "Fix: update-alternatives --config libblas.so.3-x86_64-linux-gnu" >&2 ;;
+esac

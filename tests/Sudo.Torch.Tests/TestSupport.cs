@@ -1,0 +1,97 @@
+using NUnit.Framework;
+using Sudo.Torch;
+
+[assembly: Parallelizable(ParallelScope.None)]
+
+namespace Sudo.Torch.Tests;
+
+/// <summary>Where ../shared is (SUDO_SHARED, default: the folder beside the repository), and the rule for
+/// tests that need it: they fail in CI when it is missing and are skipped elsewhere.</summary>
+public static class Shared
+{
+    public static string Root
+    {
+        get
+        {
+            var env = Environment.GetEnvironmentVariable("SUDO_SHARED");
+            if (!string.IsNullOrEmpty(env)) return Path.GetFullPath(env);
+            var dir = new DirectoryInfo(AppContext.BaseDirectory);
+            while (dir != null && !File.Exists(Path.Combine(dir.FullName, "Sudo.sln"))) dir = dir.Parent;
+            var repo = dir?.FullName ?? Directory.GetCurrentDirectory();
+            return Path.GetFullPath(Path.Combine(repo, "..", "shared"));
+        }
+    }
+
+    public static string Require(params string[] parts)
+    {
+        var path = Path.Combine([Root, .. parts]);
+        if (File.Exists(path) || Directory.Exists(path)) return path;
+        var msg = $"shared data not found: {path} (set SUDO_SHARED to the shared folder)";
+        if (Environment.GetEnvironmentVariable("CI") == "true") Assert.Fail(msg);
+        Assert.Ignore(msg);
+        return path;
+    }
+}
+
+public static class Check
+{
+    /// <summary>Asserts max |a − b| ≤ tol and prints the max error.</summary>
+    public static double Close(Tensor actual, Tensor expected, double tol, string what = "")
+    {
+        Assert.That(actual.shape, Is.EqualTo(expected.shape), $"{what}: shape");
+        using var scope = torch.NewDisposeScope();
+        var err = actual.to(ScalarType.Float64).sub(expected.to(ScalarType.Float64)).abs().max().item();
+        TestContext.Out.WriteLine($"{what}: max |Δ| = {err:G3} (tol {tol:G3})");
+        Assert.That(err, Is.LessThanOrEqualTo(tol), $"{what}: max |Δ| = {err}");
+        return err;
+    }
+
+    public static void Close(Tensor actual, double[] expected, double tol, string what = "")
+    {
+        var a = actual.ToArray<double>();
+        Assert.That(a.Length, Is.EqualTo(expected.Length), $"{what}: numel");
+        for (var i = 0; i < a.Length; i++)
+            Assert.That(a[i], Is.EqualTo(expected[i]).Within(tol), $"{what}[{i}]");
+    }
+
+    /// <summary>Central finite differences in float64 against autograd for a scalar projection of f.</summary>
+    public static void GradCheck(Func<Tensor, Tensor> f, Tensor x0, double eps = 1e-6, double tol = 1e-6, string what = "")
+    {
+        using var scope = torch.NewDisposeScope();
+        using var g = new Generator(7);
+        var x = x0.to(ScalarType.Float64).detach().requires_grad_();
+        var y = f(x);
+        var w = torch.randn(y.shape, g, ScalarType.Float64);
+        (y * w).sum().backward();
+        var analytic = x.grad!.ToArray<double>();
+        var xs = x.detach().ToArray<double>();
+        var shape = x.shape;
+        using var ng = torch.no_grad();
+        double maxErr = 0;
+        for (var i = 0; i < xs.Length; i++)
+        {
+            var plus = (double[])xs.Clone();
+            var minus = (double[])xs.Clone();
+            plus[i] += eps;
+            minus[i] -= eps;
+            using var s2 = torch.NewDisposeScope();
+            var fp = (f(torch.tensor(plus, shape)) * w).sum().item();
+            var fm = (f(torch.tensor(minus, shape)) * w).sum().item();
+            var numeric = (fp - fm) / (2 * eps);
+            var err = Math.Abs(numeric - analytic[i]) / Math.Max(1, Math.Abs(numeric));
+            maxErr = Math.Max(maxErr, err);
+        }
+        TestContext.Out.WriteLine($"gradcheck {what}: max rel err {maxErr:G3}");
+        Assert.That(maxErr, Is.LessThanOrEqualTo(tol), $"gradcheck {what}");
+    }
+}
+
+/// <summary>Devices the tests run on: cpu always, cuda when this machine has one.</summary>
+public static class Devices
+{
+    public static IEnumerable<string> All()
+    {
+        yield return "cpu";
+        if (torch.cuda.is_available()) yield return "cuda:0";
+    }
+}
