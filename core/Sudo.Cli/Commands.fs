@@ -34,6 +34,8 @@ let benchEngine () =
     0
 
 let demo (steps: int) (seed: int64) =
+    info false |> ignore
+    printfn ""
     let sw = Diagnostics.Stopwatch.StartNew()
     printfn "demo: a conv net learns where a blob sits in noisy 16x16 images (4 classes), %d AdamW steps" steps
     let log (step: int) (loss: float) (lr: float) =

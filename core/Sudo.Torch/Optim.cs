@@ -405,8 +405,14 @@ public static partial class torch
 
             protected override JsonObject Hyper() => new()
             {
-                ["eps1"] = eps1, ["eps2"] = eps2, ["clip_threshold"] = clip_threshold, ["decay_rate"] = decay_rate,
-                ["beta1"] = beta1, ["scale_parameter"] = scale_parameter, ["relative_step"] = relative_step, ["warmup_init"] = warmup_init,
+                ["eps1"] = eps1,
+                ["eps2"] = eps2,
+                ["clip_threshold"] = clip_threshold,
+                ["decay_rate"] = decay_rate,
+                ["beta1"] = beta1,
+                ["scale_parameter"] = scale_parameter,
+                ["relative_step"] = relative_step,
+                ["warmup_init"] = warmup_init,
             };
         }
     }

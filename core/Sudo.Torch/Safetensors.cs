@@ -19,9 +19,16 @@ public static class safetensors
 
     private static readonly Dictionary<string, ScalarType> DTypeOf = new()
     {
-        ["F64"] = ScalarType.Float64, ["F32"] = ScalarType.Float32, ["F16"] = ScalarType.Float16, ["BF16"] = ScalarType.BFloat16,
-        ["I64"] = ScalarType.Int64, ["I32"] = ScalarType.Int32, ["I16"] = ScalarType.Int16, ["I8"] = ScalarType.Int8,
-        ["U8"] = ScalarType.UInt8, ["BOOL"] = ScalarType.Bool,
+        ["F64"] = ScalarType.Float64,
+        ["F32"] = ScalarType.Float32,
+        ["F16"] = ScalarType.Float16,
+        ["BF16"] = ScalarType.BFloat16,
+        ["I64"] = ScalarType.Int64,
+        ["I32"] = ScalarType.Int32,
+        ["I16"] = ScalarType.Int16,
+        ["I8"] = ScalarType.Int8,
+        ["U8"] = ScalarType.UInt8,
+        ["BOOL"] = ScalarType.Bool,
     };
 
     private static string NameOf(ScalarType t) => DTypeOf.First(kv => kv.Value == t).Key;

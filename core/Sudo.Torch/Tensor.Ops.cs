@@ -56,15 +56,35 @@ public partial class Tensor
     public static Tensor operator *(Tensor a, Tensor b) => a.Binary(BinaryOp.Mul, b);
     public static Tensor operator /(Tensor a, Tensor b) => a.Binary(BinaryOp.Div, b);
     public static Tensor operator %(Tensor a, Tensor b) => a.Binary(BinaryOp.Remainder, b);
-    public static Tensor operator +(Tensor a, Scalar b) => a.BinaryS(ScalarOp.Add, b);
-    public static Tensor operator -(Tensor a, Scalar b) => a.BinaryS(ScalarOp.Sub, b);
-    public static Tensor operator *(Tensor a, Scalar b) => a.BinaryS(ScalarOp.Mul, b);
-    public static Tensor operator /(Tensor a, Scalar b) => a.BinaryS(ScalarOp.Div, b);
-    public static Tensor operator %(Tensor a, Scalar b) => a.BinaryS(ScalarOp.Remainder, b);
-    public static Tensor operator +(Scalar a, Tensor b) => b.BinaryS(ScalarOp.Add, a);
-    public static Tensor operator -(Scalar a, Tensor b) => b.BinaryS(ScalarOp.RSub, a);
-    public static Tensor operator *(Scalar a, Tensor b) => b.BinaryS(ScalarOp.Mul, a);
-    public static Tensor operator /(Scalar a, Tensor b) => b.BinaryS(ScalarOp.RDiv, a);
+    // Scalar operands get one overload per .NET number type (not one taking Scalar): F# does not apply
+    // implicit conversions to operators, and C# must keep `intTensor + 1` integral (PyTorch's rule).
+    public static Tensor operator +(Tensor a, double b) => a.BinaryS(ScalarOp.Add, b);
+    public static Tensor operator +(Tensor a, long b) => a.BinaryS(ScalarOp.Add, b);
+    public static Tensor operator +(Tensor a, int b) => a.BinaryS(ScalarOp.Add, b);
+    public static Tensor operator -(Tensor a, double b) => a.BinaryS(ScalarOp.Sub, b);
+    public static Tensor operator -(Tensor a, long b) => a.BinaryS(ScalarOp.Sub, b);
+    public static Tensor operator -(Tensor a, int b) => a.BinaryS(ScalarOp.Sub, b);
+    public static Tensor operator *(Tensor a, double b) => a.BinaryS(ScalarOp.Mul, b);
+    public static Tensor operator *(Tensor a, long b) => a.BinaryS(ScalarOp.Mul, b);
+    public static Tensor operator *(Tensor a, int b) => a.BinaryS(ScalarOp.Mul, b);
+    public static Tensor operator /(Tensor a, double b) => a.BinaryS(ScalarOp.Div, b);
+    public static Tensor operator /(Tensor a, long b) => a.BinaryS(ScalarOp.Div, b);
+    public static Tensor operator /(Tensor a, int b) => a.BinaryS(ScalarOp.Div, b);
+    public static Tensor operator %(Tensor a, double b) => a.BinaryS(ScalarOp.Remainder, b);
+    public static Tensor operator %(Tensor a, long b) => a.BinaryS(ScalarOp.Remainder, b);
+    public static Tensor operator %(Tensor a, int b) => a.BinaryS(ScalarOp.Remainder, b);
+    public static Tensor operator +(double a, Tensor b) => b.BinaryS(ScalarOp.Add, a);
+    public static Tensor operator +(long a, Tensor b) => b.BinaryS(ScalarOp.Add, a);
+    public static Tensor operator +(int a, Tensor b) => b.BinaryS(ScalarOp.Add, a);
+    public static Tensor operator -(double a, Tensor b) => b.BinaryS(ScalarOp.RSub, a);
+    public static Tensor operator -(long a, Tensor b) => b.BinaryS(ScalarOp.RSub, a);
+    public static Tensor operator -(int a, Tensor b) => b.BinaryS(ScalarOp.RSub, a);
+    public static Tensor operator *(double a, Tensor b) => b.BinaryS(ScalarOp.Mul, a);
+    public static Tensor operator *(long a, Tensor b) => b.BinaryS(ScalarOp.Mul, a);
+    public static Tensor operator *(int a, Tensor b) => b.BinaryS(ScalarOp.Mul, a);
+    public static Tensor operator /(double a, Tensor b) => b.BinaryS(ScalarOp.RDiv, a);
+    public static Tensor operator /(long a, Tensor b) => b.BinaryS(ScalarOp.RDiv, a);
+    public static Tensor operator /(int a, Tensor b) => b.BinaryS(ScalarOp.RDiv, a);
     public static Tensor operator -(Tensor a) => a.Unary(UnaryOp.Neg);
     public static Tensor operator !(Tensor a) => a.Unary(UnaryOp.LogicalNot);
     public static Tensor operator &(Tensor a, Tensor b) => a.Binary(BinaryOp.LogicalAnd, b);
@@ -87,10 +107,10 @@ public partial class Tensor
     public static Tensor operator >(Tensor a, Tensor b) => a.gt(b);
     public static Tensor operator <=(Tensor a, Tensor b) => a.le(b);
     public static Tensor operator >=(Tensor a, Tensor b) => a.ge(b);
-    public static Tensor operator <(Tensor a, Scalar b) => a.lt(b);
-    public static Tensor operator >(Tensor a, Scalar b) => a.gt(b);
-    public static Tensor operator <=(Tensor a, Scalar b) => a.le(b);
-    public static Tensor operator >=(Tensor a, Scalar b) => a.ge(b);
+    public static Tensor operator <(Tensor a, double b) => a.lt(b);
+    public static Tensor operator >(Tensor a, double b) => a.gt(b);
+    public static Tensor operator <=(Tensor a, double b) => a.le(b);
+    public static Tensor operator >=(Tensor a, double b) => a.ge(b);
 
     // ---- arithmetic methods ----
     public Tensor add(Tensor o) => Binary(BinaryOp.Add, o);

@@ -1,0 +1,83 @@
+using System.Diagnostics;
+using System.Text.Json;
+using NUnit.Framework;
+
+namespace Sudo.Torch.Tests;
+
+/// <summary>Recipes and the CLI run end to end, so none can rot.</summary>
+public class SmokeTests
+{
+    private static string RepoRoot()
+    {
+        var dir = new DirectoryInfo(AppContext.BaseDirectory);
+        while (dir != null && !File.Exists(Path.Combine(dir.FullName, "Sudo.sln"))) dir = dir.Parent;
+        return dir?.FullName ?? throw new InvalidOperationException("Sudo.sln not found above " + AppContext.BaseDirectory);
+    }
+
+    private static (int code, string stdout, string stderr) Run(string file, params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = RepoRoot() };
+        psi.ArgumentList.Add(file);
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(TimeSpan.FromMinutes(3)))
+        {
+            p.Kill(true);
+            Assert.Fail($"dotnet {file} timed out");
+        }
+        return (p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    [Test]
+    public void AutogradRecipeRunsInFsi()
+    {
+        var (code, stdout, stderr) = Run("fsi", Path.Combine("recipes", "autograd_example.fsx"));
+        TestContext.Out.WriteLine(stdout + stderr);
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stderr, Does.Contain("sudo: native"), "_load.fsx says which native library it loaded");
+        Assert.That(stdout, Does.Contain("w = 3.0000, b = 2.0000"));
+        Assert.That(stdout, Does.Contain("d2/dt2 t^4 = 48.0"));
+    }
+
+    private static string Cli() => Path.Combine(RepoRoot(), "artifacts", "bin", "Sudo.Cli", "release", "sudoml.dll");
+
+    [Test]
+    public void CliInfoAndBadFlags()
+    {
+        var (code, stdout, _) = Run(Cli(), "info", "--json");
+        Assert.That(code, Is.EqualTo(0));
+        using var doc = JsonDocument.Parse(stdout);
+        Assert.That(doc.RootElement.GetProperty("TorchVersion").GetString(), Does.StartWith("1.13"));
+        var (bad, _, err) = Run(Cli(), "info", "--nope");
+        Assert.That(bad, Is.EqualTo(2));
+        Assert.That(err, Does.Contain("--nope"));
+        var (target, _, err2) = Run(Cli(), "bench", "gpu");
+        Assert.That(target, Is.EqualTo(2));
+        Assert.That(err2, Does.Contain("unknown target 'gpu'"));
+    }
+
+    [Test]
+    public void BenchJsonHasExactlyTheDocumentedKeys()
+    {
+        var r = EngineBench.Run(overheadIters: 1000, matmulReps: 1, convReps: 1);
+        using var doc = JsonDocument.Parse(JsonSerializer.Serialize(r));
+        Assert.That(doc.RootElement.EnumerateObject().Select(p => p.Name), Is.EqualTo(new[]
+        {
+            "op_overhead_us", "matmul_gflops", "matmul_bf16_gflops", "conv_fwd_bwd_ms", "torch_threads", "blas_threads",
+        }));
+        Assert.That(r.matmul_gflops, Is.GreaterThan(0));
+        Assert.That(r.torch_threads, Is.EqualTo(torch.get_num_threads()));
+    }
+
+    [Test]
+    public void DemoTrainingLearns()
+    {
+        var (first, last, acc, reloaded) = Examples.ConvNetDemo.Run(steps: 150, seed: 0);
+        TestContext.Out.WriteLine($"loss {first:F4} -> {last:F4}, accuracy {acc:P1}");
+        Assert.That(last, Is.LessThan(first * 0.5));
+        Assert.That(acc, Is.GreaterThan(0.6));
+        Assert.That(reloaded, Is.EqualTo(acc), "safetensors round trip gives the same predictions");
+    }
+}
