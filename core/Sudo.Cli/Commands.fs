@@ -24,6 +24,10 @@ let info (asJson: bool) =
         printfn "devices        cpu%s" (if i.CudaAvailable then sprintf ", cuda:0..%d" (i.CudaDevices - 1) else "")
         printfn "cuda           %s" cuda
         printfn "threads        torch intra-op %d, BLAS %d (SUDO_TORCH_THREADS / SUDO_BLAS_THREADS override), %d cores" i.TorchThreads i.BlasThreads Environment.ProcessorCount
+        let spins =
+            Library.ThreadPoolEnvironment.Keys
+            |> Seq.map (fun k -> sprintf "%s=%s" k (Environment.GetEnvironmentVariable k |> Option.ofObj |> Option.defaultValue Library.ThreadPoolEnvironment.[k]))
+        printfn "thread spins   %s" (String.Join(" ", spins))
         printfn "BLAS           %s" i.Blas
         printfn "attention      %s" (if i.FusedAttention then "fused scaled_dot_product_attention" else "composed matmul-softmax-matmul (libtorch < 2.1)")
     0

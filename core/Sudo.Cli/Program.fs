@@ -40,7 +40,7 @@ type CliArgs =
             | Bench _ -> "print speed figures as JSON (sudoml bench engine)."
             | Demo _ -> "a small real training run (conv net on a synthetic task)."
             | Torch_Threads _ -> "libtorch intra-op threads (default: all cores)."
-            | Blas_Threads _ -> "OpenBLAS threads (default: 1; see ARCHITECTURE.md)."
+            | Blas_Threads _ -> "OpenBLAS threads (default: all cores)."
 
 [<EntryPoint>]
 let main argv =
