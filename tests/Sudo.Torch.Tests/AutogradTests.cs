@@ -21,6 +21,10 @@ public class AutogradTests
         var e = Assert.Throws<TorchException>(() => y.backward());
         Assert.That(e!.Op, Is.EqualTo("backward"));
         Assert.That(e.Message, Does.Contain("second time"));
+        // assigned gradients are checked like PyTorch's setter
+        var bad = Assert.Throws<TorchException>(() => x.grad = ones([2], float64));
+        Assert.That(bad!.NativeMessage, Does.Contain("assigned grad has shape [2]"));
+        Assert.Throws<TorchException>(() => x.grad = ones([3]));
         // a non-scalar output needs an explicit gradient
         var z = x * 2;
         z.backward(tensor(new[] { 1.0, 0, 1 }));

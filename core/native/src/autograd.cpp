@@ -169,7 +169,7 @@ void* sudo_inference_mode_enter(int32_t on) {
 }
 void sudo_inference_mode_exit(void* guard) { delete static_cast<c10::InferenceMode*>(guard); }
 int32_t sudo_inference_mode_enabled(void) { return c10::InferenceMode::is_enabled() ? 1 : 0; }
-int32_t sudo_is_inference(sudo_tensor t) { return T(t).is_inference() ? 1 : 0; }
+int32_t sudo_is_inference(sudo_tensor t) { TRY_V(T(t).is_inference() ? 1 : 0, -1) }
 void sudo_set_anomaly_enabled(int32_t on) { torch::autograd::AnomalyMode::set_enabled(on != 0); }
 int32_t sudo_anomaly_enabled(void) { return torch::autograd::AnomalyMode::is_enabled() ? 1 : 0; }
 

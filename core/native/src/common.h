@@ -50,6 +50,9 @@ inline std::vector<at::Tensor> list(const sudo_tensor* ts, int32_t n) {
 // Body returning a tensor handle; NULL on error.
 #define TRY_T(...) \
   try { __VA_ARGS__ } SUDO_CATCH return nullptr;
+// Expression with a plain result (a property); `fail` on error.
+#define TRY_V(expr, fail) \
+  try { return (expr); } SUDO_CATCH return (fail);
 // Body returning status 0; -1 on error.
 #define TRY_S(...) \
   try { __VA_ARGS__ return 0; } SUDO_CATCH return -1;

@@ -136,7 +136,7 @@ int32_t sudo_has_mkldnn_bf16(void) {
 
 // ---- lifetime and properties ----
 void sudo_free(sudo_tensor t) { delete static_cast<at::Tensor*>(t); }
-int64_t sudo_dim(sudo_tensor t) { return T(t).dim(); }
+int64_t sudo_dim(sudo_tensor t) { TRY_V(T(t).dim(), -1) }
 int32_t sudo_sizes(sudo_tensor t, int64_t* out, int32_t cap) {
   TRY_S(auto s = T(t).sizes(); if ((int32_t)s.size() > cap) throw std::out_of_range("sizes buffer too small");
         for (size_t i = 0; i < s.size(); ++i) out[i] = s[i];)
@@ -145,16 +145,16 @@ int32_t sudo_strides(sudo_tensor t, int64_t* out, int32_t cap) {
   TRY_S(auto s = T(t).strides(); if ((int32_t)s.size() > cap) throw std::out_of_range("strides buffer too small");
         for (size_t i = 0; i < s.size(); ++i) out[i] = s[i];)
 }
-int64_t sudo_numel(sudo_tensor t) { return T(t).numel(); }
-int32_t sudo_dtype(sudo_tensor t) { return static_cast<int32_t>(T(t).scalar_type()); }
+int64_t sudo_numel(sudo_tensor t) { TRY_V(T(t).numel(), -1) }
+int32_t sudo_dtype(sudo_tensor t) { TRY_V(static_cast<int32_t>(T(t).scalar_type()), -1) }
 int32_t sudo_device(sudo_tensor t, int32_t* type, int32_t* index) {
   TRY_S(auto d = T(t).device(); *type = static_cast<int32_t>(d.type()); *index = d.index();)
 }
-int32_t sudo_requires_grad(sudo_tensor t) { return T(t).requires_grad() ? 1 : 0; }
-int32_t sudo_is_leaf(sudo_tensor t) { return T(t).is_leaf() ? 1 : 0; }
-int32_t sudo_is_contiguous(sudo_tensor t) { return T(t).is_contiguous() ? 1 : 0; }
-int32_t sudo_defined(sudo_tensor t) { return T(t).defined() ? 1 : 0; }
-int32_t sudo_has_grad_fn(sudo_tensor t) { return T(t).grad_fn() ? 1 : 0; }
+int32_t sudo_requires_grad(sudo_tensor t) { TRY_V(T(t).requires_grad() ? 1 : 0, -1) }
+int32_t sudo_is_leaf(sudo_tensor t) { TRY_V(T(t).is_leaf() ? 1 : 0, -1) }
+int32_t sudo_is_contiguous(sudo_tensor t) { TRY_V(T(t).is_contiguous() ? 1 : 0, -1) }
+int32_t sudo_defined(sudo_tensor t) { TRY_V(T(t).defined() ? 1 : 0, -1) }
+int32_t sudo_has_grad_fn(sudo_tensor t) { TRY_V(T(t).grad_fn() ? 1 : 0, -1) }
 int32_t sudo_item(sudo_tensor t, double* d, int64_t* i) {
   TRY_S(auto s = T(t).item(); if (s.isIntegral(true)) { *i = s.toLong(); *d = static_cast<double>(*i); }
         else { *d = s.toDouble(); *i = static_cast<int64_t>(*d); })
@@ -175,7 +175,19 @@ int32_t sudo_set_requires_grad(sudo_tensor t, int32_t on) { TRY_S(T(t).set_requi
 int32_t sudo_grad(sudo_tensor t, sudo_tensor* out) {
   TRY_S(auto& g = T(t).grad(); *out = g.defined() ? wrap(g) : nullptr;)
 }
-int32_t sudo_set_grad(sudo_tensor t, sudo_tensor g) { TRY_S(T(t).mutable_grad() = g ? T(g) : at::Tensor();) }
+int32_t sudo_set_grad(sudo_tensor t, sudo_tensor g) {
+  TRY_S(
+    auto& x = T(t);
+    if (g) {
+      auto& n = T(g);
+      // The checks PyTorch's tensor.grad setter makes: same shape, dtype and device.
+      if (n.sizes() != x.sizes() || n.scalar_type() != x.scalar_type() || n.device() != x.device())
+        throw std::invalid_argument("assigned grad has shape " + c10::str(n.sizes()) + ", dtype " + c10::toString(n.scalar_type()) +
+                                    ", device " + n.device().str() + "; the tensor has " + c10::str(x.sizes()) + ", " +
+                                    c10::toString(x.scalar_type()) + ", " + x.device().str());
+    }
+    x.mutable_grad() = g ? T(g) : at::Tensor();)
+}
 int32_t sudo_zero_grad(sudo_tensor t, int32_t set_to_none) {
   TRY_S(auto& g = T(t).mutable_grad(); if (g.defined()) {
           if (set_to_none) g = at::Tensor();
@@ -268,7 +280,7 @@ int32_t sudo_generator_manual_seed(sudo_generator g, int64_t seed) {
         gen.set_current_seed(static_cast<uint64_t>(seed));)
 }
 int64_t sudo_generator_initial_seed(sudo_generator g) {
-  return static_cast<int64_t>(static_cast<at::Generator*>(g)->current_seed());
+  TRY_V(g ? static_cast<int64_t>(static_cast<at::Generator*>(g)->current_seed()) : throw std::invalid_argument("null generator"), -1)
 }
 sudo_tensor sudo_generator_get_state(sudo_generator g) {
   TRY_T(at::Generator gen = g ? *static_cast<at::Generator*>(g) : at::detail::getDefaultCPUGenerator();
@@ -318,7 +330,7 @@ sudo_mapping sudo_mmap_open(const char* path, int64_t* size) {
   }
   SUDO_CATCH return nullptr;
 }
-const void* sudo_mmap_data(sudo_mapping m) { return (*static_cast<MappingRef*>(m))->base; }
+const void* sudo_mmap_data(sudo_mapping m) { return m ? (*static_cast<MappingRef*>(m))->base : nullptr; }
 void sudo_mmap_close(sudo_mapping m) { delete static_cast<MappingRef*>(m); }
 sudo_tensor sudo_mmap_tensor(sudo_mapping m, int64_t offset, const int64_t* shape, int32_t ndim, int32_t dtype) {
   TRY_T(
