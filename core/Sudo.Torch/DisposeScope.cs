@@ -19,7 +19,8 @@ public sealed class DisposeScope : IDisposable
         _current = this;
     }
 
-    internal static DisposeScope? Current => _current;
+    /// <summary>The innermost scope of this thread, if any.</summary>
+    public static DisposeScope? Current => _current;
 
     /// <summary>Tensors this scope will dispose.</summary>
     public int Count

@@ -170,9 +170,16 @@ public static partial class torch
             /// PyTorch's order. The tensors belong to the current scope (or the caller).</summary>
             public Dictionary<string, Tensor> state_dict()
             {
+                // PyTorch's order: each module's parameters, then its persistent buffers, then its children.
                 var d = new Dictionary<string, Tensor>();
-                foreach (var (n, p) in named_parameters()) d[n] = p.detach();
-                foreach (var (n, b) in named_buffers(persistentOnly: true)) d[n] = b.detach();
+                foreach (var (prefix, m) in named_modules())
+                {
+                    var pre = prefix.Length == 0 ? "" : prefix + ".";
+                    foreach (var (n, p) in m._parameters)
+                        if (p != null) d[pre + n] = p.detach();
+                    foreach (var (n, b, persistent) in m._buffers)
+                        if (b != null && persistent) d[pre + n] = b.detach();
+                }
                 return d;
             }
 

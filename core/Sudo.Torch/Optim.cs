@@ -171,7 +171,7 @@ public static partial class torch
 
             public void load(string path)
             {
-                using var f = safetensors.open(path);
+                using var f = safetensors.safe_open(path);
                 if (!f.Metadata.TryGetValue("optimizer", out var json))
                     throw new InvalidDataException($"{path} holds no optimizer state (no 'optimizer' metadata)");
                 var tensors = f.Keys.ToDictionary(k => k, k => f.get(k, copy: true));

@@ -86,7 +86,8 @@ public static class safetensors
         }
     }
 
-    public static File open(string path) => new(path);
+    /// <summary>Opens a file lazily (safetensors.safe_open); tensors are read on get().</summary>
+    public static File safe_open(string path) => new(path);
 
     /// <summary>Reads and validates a header without mapping the data.</summary>
     public static (Dictionary<string, SafetensorsEntry> entries, Dictionary<string, string> metadata, long dataStart) ReadHeader(string path)
@@ -203,7 +204,7 @@ public static class safetensors
     /// them into a module with load_state_dict, which copies); otherwise independent copies.</summary>
     public static Dictionary<string, Tensor> load_file(string path, Device? device = null, bool mmap = true)
     {
-        using var f = open(path);
+        using var f = safe_open(path);
         var copy = !mmap || (device.HasValue && device.Value.Type != DeviceType.CPU);
         var d = new Dictionary<string, Tensor>();
         foreach (var k in f.Keys) d[k] = f.get(k, copy, copy ? device : null);
@@ -307,7 +308,7 @@ public static class safetensors
                 if (group.Key.Contains('/') || group.Key.Contains('\\') || group.Key.StartsWith("..", StringComparison.Ordinal))
                     throw new InvalidDataException($"{indexPath}: shard name '{group.Key}' must be a file in the index's folder");
                 var shard = System.IO.Path.Combine(dir, group.Key);
-                using var f = open(shard);
+                using var f = safe_open(shard);
                 foreach (var kv in group)
                 {
                     if (!f.Contains(kv.Key)) throw new InvalidDataException($"{indexPath}: '{kv.Key}' is mapped to {group.Key}, which does not hold it");

@@ -142,7 +142,7 @@ public class SafetensorsTests
         long tensors = 0, zeroDim = 0;
         foreach (var path in files)
         {
-            using var f = safetensors.open(path);
+            using var f = safetensors.safe_open(path);
             foreach (var key in f.Keys)
             {
                 using var scope = NewDisposeScope();
@@ -157,7 +157,7 @@ public class SafetensorsTests
         TestContext.Out.WriteLine($"read {tensors} tensors from {files.Length} golden files ({zeroDim} 0-dim)");
         Assert.That(zeroDim, Is.GreaterThan(0), "the golden set has 0-dim tensors (e.g. in_timestep_scalar)");
         // A known 0-dim value: the SD1.5 UNet item's scalar timestep is an int64 0-dim tensor.
-        using var io = safetensors.open(Path.Combine(root, "unet_sd15", "io.safetensors"));
+        using var io = safetensors.safe_open(Path.Combine(root, "unet_sd15", "io.safetensors"));
         Assert.That(io.Entries["in_timestep_scalar"].Shape, Is.Empty);
         Assert.That(io.Entries["in_timestep_scalar"].DType, Is.EqualTo(ScalarType.Int64));
         Assert.That(io.Metadata.ContainsKey("item"), Is.True);
