@@ -77,8 +77,11 @@ public static partial class torch
             }
         }
 
-        private static Parameter NewParam(long[] shape, Device? device, ScalarType? dtype) =>
-            new(empty(shape, dtype, device));
+        private static Parameter NewParam(long[] shape, Device? device, ScalarType? dtype)
+        {
+            using var data = empty(shape, dtype, device);
+            return new Parameter(data);
+        }
 
         /// <summary>y = x Wᵀ + b; weight [out, in], PyTorch's default init (kaiming_uniform a=√5, bias ±1/√fan_in).</summary>
         public sealed class Linear : Module<Tensor, Tensor>
