@@ -26,11 +26,25 @@ type DemoArgs =
             | Steps _ -> "training steps (default 300)."
             | Seed _ -> "random seed (default 0)."
 
+type ParityArgs =
+    | Model of folder: string
+    | Io of file: string
+    | Component of name: string
+    | Tolerance of factor: float
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Model _ -> "a diffusers/transformers component folder (config.json + weights)."
+            | Io _ -> "the io.safetensors with in_* inputs and out_*/dbg_* reference outputs."
+            | Component _ -> "unet, vae, clip_text, clip_text_proj or clip_full (default: from config.json)."
+            | Tolerance _ -> "max |error| <= factor * max(1, max |reference|) (default 1e-4 for fp32 models)."
+
 [<RequireSubcommand>]
 type CliArgs =
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
     | [<CliPrefix(CliPrefix.None)>] Demo of ParseResults<DemoArgs>
+    | [<CliPrefix(CliPrefix.None)>] Parity of ParseResults<ParityArgs>
     | Torch_Threads of int
     | Blas_Threads of int
     interface IArgParserTemplate with
@@ -39,6 +53,7 @@ type CliArgs =
             | Info _ -> "libtorch version, build flavour, devices, threads and BLAS."
             | Bench _ -> "print speed figures as JSON (sudoml bench engine)."
             | Demo _ -> "a small real training run (conv net on a synthetic task)."
+            | Parity _ -> "compare a component with golden outputs of the reference libraries."
             | Torch_Threads _ -> "libtorch intra-op threads (default: all cores)."
             | Blas_Threads _ -> "OpenBLAS threads (default: all cores)."
 
@@ -58,6 +73,12 @@ let main argv =
                 eprintfn "sudoml bench: unknown target '%s' (expected: engine)" other
                 2
         | Demo a -> Commands.demo (a.GetResult(Steps, defaultValue = 300)) (a.GetResult(Seed, defaultValue = 0L))
+        | Parity a ->
+            match a.TryGetResult Model, a.TryGetResult Io with
+            | Some m, Some io -> Commands.parityModel m io (a.TryGetResult Component) (a.TryGetResult Tolerance)
+            | _ ->
+                eprintfn "sudoml parity: give --model <folder> --io <io.safetensors>"
+                2
         | _ ->
             eprintfn "%s" (parser.PrintUsage())
             2
@@ -71,3 +92,12 @@ let main argv =
     | :? ArgumentException as e ->
         eprintfn "sudoml: %s" e.Message
         2
+    | :? System.IO.IOException as e ->
+        eprintfn "sudoml: %s" e.Message
+        1
+    | :? System.IO.InvalidDataException as e ->
+        eprintfn "sudoml: %s" e.Message
+        1
+    | :? NotSupportedException as e ->
+        eprintfn "sudoml: %s" e.Message
+        1

@@ -13,11 +13,11 @@ public sealed class UNetMidBlock2D : nn.Module
 
     public UNetMidBlock2D(int in_channels, double eps, int groups, int attention_head_dim, bool add_attention = true)
     {
-        resnets = register_module("resnets", new nn.ModuleList<ResnetBlock2D>(new ResnetBlock2D(in_channels, in_channels, null, groups, eps)));
         if (add_attention)
             attentions = register_module("attentions", new nn.ModuleList<Attention>(new Attention(in_channels, null, in_channels / attention_head_dim,
                 attention_head_dim, bias: true, norm_num_groups: groups, eps: eps, residual_connection: true)));
-        resnets.append(new ResnetBlock2D(in_channels, in_channels, null, groups, eps));
+        resnets = register_module("resnets", new nn.ModuleList<ResnetBlock2D>(new ResnetBlock2D(in_channels, in_channels, null, groups, eps),
+            new ResnetBlock2D(in_channels, in_channels, null, groups, eps)));
     }
 
     public Tensor forward(Tensor h)
@@ -124,8 +124,8 @@ public sealed class Decoder : nn.Module
     {
         var boc = c.block_out_channels;
         conv_in = register_module("conv_in", new nn.Conv2d(c.latent_channels, boc[^1], 3, padding: 1));
+        up_blocks = register_module("up_blocks", new nn.ModuleList<UpDecoderBlock2D>());   // registered before mid_block, as diffusers does
         mid_block = register_module("mid_block", new UNetMidBlock2D(boc[^1], 1e-6, c.norm_num_groups, boc[^1], c.mid_block_add_attention));
-        up_blocks = register_module("up_blocks", new nn.ModuleList<UpDecoderBlock2D>());
         var rboc = boc.Reverse().ToArray();
         var output = rboc[0];
         for (var i = 0; i < rboc.Length; i++)
@@ -191,6 +191,16 @@ public sealed class DiagonalGaussianDistribution : IDisposable
 
 public sealed class AutoencoderKL : nn.Module
 {
+    public static AutoencoderKL from_pretrained(string path, string? variant = null, ScalarType? dtype = null, Device? device = null, string? cache_dir = null)
+    {
+        var folder = Hub.Resolve(path, cache_dir);
+        return Checkpoints.Load(folder, () => new AutoencoderKL(AutoencoderKLConfig.FromFile(Path.Combine(folder, "config.json"))),
+            "diffusion_pytorch_model", variant, dtype ?? ScalarType.Float32, device);
+    }
+
+    public void save_pretrained(string folder, long max_shard_bytes = 10_000_000_000) =>
+        Checkpoints.Save(this, folder, "diffusion_pytorch_model", config.ToJson(), max_shard_bytes);
+
     public AutoencoderKLConfig config { get; }
     public readonly Encoder encoder;
     public readonly Decoder decoder;

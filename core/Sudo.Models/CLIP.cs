@@ -186,6 +186,15 @@ public sealed class CLIPTextTransformer : nn.Module
 /// <summary>transformers.CLIPTextModel (SD1.5's text_encoder): keys text_model.*.</summary>
 public sealed class CLIPTextModel : nn.Module
 {
+    public static CLIPTextModel from_pretrained(string path, string? variant = null, ScalarType? dtype = null, Device? device = null, string? cache_dir = null)
+    {
+        var folder = Hub.Resolve(path, cache_dir);
+        return Checkpoints.Load(folder, () => new CLIPTextModel(CLIPTextConfig.FromFile(Path.Combine(folder, "config.json"))), "model", variant, dtype ?? ScalarType.Float32, device);
+    }
+
+    public void save_pretrained(string folder, long max_shard_bytes = 5_000_000_000) =>
+        Checkpoints.Save(this, folder, "model", config.ToJson("CLIPTextModel"), max_shard_bytes);
+
     public readonly CLIPTextTransformer text_model;
     public CLIPTextConfig config => text_model.config;
 
@@ -197,6 +206,15 @@ public sealed class CLIPTextModel : nn.Module
 /// <summary>transformers.CLIPTextModelWithProjection (SDXL's text_encoder_2): text_model.* + text_projection.</summary>
 public sealed class CLIPTextModelWithProjection : nn.Module
 {
+    public static CLIPTextModelWithProjection from_pretrained(string path, string? variant = null, ScalarType? dtype = null, Device? device = null, string? cache_dir = null)
+    {
+        var folder = Hub.Resolve(path, cache_dir);
+        return Checkpoints.Load(folder, () => new CLIPTextModelWithProjection(CLIPTextConfig.FromFile(Path.Combine(folder, "config.json"))), "model", variant, dtype ?? ScalarType.Float32, device);
+    }
+
+    public void save_pretrained(string folder, long max_shard_bytes = 5_000_000_000) =>
+        Checkpoints.Save(this, folder, "model", config.ToJson("CLIPTextModelWithProjection"), max_shard_bytes);
+
     public readonly CLIPTextTransformer text_model;
     public readonly nn.Linear text_projection;
     public CLIPTextConfig config => text_model.config;
@@ -282,6 +300,15 @@ public sealed record CLIPOutput(Tensor logits_per_image, Tensor logits_per_text,
 /// backbone of PickScore/HPSv2-style reward models).</summary>
 public sealed class CLIPModel : nn.Module
 {
+    public static CLIPModel from_pretrained(string path, string? variant = null, ScalarType? dtype = null, Device? device = null, string? cache_dir = null)
+    {
+        var folder = Hub.Resolve(path, cache_dir);
+        return Checkpoints.Load(folder, () => new CLIPModel(CLIPConfig.FromFile(Path.Combine(folder, "config.json"))), "model", variant, dtype ?? ScalarType.Float32, device);
+    }
+
+    public void save_pretrained(string folder, long max_shard_bytes = 5_000_000_000) =>
+        Checkpoints.Save(this, folder, "model", config.ToJson(), max_shard_bytes);
+
     public CLIPConfig config { get; }
     public readonly Parameter logit_scale;
     public readonly CLIPTextTransformer text_model;

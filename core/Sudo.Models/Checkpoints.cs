@@ -80,19 +80,29 @@ public static class Checkpoints
     /// <summary>Builds a module with skipped initialisation and loads its weights from a folder.</summary>
     public static T Load<T>(string folder, Func<T> build, string baseName, string? variant, ScalarType? dtype, Device? device) where T : nn.Module
     {
+        var dt = dtype ?? ScalarType.Float32;
+        var dev = device ?? Device.CPU;
+        if (dt == ScalarType.Float16 && dev.Type == DeviceType.CPU)
+            throw new NotSupportedException("fp16 cannot compute on CPU with libtorch 1.13: load in float32 or bfloat16 (fp16 weight files are upcast automatically)");
         var path = FindWeights(folder, baseName, variant);
         T model;
-        using (nn.init.skip()) model = build();
+        // Built directly in the target dtype and device with initialisation skipped: every weight is
+        // overwritten by the checkpoint (converted from the file's dtype while copying).
+        using (nn.init.skip())
+        using (dtype_scope(dt))
+        using (device_scope(dev))
+            model = build();
         try
         {
-            using var scope = NewDisposeScope();
             var sd = ReadWeights(path);
-            LoadInto(model, sd, path);
-            foreach (var t in sd.Values) t.Dispose();
-            var dt = dtype;
-            if (dt == ScalarType.Float16 && (device ?? Device.CPU).Type == DeviceType.CPU)
-                throw new NotSupportedException("fp16 cannot compute on CPU with libtorch 1.13: load in float32 or bfloat16 (fp16 files are upcast automatically)");
-            if (dt.HasValue || device.HasValue) model.to(device, dt);
+            try
+            {
+                LoadInto(model, sd, path);
+            }
+            finally
+            {
+                foreach (var t in sd.Values) t.Dispose();
+            }
             model.eval();
             return model;
         }

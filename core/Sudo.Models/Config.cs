@@ -430,3 +430,45 @@ public sealed record CLIPConfig
         logit_scale_init_value = r.Double("logit_scale_init_value", 2.6592),
     };
 }
+
+/// <summary>Writes a config record as the reference library's config.json: property names are the JSON
+/// field names; one-element per-block lists are written as a single value (diffusers rejects a
+/// one-element list where it expects one entry per block).</summary>
+public static class ConfigWriter
+{
+    private static readonly HashSet<string> AlwaysList = ["block_out_channels", "down_block_types", "up_block_types"];
+
+    public static JsonObject ToJson(object config, IReadOnlyDictionary<string, JsonNode?> header)
+    {
+        var o = new JsonObject();
+        foreach (var (k, v) in header) o[k] = v?.DeepClone();
+        foreach (var p in config.GetType().GetProperties().Where(p => p.CanRead && p.GetIndexParameters().Length == 0 && p.Name != "NumBlocks"))
+        {
+            var v = p.GetValue(config);
+            o[p.Name] = v switch
+            {
+                null => null,
+                int[] a when a.Length == 1 && !AlwaysList.Contains(p.Name) => a[0],
+                bool[] a when a.Length == 1 => a[0],
+                CLIPTextConfig or CLIPVisionConfig => ToJson(v, new Dictionary<string, JsonNode?>()),
+                _ => JsonSerializer.SerializeToNode(v, v.GetType()),
+            };
+        }
+        return o;
+    }
+
+    public static JsonObject ToJson(this UNet2DConditionConfig c) =>
+        ToJson(c, new Dictionary<string, JsonNode?> { ["_class_name"] = "UNet2DConditionModel", ["_diffusers_version"] = "0.27.2" });
+
+    public static JsonObject ToJson(this AutoencoderKLConfig c) =>
+        ToJson(c, new Dictionary<string, JsonNode?> { ["_class_name"] = "AutoencoderKL", ["_diffusers_version"] = "0.27.2" });
+
+    public static JsonObject ToJson(this CLIPTextConfig c, string architecture) =>
+        ToJson(c, new Dictionary<string, JsonNode?> { ["architectures"] = new JsonArray(architecture), ["model_type"] = "clip_text_model" });
+
+    public static JsonObject ToJson(this CLIPConfig c)
+    {
+        var o = ToJson(c, new Dictionary<string, JsonNode?> { ["architectures"] = new JsonArray("CLIPModel"), ["model_type"] = "clip" });
+        return o;
+    }
+}

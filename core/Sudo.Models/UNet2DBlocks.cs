@@ -31,7 +31,7 @@ internal static class Ckpt
 /// <summary>A UNet down block: its output and the skip tensors it hands to the up path.</summary>
 public interface IDownBlock
 {
-    (Tensor hidden, Tensor[] skips) forward(Tensor hidden, Tensor temb, Tensor? encoder_hidden_states);
+    (Tensor hidden, Tensor[] skips) forward(Tensor hidden, Tensor temb, Tensor? encoder_hidden_states, Action<string, Tensor>? trace = null);
 }
 
 public interface IUpBlock
@@ -54,12 +54,13 @@ public sealed class DownBlock2D : nn.Module, IDownBlock
         if (add_downsample) downsamplers = register_module("downsamplers", new nn.ModuleList<Downsample2D>(new Downsample2D(out_channels, out_channels, downsample_padding)));
     }
 
-    public (Tensor hidden, Tensor[] skips) forward(Tensor hidden, Tensor temb, Tensor? encoder_hidden_states)
+    public (Tensor hidden, Tensor[] skips) forward(Tensor hidden, Tensor temb, Tensor? encoder_hidden_states, Action<string, Tensor>? trace = null)
     {
         var skips = new List<Tensor>();
-        foreach (var r in resnets)
+        for (var i = 0; i < resnets.Count; i++)
         {
-            hidden = Ckpt.Resnet(this, r, hidden, temb);
+            hidden = Ckpt.Resnet(this, resnets[i], hidden, temb);
+            UNet2DConditionModel.Emit(trace, $"resnets_{i}", hidden);
             skips.Add(hidden);
         }
         if (downsamplers != null)
@@ -81,8 +82,9 @@ public sealed class CrossAttnDownBlock2D : nn.Module, IDownBlock
         bool add_downsample, double eps, int groups, int downsample_padding, int cross_attention_dim, int num_attention_heads,
         bool use_linear_projection, bool only_cross_attention = false, double dropout = 0)
     {
-        resnets = register_module("resnets", new nn.ModuleList<ResnetBlock2D>());
+        // diffusers registers attentions before resnets: that is the state_dict order.
         attentions = register_module("attentions", new nn.ModuleList<Transformer2DModel>());
+        resnets = register_module("resnets", new nn.ModuleList<ResnetBlock2D>());
         for (var i = 0; i < num_layers; i++)
         {
             resnets.append(new ResnetBlock2D(i == 0 ? in_channels : out_channels, out_channels, temb_channels, groups, eps, dropout));
@@ -92,13 +94,15 @@ public sealed class CrossAttnDownBlock2D : nn.Module, IDownBlock
         if (add_downsample) downsamplers = register_module("downsamplers", new nn.ModuleList<Downsample2D>(new Downsample2D(out_channels, out_channels, downsample_padding)));
     }
 
-    public (Tensor hidden, Tensor[] skips) forward(Tensor hidden, Tensor temb, Tensor? encoder_hidden_states)
+    public (Tensor hidden, Tensor[] skips) forward(Tensor hidden, Tensor temb, Tensor? encoder_hidden_states, Action<string, Tensor>? trace = null)
     {
         var skips = new List<Tensor>();
         for (var i = 0; i < resnets.Count; i++)
         {
             hidden = Ckpt.Resnet(this, resnets[i], hidden, temb);
+            UNet2DConditionModel.Emit(trace, $"resnets_{i}", hidden);
             hidden = Ckpt.Transformer(this, attentions[i], hidden, encoder_hidden_states);
+            UNet2DConditionModel.Emit(trace, $"attentions_{i}", hidden);
             skips.Add(hidden);
         }
         if (downsamplers != null)
@@ -118,8 +122,8 @@ public sealed class UNetMidBlock2DCrossAttn : nn.Module
     public UNetMidBlock2DCrossAttn(int in_channels, int temb_channels, double eps, int groups, int cross_attention_dim, int num_attention_heads,
         int transformer_layers, bool use_linear_projection, double output_scale_factor = 1.0, double dropout = 0, int num_layers = 1)
     {
-        resnets = register_module("resnets", new nn.ModuleList<ResnetBlock2D>(new ResnetBlock2D(in_channels, in_channels, temb_channels, groups, eps, dropout, output_scale_factor)));
         attentions = register_module("attentions", new nn.ModuleList<Transformer2DModel>());
+        resnets = register_module("resnets", new nn.ModuleList<ResnetBlock2D>(new ResnetBlock2D(in_channels, in_channels, temb_channels, groups, eps, dropout, output_scale_factor)));
         for (var i = 0; i < num_layers; i++)
         {
             attentions.append(new Transformer2DModel(num_attention_heads, in_channels / num_attention_heads, in_channels, transformer_layers,
@@ -183,8 +187,9 @@ public sealed class CrossAttnUpBlock2D : nn.Module, IUpBlock
         int temb_channels, bool add_upsample, double eps, int groups, int cross_attention_dim, int num_attention_heads, bool use_linear_projection,
         bool only_cross_attention = false, double dropout = 0)
     {
-        resnets = register_module("resnets", new nn.ModuleList<ResnetBlock2D>());
+        // diffusers registers attentions before resnets: that is the state_dict order.
         attentions = register_module("attentions", new nn.ModuleList<Transformer2DModel>());
+        resnets = register_module("resnets", new nn.ModuleList<ResnetBlock2D>());
         for (var i = 0; i < num_layers; i++)
         {
             var skip = i == num_layers - 1 ? in_channels : out_channels;

@@ -9,6 +9,19 @@ public sealed record AddedCondKwargs(Tensor text_embeds, Tensor time_ids);
 
 public sealed class UNet2DConditionModel : nn.Module
 {
+    /// <summary>Loads a diffusers unet folder (or hub id): config.json + diffusion_pytorch_model[.variant].safetensors
+    /// (or its sharded index); fp16 files are upcast to the requested dtype (default float32).</summary>
+    public static UNet2DConditionModel from_pretrained(string path, string? variant = null, ScalarType? dtype = null, Device? device = null, string? cache_dir = null)
+    {
+        var folder = Hub.Resolve(path, cache_dir);
+        return Checkpoints.Load(folder, () => new UNet2DConditionModel(UNet2DConditionConfig.FromFile(Path.Combine(folder, "config.json"))),
+            "diffusion_pytorch_model", variant, dtype ?? ScalarType.Float32, device);
+    }
+
+    /// <summary>Writes config.json and diffusion_pytorch_model.safetensors (sharded above 10 GB, as diffusers).</summary>
+    public void save_pretrained(string folder, long max_shard_bytes = 10_000_000_000) =>
+        Checkpoints.Save(this, folder, "diffusion_pytorch_model", config.ToJson(), max_shard_bytes);
+
     public UNet2DConditionConfig config { get; }
     public readonly nn.Conv2d conv_in, conv_out;
     public readonly Timesteps time_proj;
@@ -43,7 +56,9 @@ public sealed class UNet2DConditionModel : nn.Module
             add_embedding = register_module("add_embedding", new TimestepEmbedding(config.projection_class_embeddings_input_dim!.Value, timeEmbedDim));
         }
 
+        // diffusers creates both block lists before the mid block: state_dict order is down, up, mid.
         down_blocks = register_module("down_blocks", new nn.ModuleList());
+        up_blocks = register_module("up_blocks", new nn.ModuleList());
         var output = boc[0];
         for (var i = 0; i < n; i++)
         {
@@ -61,7 +76,6 @@ public sealed class UNet2DConditionModel : nn.Module
         mid_block = register_module("mid_block", new UNetMidBlock2DCrossAttn(boc[^1], timeEmbedDim, config.norm_eps, config.norm_num_groups,
             crossDim[^1], heads[^1], tlpb[^1], config.use_linear_projection, config.mid_block_scale_factor, config.dropout));
 
-        up_blocks = register_module("up_blocks", new nn.ModuleList());
         var rboc = boc.Reverse().ToArray();
         var rheads = heads.Reverse().ToArray();
         var rlayers = layers.Reverse().ToArray();
@@ -141,7 +155,9 @@ public sealed class UNet2DConditionModel : nn.Module
         var skips = new List<Tensor> { h };
         for (var i = 0; i < down_blocks.Count; i++)
         {
-            var (hidden, res) = ((IDownBlock)down_blocks[i]).forward(h, emb, encoder_hidden_states);
+            var prefix = $"down_blocks_{i}_";
+            var (hidden, res) = ((IDownBlock)down_blocks[i]).forward(h, emb, encoder_hidden_states,
+                trace is null ? null : (n, t) => trace(prefix + n, t));
             h = hidden;
             skips.AddRange(res);
             Emit(trace, $"down_blocks_{i}", h);
