@@ -84,6 +84,8 @@ public static class Checkpoints
         var dev = device ?? Device.CPU;
         if (dt == ScalarType.Float16 && dev.Type == DeviceType.CPU)
             throw new NotSupportedException("fp16 cannot compute on CPU with libtorch 1.13: load in float32 or bfloat16 (fp16 weight files are upcast automatically)");
+        var configPath = Path.Combine(folder, "config.json");
+        if (!File.Exists(configPath)) throw new FileNotFoundException($"config not found: {configPath} (a diffusers/transformers component folder holds config.json and its weights)", configPath);
         var path = FindWeights(folder, baseName, variant);
         T model;
         // Built directly in the target dtype and device with initialisation skipped: every weight is

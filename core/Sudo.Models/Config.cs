@@ -442,7 +442,7 @@ public static class ConfigWriter
     {
         var o = new JsonObject();
         foreach (var (k, v) in header) o[k] = v?.DeepClone();
-        foreach (var p in config.GetType().GetProperties().Where(p => p.CanRead && p.GetIndexParameters().Length == 0 && p.Name != "NumBlocks"))
+        foreach (var p in config.GetType().GetProperties(System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Public).Where(p => p.CanRead && p.GetIndexParameters().Length == 0 && p.Name != "NumBlocks"))
         {
             var v = p.GetValue(config);
             o[p.Name] = v switch
