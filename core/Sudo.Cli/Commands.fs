@@ -32,6 +32,11 @@ let info (asJson: bool) =
         printfn "attention      %s" (if i.FusedAttention then "fused scaled_dot_product_attention" else "composed matmul-softmax-matmul (libtorch < 2.1)")
     0
 
+let benchUnet () =
+    let r = Sudo.Models.UNetBench.Run()
+    printfn "%s" (json r)
+    0
+
 let benchEngine () =
     let r = EngineBench.Run()
     printfn "%s" (json r)

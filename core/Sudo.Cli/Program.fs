@@ -15,7 +15,7 @@ type BenchArgs =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Target _ -> "what to measure: engine."
+            | Target _ -> "what to measure: engine, unet."
 
 type DemoArgs =
     | Steps of int
@@ -69,8 +69,9 @@ let main argv =
         | Bench a ->
             match a.GetResult Target with
             | "engine" -> Commands.benchEngine ()
+            | "unet" -> Commands.benchUnet ()
             | other ->
-                eprintfn "sudoml bench: unknown target '%s' (expected: engine)" other
+                eprintfn "sudoml bench: unknown target '%s' (expected: engine, unet)" other
                 2
         | Demo a -> Commands.demo (a.GetResult(Steps, defaultValue = 300)) (a.GetResult(Seed, defaultValue = 0L))
         | Parity a ->

@@ -80,7 +80,8 @@ sudo_tensor sudo_sdpa(sudo_tensor q, sudo_tensor k, sudo_tensor v, sudo_tensor m
                                                  dropout, is_causal != 0, sc));
 #else
     double s = scale > 0 ? scale : 1.0 / std::sqrt(static_cast<double>(Q.size(-1)));
-    auto attn = at::matmul(Q, K.transpose(-2, -1)).mul(s);
+    // Scaling q ([.., L, E]) instead of the scores ([.., L, S]) saves a pass over the larger tensor.
+    auto attn = at::matmul(Q.mul(s), K.transpose(-2, -1));
     if (is_causal) {
       auto L = Q.size(-2), S = K.size(-2);
       auto keep = at::ones({L, S}, Q.options().dtype(at::kBool)).tril();
