@@ -69,3 +69,17 @@ let parityModel (folder: string) (io: string) (comp: string option) (tolerance: 
     let failed = report.Rows |> Seq.filter (fun r -> not r.Passed) |> Seq.length
     printfn "%d compared, %d failed" (report.Rows.Count) failed
     if report.Passed then 0 else 1
+
+let parityTokenizer (folder: string) (cases: string) =
+    let tok = Sudo.Models.CLIPTokenizer.from_pretrained(folder)
+    let results = Sudo.Models.TokenizerParity.Run(tok, cases)
+    let failed = results |> Seq.filter (fun c -> not c.Passed) |> Seq.toList
+    printfn "parity tokenizer: %s vs %s (exact match required; pad token '%s' = %d)" folder cases tok.pad_token tok.pad_token_id
+    for field in results |> Seq.map (fun c -> c.Field) |> Seq.distinct do
+        let n = results |> Seq.filter (fun c -> c.Field = field) |> Seq.length
+        let bad = failed |> List.filter (fun c -> c.Field = field) |> List.length
+        printfn "  %-22s %4d cases, %d mismatches" field n bad
+    for c in failed |> List.truncate 20 do
+        printfn "  FAIL line %d %s %A: expected %A, got %A" c.Line c.Field c.Prompt c.Expected c.Actual
+    printfn "%d compared, %d failed" results.Count failed.Length
+    if failed.IsEmpty then 0 else 1

@@ -31,6 +31,8 @@ type ParityArgs =
     | Io of file: string
     | Component of name: string
     | Tolerance of factor: float
+    | Tokenizer of folder: string
+    | Cases of file: string
     interface IArgParserTemplate with
         member a.Usage =
             match a with
@@ -38,6 +40,8 @@ type ParityArgs =
             | Io _ -> "the io.safetensors with in_* inputs and out_*/dbg_* reference outputs."
             | Component _ -> "unet, vae, clip_text, clip_text_proj or clip_full (default: from config.json)."
             | Tolerance _ -> "max |error| <= factor * max(1, max |reference|) (default 1e-4 for fp32 models)."
+            | Tokenizer _ -> "a CLIP tokenizer folder (vocab.json, merges.txt, special_tokens_map.json)."
+            | Cases _ -> "a golden tokenizer jsonl (prompt, ids, attention_mask, unpadded_ids, *_noftfy)."
 
 [<RequireSubcommand>]
 type CliArgs =
@@ -75,10 +79,11 @@ let main argv =
                 2
         | Demo a -> Commands.demo (a.GetResult(Steps, defaultValue = 300)) (a.GetResult(Seed, defaultValue = 0L))
         | Parity a ->
-            match a.TryGetResult Model, a.TryGetResult Io with
-            | Some m, Some io -> Commands.parityModel m io (a.TryGetResult Component) (a.TryGetResult Tolerance)
+            match a.TryGetResult Model, a.TryGetResult Io, a.TryGetResult Tokenizer, a.TryGetResult Cases with
+            | Some m, Some io, None, None -> Commands.parityModel m io (a.TryGetResult Component) (a.TryGetResult Tolerance)
+            | None, None, Some t, Some c -> Commands.parityTokenizer t c
             | _ ->
-                eprintfn "sudoml parity: give --model <folder> --io <io.safetensors>"
+                eprintfn "sudoml parity: give --model <folder> --io <io.safetensors>, or --tokenizer <folder> --cases <file.jsonl>"
                 2
         | _ ->
             eprintfn "%s" (parser.PrintUsage())

@@ -160,3 +160,35 @@ public static class Parity
         return new ParityRow(name, err, refMax > 0 ? err / refMax : err, tol, err <= tol);
     }
 }
+
+/// <summary>Tokenizer parity against a golden jsonl (one case per line: prompt, ids, attention_mask,
+/// unpadded_ids and optionally the *_noftfy fields): exact equality is required.</summary>
+public static class TokenizerParity
+{
+    public sealed record Case(int Line, string Prompt, string Field, int[] Expected, int[] Actual)
+    {
+        public bool Passed => Expected.SequenceEqual(Actual);
+    }
+
+    public static List<Case> Run(CLIPTokenizer tokenizer, string casesPath)
+    {
+        var plain = tokenizer.WithoutTextFix();
+        var result = new List<Case>();
+        var n = 0;
+        foreach (var line in File.ReadLines(casesPath))
+        {
+            n++;
+            if (string.IsNullOrWhiteSpace(line)) continue;
+            var o = JsonNode.Parse(line) as JsonObject ?? throw new InvalidDataException($"{casesPath}:{n}: not a JSON object");
+            var prompt = (string?)o["prompt"] ?? throw new InvalidDataException($"{casesPath}:{n}: no prompt");
+            int[] Ints(string k) => (o[k] as JsonArray)!.Select(x => x!.GetValue<int>()).ToArray();
+            var (ids, mask) = tokenizer.EncodeFixed(prompt);
+            if (o.ContainsKey("ids")) result.Add(new Case(n, prompt, "ids", Ints("ids"), ids));
+            if (o.ContainsKey("attention_mask")) result.Add(new Case(n, prompt, "attention_mask", Ints("attention_mask"), mask));
+            if (o.ContainsKey("unpadded_ids")) result.Add(new Case(n, prompt, "unpadded_ids", Ints("unpadded_ids"), tokenizer.EncodeFixed(prompt, padding: false, truncation: false).ids));
+            if (o.ContainsKey("ids_noftfy")) result.Add(new Case(n, prompt, "ids_noftfy", Ints("ids_noftfy"), plain.EncodeFixed(prompt).ids));
+            if (o.ContainsKey("unpadded_ids_noftfy")) result.Add(new Case(n, prompt, "unpadded_ids_noftfy", Ints("unpadded_ids_noftfy"), plain.EncodeFixed(prompt, padding: false, truncation: false).ids));
+        }
+        return result;
+    }
+}
