@@ -23,7 +23,9 @@ public sealed partial class CLIPTokenizer
     private readonly Dictionary<(string, string), int> _ranks;
     private readonly Dictionary<string, string[]> _cache = new();
     private readonly string[] _specialTokens;
-    private static readonly string[] ByteEncoder = BuildByteEncoder();
+    private static readonly string[] ByteEncoder = BuildByteEncoder(out ByteSymbolOrder);
+    // bytes_to_unicode().values() in dict order: the printable bytes first, then the remapped ones.
+    private static readonly string[] ByteSymbolOrder;
 
     public int bos_token_id { get; }
     public int eos_token_id { get; }
@@ -117,8 +119,8 @@ public sealed partial class CLIPTokenizer
             var p = l.Split(' ');
             return (p[0], p[1]);
         }).ToList();
-        var words = new List<string>(ByteEncoder);
-        words.AddRange(ByteEncoder.Select(b => b + "</w>"));
+        var words = new List<string>(ByteSymbolOrder);
+        words.AddRange(ByteSymbolOrder.Select(b => b + "</w>"));
         words.AddRange(merges.Select(m => m.Item1 + m.Item2));
         words.Add(BosToken);
         words.Add(EosToken);
@@ -128,7 +130,7 @@ public sealed partial class CLIPTokenizer
     }
 
     /// <summary>GPT-2's bytes_to_unicode: printable bytes map to themselves, the rest to U+0100 onwards.</summary>
-    private static string[] BuildByteEncoder()
+    private static string[] BuildByteEncoder(out string[] order)
     {
         var bs = new List<int>();
         for (var b = '!'; b <= '~'; b++) bs.Add(b);
@@ -144,6 +146,7 @@ public sealed partial class CLIPTokenizer
         }
         var table = new string[256];
         for (var i = 0; i < bs.Count; i++) table[bs[i]] = ((char)cs[i]).ToString();
+        order = cs.Select(c => ((char)c).ToString()).ToArray();
         return table;
     }
 

@@ -96,10 +96,27 @@ public static partial class TextFix
             {
                 try { decoded = strict.GetString(bytes); }
                 catch (DecoderFallbackException) { decoded = null; }
+                if (decoded != null && !Plausible(decoded)) decoded = null;
             }
             sb.Append(decoded ?? FixC1Controls(run.ToString()));
         }
         return sb.ToString();
+    }
+
+    /// <summary>Whether a re-decoded run looks like real text rather than an accident of legitimate text
+    /// (e.g. "ß—" is valid UTF-8 for U+07D7): every character from a two-byte sequence must be Latin-1,
+    /// Latin Extended, Greek, Cyrillic, Hebrew or Arabic; three- and four-byte sequences (punctuation,
+    /// CJK, emoji) need two or three continuation bytes in a row and are accepted.</summary>
+    private static bool Plausible(string decoded)
+    {
+        foreach (var r in decoded.EnumerateRunes())
+        {
+            var cp = r.Value;
+            if (cp < 0x80 || cp >= 0x800) continue;
+            var ok = cp is (>= 0xA0 and <= 0x24F) or (>= 0x370 and <= 0x4FF) or (>= 0x5D0 and <= 0x5EA) or (>= 0x620 and <= 0x64A);
+            if (!ok) return false;
+        }
+        return true;
     }
 
     /// <summary>C1 control characters (U+0080–U+009F) are almost always Windows-1252 bytes decoded as Latin-1.</summary>
