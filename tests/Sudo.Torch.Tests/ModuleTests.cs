@@ -39,13 +39,15 @@ public class ModuleTests
     {
         using var net = new Net(4);
         var names = net.state_dict().Keys.ToArray();
+        // PyTorch's order: a module's own parameters and persistent buffers, then its children.
         Assert.That(names, Is.EqualTo(new[]
         {
+            "position_ids",
             "attentions.0.to_q.weight", "attentions.0.to_k.weight", "attentions.0.to_v.weight",
             "attentions.0.to_out.0.weight", "attentions.0.to_out.0.bias",
             "attentions.1.to_q.weight", "attentions.1.to_k.weight", "attentions.1.to_v.weight",
             "attentions.1.to_out.0.weight", "attentions.1.to_out.0.bias",
-            "norm.weight", "norm.bias", "position_ids",
+            "norm.weight", "norm.bias",
         }));
         Assert.That(net.named_buffers().Select(b => b.name), Is.EqualTo(new[] { "position_ids", "scratch" }));
         Assert.That(net.named_modules().Select(m => m.name), Does.Contain("attentions.1.to_out.1"));
