@@ -207,3 +207,37 @@ public class LoadingTests
         }
     }
 }
+
+public class PipelineFolderTests
+{
+    [TestCase("pipe_sd15", false)]
+    [TestCase("pipe_sdxl", true)]
+    public void LoadsAndSavesPipelineFolders(string item, bool sdxl)
+    {
+        var folder = Shared.Require("golden", item);
+        using var p = PipelineComponents.from_pretrained(folder);
+        Assert.That(p.IsSDXL, Is.EqualTo(sdxl));
+        Assert.That(p.scheduler_config, Is.Not.Null);
+        if (sdxl) Assert.That(p.tokenizer_2!.pad_token_id, Is.EqualTo(0));
+        var tmp = Path.Combine(Path.GetTempPath(), $"sudo-pipe-{Guid.NewGuid():N}");
+        try
+        {
+            p.save_pretrained(tmp);
+            using var q = PipelineComponents.from_pretrained(tmp);
+            using var scope = NewDisposeScope();
+            foreach (var (a, b) in new (nn.Module, nn.Module)[] { (p.unet, q.unet), (p.vae, q.vae), (p.text_encoder, q.text_encoder) })
+            {
+                var sa = a.state_dict();
+                var sb = b.state_dict();
+                Assert.That(sb.Keys, Is.EqualTo(sa.Keys));
+                foreach (var k in sa.Keys) Assert.That(sb[k].equal(sa[k]), Is.True, k);
+            }
+            Assert.That(File.Exists(Path.Combine(tmp, "scheduler", "scheduler_config.json")), Is.True);
+        }
+        finally
+        {
+            if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        }
+        Assert.Throws<FileNotFoundException>(() => PipelineComponents.from_pretrained(Shared.Require("golden", "vae")));
+    }
+}

@@ -1,0 +1,110 @@
+// Loading and saving a diffusers pipeline folder (model_index.json + one sub-folder per component).
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Sudo.Torch;
+
+namespace Sudo.Models;
+
+/// <summary>The model components of a StableDiffusion(XL)Pipeline folder. The scheduler is returned as its
+/// config path (schedulers live in Sudo.Diffusion).</summary>
+public sealed class PipelineComponents : IDisposable
+{
+    public required string Folder { get; init; }
+    public required string ClassName { get; init; }
+    public required JsonObject ModelIndex { get; init; }
+    public required UNet2DConditionModel unet { get; init; }
+    public required AutoencoderKL vae { get; init; }
+    public required CLIPTextModel text_encoder { get; init; }
+    public CLIPTextModelWithProjection? text_encoder_2 { get; init; }
+    public required CLIPTokenizer tokenizer { get; init; }
+    public CLIPTokenizer? tokenizer_2 { get; init; }
+    public string? scheduler_config { get; init; }
+
+    public bool IsSDXL => text_encoder_2 != null;
+
+    /// <summary>Reads model_index.json and loads every model component it names (unet, vae, text_encoder,
+    /// and for SDXL text_encoder_2), the tokenizers and the scheduler config path.</summary>
+    public static PipelineComponents from_pretrained(string path, string? variant = null, ScalarType? dtype = null, Device? device = null, string? cache_dir = null)
+    {
+        var folder = Hub.Resolve(path, cache_dir);
+        var indexPath = Path.Combine(folder, "model_index.json");
+        if (!File.Exists(indexPath))
+            throw new FileNotFoundException($"{folder} is not a diffusers pipeline folder (no model_index.json)", indexPath);
+        var index = JsonNode.Parse(File.ReadAllText(indexPath)) as JsonObject ?? throw new InvalidDataException($"{indexPath}: not a JSON object");
+        var cls = (string?)index["_class_name"] ?? "";
+        string? Kind(string name) => (index[name] as JsonArray)?.ElementAtOrDefault(1)?.GetValue<string>();
+        void Expect(string name, params string[] classes)
+        {
+            var k = Kind(name);
+            if (k is null) throw new InvalidDataException($"{indexPath}: no '{name}' component");
+            if (!classes.Contains(k)) throw new NotSupportedException($"{indexPath}: {name} is {k}; supported: {string.Join(", ", classes)}");
+        }
+        Expect("unet", "UNet2DConditionModel");
+        Expect("vae", "AutoencoderKL");
+        Expect("text_encoder", "CLIPTextModel");
+        Expect("tokenizer", "CLIPTokenizer");
+        var sdxl = Kind("text_encoder_2") != null;
+        if (sdxl)
+        {
+            Expect("text_encoder_2", "CLIPTextModelWithProjection");
+            Expect("tokenizer_2", "CLIPTokenizer");
+        }
+        var disposables = new List<IDisposable>();
+        try
+        {
+            var unet = UNet2DConditionModel.from_pretrained(Path.Combine(folder, "unet"), variant, dtype, device);
+            disposables.Add(unet);
+            var vae = AutoencoderKL.from_pretrained(Path.Combine(folder, "vae"), variant, dtype, device);
+            disposables.Add(vae);
+            var te = CLIPTextModel.from_pretrained(Path.Combine(folder, "text_encoder"), variant, dtype, device);
+            disposables.Add(te);
+            var te2 = sdxl ? CLIPTextModelWithProjection.from_pretrained(Path.Combine(folder, "text_encoder_2"), variant, dtype, device) : null;
+            var sched = Path.Combine(folder, "scheduler", "scheduler_config.json");
+            return new PipelineComponents
+            {
+                Folder = folder,
+                ClassName = cls,
+                ModelIndex = index,
+                unet = unet,
+                vae = vae,
+                text_encoder = te,
+                text_encoder_2 = te2,
+                tokenizer = CLIPTokenizer.from_pretrained(Path.Combine(folder, "tokenizer")),
+                tokenizer_2 = sdxl ? CLIPTokenizer.from_pretrained(Path.Combine(folder, "tokenizer_2")) : null,
+                scheduler_config = File.Exists(sched) ? sched : null,
+            };
+        }
+        catch
+        {
+            foreach (var d in disposables) d.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Writes the same layout: model_index.json, each model component, the tokenizer and scheduler
+    /// files copied from the source folder.</summary>
+    public void save_pretrained(string folder)
+    {
+        Directory.CreateDirectory(folder);
+        unet.save_pretrained(Path.Combine(folder, "unet"));
+        vae.save_pretrained(Path.Combine(folder, "vae"));
+        text_encoder.save_pretrained(Path.Combine(folder, "text_encoder"));
+        text_encoder_2?.save_pretrained(Path.Combine(folder, "text_encoder_2"));
+        foreach (var sub in new[] { "tokenizer", "tokenizer_2", "scheduler" })
+        {
+            var src = Path.Combine(Folder, sub);
+            if (!Directory.Exists(src) || Path.GetFullPath(src) == Path.GetFullPath(Path.Combine(folder, sub))) continue;
+            Directory.CreateDirectory(Path.Combine(folder, sub));
+            foreach (var f in Directory.GetFiles(src)) File.Copy(f, Path.Combine(folder, sub, Path.GetFileName(f)), overwrite: true);
+        }
+        AtomicFile.WriteAllText(Path.Combine(folder, "model_index.json"), ModelIndex.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    public void Dispose()
+    {
+        unet.Dispose();
+        vae.Dispose();
+        text_encoder.Dispose();
+        text_encoder_2?.Dispose();
+    }
+}
