@@ -58,10 +58,7 @@ let demo (steps: int) (seed: int64) =
         eprintfn "demo: training did not converge as expected"
         1
 
-let parityModel (folder: string) (io: string) (comp: string option) (tolerance: float option) =
-    let report =
-        Sudo.Models.Parity.Run(folder, io, Option.toObj comp, Option.toNullable tolerance)
-    printfn "parity %s: %s vs %s (%s)" report.Component folder io report.ToleranceRule
+let private printReport (report: Sudo.Models.ParityReport) =
     printfn "  %-40s %12s %12s %12s  %s" "tensor" "max abs err" "max rel err" "tolerance" "result"
     for r in report.Rows do
         let verdict = if not (String.IsNullOrEmpty r.Note) then (if r.Passed then "skip: " else "FAIL: ") + r.Note elif r.Passed then "ok" else "FAIL"
@@ -69,6 +66,16 @@ let parityModel (folder: string) (io: string) (comp: string option) (tolerance: 
     let failed = report.Rows |> Seq.filter (fun r -> not r.Passed) |> Seq.length
     printfn "%d compared, %d failed" (report.Rows.Count) failed
     if report.Passed then 0 else 1
+
+let parityModel (folder: string) (io: string) (comp: string option) (tolerance: float option) =
+    let report = Sudo.Models.Parity.Run(folder, io, Option.toObj comp, Option.toNullable tolerance)
+    printfn "parity %s: %s vs %s (%s)" report.Component folder io report.ToleranceRule
+    printReport report
+
+let paritySchedulers (io: string) (tolerance: float option) =
+    let report = Sudo.Diffusion.SchedulerParity.Run(io, null, Option.toNullable tolerance)
+    printfn "parity schedulers: %s (%s)" io report.ToleranceRule
+    printReport report
 
 let parityTokenizer (folder: string) (cases: string) =
     let tok = Sudo.Models.CLIPTokenizer.from_pretrained(folder)

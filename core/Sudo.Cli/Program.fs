@@ -33,6 +33,7 @@ type ParityArgs =
     | Tolerance of factor: float
     | Tokenizer of folder: string
     | Cases of file: string
+    | Schedulers of file: string
     interface IArgParserTemplate with
         member a.Usage =
             match a with
@@ -42,6 +43,7 @@ type ParityArgs =
             | Tolerance _ -> "max |error| <= factor * max(1, max |reference|) (default 1e-4 for fp32 models)."
             | Tokenizer _ -> "a CLIP tokenizer folder (vocab.json, merges.txt, special_tokens_map.json)."
             | Cases _ -> "a golden tokenizer jsonl (prompt, ids, attention_mask, unpadded_ids, *_noftfy)."
+            | Schedulers _ -> "a scheduler golden io.safetensors (params.json beside it)."
 
 [<RequireSubcommand>]
 type CliArgs =
@@ -80,10 +82,11 @@ let main argv =
         | Demo a -> Commands.demo (a.GetResult(Steps, defaultValue = 300)) (a.GetResult(Seed, defaultValue = 0L))
         | Parity a ->
             match a.TryGetResult Model, a.TryGetResult Io, a.TryGetResult Tokenizer, a.TryGetResult Cases with
+            | _ when a.Contains Schedulers -> Commands.paritySchedulers (a.GetResult Schedulers) (a.TryGetResult Tolerance)
             | Some m, Some io, None, None -> Commands.parityModel m io (a.TryGetResult Component) (a.TryGetResult Tolerance)
             | None, None, Some t, Some c -> Commands.parityTokenizer t c
             | _ ->
-                eprintfn "sudoml parity: give --model <folder> --io <io.safetensors>, or --tokenizer <folder> --cases <file.jsonl>"
+                eprintfn "sudoml parity: give --model <folder> --io <io.safetensors>, --tokenizer <folder> --cases <file.jsonl>, or --schedulers <io.safetensors>"
                 2
         | _ ->
             eprintfn "%s" (parser.PrintUsage())

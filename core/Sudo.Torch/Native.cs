@@ -15,7 +15,7 @@ internal struct NativeScalar
 internal static unsafe partial class Native
 {
     internal const string Lib = "sudo_native";
-    internal const int AbiVersion = 3;
+    internal const int AbiVersion = 4;
 
     // Runs before the first P/Invoke of this assembly: resolve the shim next to the assembly (or
     // $SUDO_NATIVE_LIB), whichever host loaded us (dotnet test, the CLI, dotnet fsi).
@@ -117,6 +117,7 @@ internal static unsafe partial class Native
     [LibraryImport(Lib)] internal static partial IntPtr sudo_max_all(IntPtr a, int isMin);
     [LibraryImport(Lib)] internal static partial IntPtr sudo_argmax(IntPtr a, int hasDim, long dim, int keepdim, int isMin);
     [LibraryImport(Lib)] internal static partial IntPtr sudo_cumsum(IntPtr a, long dim);
+    [LibraryImport(Lib)] internal static partial IntPtr sudo_cumprod(IntPtr a, long dim);
     [LibraryImport(Lib)] internal static partial int sudo_sort(IntPtr a, long dim, int descending, IntPtr* values, IntPtr* indices);
     [LibraryImport(Lib)] internal static partial int sudo_allclose(IntPtr a, IntPtr b, double rtol, double atol, int equalNan);
     [LibraryImport(Lib)] internal static partial int sudo_equal(IntPtr a, IntPtr b);

@@ -283,6 +283,7 @@ public partial class Tensor
     public Tensor argmin() => Wrap(Native.sudo_argmax(Handle, 0, 0, 0, 1), "argmin");
     public Tensor argmin(long dim, bool keepdim = false) => Wrap(Native.sudo_argmax(Handle, 1, dim, keepdim ? 1 : 0, 1), "argmin");
     public Tensor cumsum(long dim) => Wrap(Native.sudo_cumsum(Handle, dim), "cumsum");
+    public Tensor cumprod(long dim) => Wrap(Native.sudo_cumprod(Handle, dim), "cumprod");
     public unsafe (Tensor values, Tensor indices) sort(long dim = -1, bool descending = false)
     {
         IntPtr v, i;

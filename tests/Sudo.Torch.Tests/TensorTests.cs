@@ -208,6 +208,7 @@ public class TensorTests
         Check.Close(t.log_softmax(1).exp(), t.softmax(1).ToArray<double>(), 1e-12);
         Check.Close(t.amax([0]), new[] { 4.0, 5, 6 }, 0);
         Check.Close(t.cumsum(1), new[] { 1.0, 3, 6, 4, 9, 15 }, 0);
+        Check.Close(t.cumprod(1), new[] { 1.0, 2, 6, 4, 20, 120 }, 0);
         Assert.That(t.prod().item(), Is.EqualTo(720));
     }
 

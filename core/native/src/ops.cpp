@@ -213,6 +213,7 @@ sudo_tensor sudo_argmax(sudo_tensor a, int32_t has_dim, int64_t dim, int32_t kee
         return wrap(is_min ? T(a).argmin(d, keepdim != 0) : T(a).argmax(d, keepdim != 0));)
 }
 sudo_tensor sudo_cumsum(sudo_tensor a, int64_t dim) { TRY_T(return wrap(T(a).cumsum(dim));) }
+sudo_tensor sudo_cumprod(sudo_tensor a, int64_t dim) { TRY_T(return wrap(T(a).cumprod(dim));) }
 int32_t sudo_sort(sudo_tensor a, int64_t dim, int32_t descending, sudo_tensor* values, sudo_tensor* indices) {
   TRY_S(auto r = T(a).sort(dim, descending != 0); *values = wrap(std::get<0>(r)); *indices = wrap(std::get<1>(r));)
 }

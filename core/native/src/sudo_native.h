@@ -11,7 +11,7 @@ extern "C" {
 #define SUDO_EXPORT __attribute__((visibility("default")))
 
 // Bumped whenever a signature or an op code below changes; checked by the C# side at start-up.
-#define SUDO_ABI_VERSION 3
+#define SUDO_ABI_VERSION 4
 
 typedef void* sudo_tensor;
 typedef void* sudo_generator;
@@ -157,6 +157,7 @@ SUDO_EXPORT int32_t sudo_max_dim(sudo_tensor a, int64_t dim, int32_t keepdim, in
 SUDO_EXPORT sudo_tensor sudo_max_all(sudo_tensor a, int32_t is_min);
 SUDO_EXPORT sudo_tensor sudo_argmax(sudo_tensor a, int32_t has_dim, int64_t dim, int32_t keepdim, int32_t is_min);
 SUDO_EXPORT sudo_tensor sudo_cumsum(sudo_tensor a, int64_t dim);
+SUDO_EXPORT sudo_tensor sudo_cumprod(sudo_tensor a, int64_t dim);
 SUDO_EXPORT int32_t sudo_sort(sudo_tensor a, int64_t dim, int32_t descending, sudo_tensor* values, sudo_tensor* indices);
 SUDO_EXPORT int32_t sudo_allclose(sudo_tensor a, sudo_tensor b, double rtol, double atol, int32_t equal_nan);
 SUDO_EXPORT int32_t sudo_equal(sudo_tensor a, sudo_tensor b);
