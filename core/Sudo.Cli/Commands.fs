@@ -61,7 +61,13 @@ let demo (steps: int) (seed: int64) =
 let private printReport (report: Sudo.Models.ParityReport) =
     printfn "  %-40s %12s %12s %12s  %s" "tensor" "max abs err" "max rel err" "tolerance" "result"
     for r in report.Rows do
-        let verdict = if not (String.IsNullOrEmpty r.Note) then (if r.Passed then "skip: " else "FAIL: ") + r.Note elif r.Passed then "ok" else "FAIL"
+        let verdict =
+            match r.Passed, Double.IsNaN r.MaxAbsError, String.IsNullOrEmpty r.Note with
+            | true, false, true -> "ok"
+            | true, false, false -> "ok (" + r.Note + ")"
+            | true, true, _ -> "skip: " + r.Note
+            | false, _, true -> "FAIL"
+            | false, _, false -> "FAIL: " + r.Note
         printfn "  %-40s %12.3g %12.3g %12.3g  %s" r.Name r.MaxAbsError r.MaxRelError r.Tolerance verdict
     let failed = report.Rows |> Seq.filter (fun r -> not r.Passed) |> Seq.length
     printfn "%d compared, %d failed" (report.Rows.Count) failed
@@ -90,3 +96,8 @@ let parityTokenizer (folder: string) (cases: string) =
         printfn "  FAIL line %d %s %A: expected %A, got %A" c.Line c.Field c.Prompt c.Expected c.Actual
     printfn "%d compared, %d failed" results.Count failed.Length
     if failed.IsEmpty then 0 else 1
+
+let parityPipeline (folder: string) (io: string) =
+    let report = Sudo.Diffusion.PipelineParity.Run(folder, io)
+    printfn "parity pipeline: %s vs %s (%s)" folder io report.ToleranceRule
+    printReport report

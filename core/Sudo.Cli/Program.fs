@@ -34,6 +34,7 @@ type ParityArgs =
     | Tokenizer of folder: string
     | Cases of file: string
     | Schedulers of file: string
+    | Pipeline of folder: string
     interface IArgParserTemplate with
         member a.Usage =
             match a with
@@ -44,6 +45,7 @@ type ParityArgs =
             | Tokenizer _ -> "a CLIP tokenizer folder (vocab.json, merges.txt, special_tokens_map.json)."
             | Cases _ -> "a golden tokenizer jsonl (prompt, ids, attention_mask, unpadded_ids, *_noftfy)."
             | Schedulers _ -> "a scheduler golden io.safetensors (params.json beside it)."
+            | Pipeline _ -> "a golden pipeline folder (with params.json); give its io.safetensors with --io."
 
 [<RequireSubcommand>]
 type CliArgs =
@@ -83,6 +85,9 @@ let main argv =
         | Parity a ->
             match a.TryGetResult Model, a.TryGetResult Io, a.TryGetResult Tokenizer, a.TryGetResult Cases with
             | _ when a.Contains Schedulers -> Commands.paritySchedulers (a.GetResult Schedulers) (a.TryGetResult Tolerance)
+            | _ when a.Contains Pipeline ->
+                let folder = a.GetResult Pipeline
+                Commands.parityPipeline folder (a.GetResult(Io, defaultValue = System.IO.Path.Combine(folder, "io.safetensors")))
             | Some m, Some io, None, None -> Commands.parityModel m io (a.TryGetResult Component) (a.TryGetResult Tolerance)
             | None, None, Some t, Some c -> Commands.parityTokenizer t c
             | _ ->
