@@ -32,6 +32,23 @@ let info (asJson: bool) =
         printfn "attention      %s" (if i.FusedAttention then "fused scaled_dot_product_attention" else "composed matmul-softmax-matmul (libtorch < 2.1)")
     0
 
+let benchSample () =
+    let r = Sudo.Diffusion.SampleBench.Run()
+    printfn "%s" (json r)
+    0
+
+let sample (settings: Sudo.Diffusion.SampleSettings) =
+    let sw = Diagnostics.Stopwatch.StartNew()
+    let progress (doneImages: float) (total: int) (step: int) =
+        let frac = min 1.0 (doneImages / float total)
+        let width = 30
+        let filled = max 0 (min width (int (frac * float width)))
+        eprintf "\r[%s%s] %3.0f%%  %.1f/%d images  step %d/%d  %.1fs " (String('#', filled)) (String('.', width - filled)) (100.0 * frac) doneImages total step settings.steps sw.Elapsed.TotalSeconds
+    let files = Sudo.Diffusion.Sampling.Run(settings, Action<float, int, int>(progress))
+    eprintfn ""
+    printfn "wrote %d images, grid.png and images.jsonl to %s in %.1f s" files.Count settings.out_dir sw.Elapsed.TotalSeconds
+    0
+
 let benchUnet () =
     let r = Sudo.Models.UNetBench.Run()
     printfn "%s" (json r)
