@@ -118,3 +118,8 @@ let parityPipeline (folder: string) (io: string) =
     let report = Sudo.Diffusion.PipelineParity.Run(folder, io)
     printfn "parity pipeline: %s vs %s (%s)" folder io report.ToleranceRule
     printReport report
+
+let parityLosses (io: string) (tolerance: float option) =
+    let report = Sudo.Preference.LossParity.Run(io, Option.toNullable tolerance)
+    printfn "parity losses: %s (%s)" io report.ToleranceRule
+    printReport report

@@ -35,6 +35,7 @@ type ParityArgs =
     | Cases of file: string
     | Schedulers of file: string
     | Pipeline of folder: string
+    | Losses of file: string
     interface IArgParserTemplate with
         member a.Usage =
             match a with
@@ -46,6 +47,7 @@ type ParityArgs =
             | Cases _ -> "a golden tokenizer jsonl (prompt, ids, attention_mask, unpadded_ids, *_noftfy)."
             | Schedulers _ -> "a scheduler golden io.safetensors (params.json beside it)."
             | Pipeline _ -> "a golden pipeline folder (with params.json); give its io.safetensors with --io."
+            | Losses _ -> "a losses golden io.safetensors (params.json and the UNets it names beside it)."
 
 type SampleArgs =
     | [<Mandatory>] Model of folder: string
@@ -125,6 +127,7 @@ let main argv =
         | Parity a ->
             match a.TryGetResult ParityArgs.Model, a.TryGetResult ParityArgs.Io, a.TryGetResult ParityArgs.Tokenizer, a.TryGetResult ParityArgs.Cases with
             | _ when a.Contains ParityArgs.Schedulers -> Commands.paritySchedulers (a.GetResult ParityArgs.Schedulers) (a.TryGetResult ParityArgs.Tolerance)
+            | _ when a.Contains ParityArgs.Losses -> Commands.parityLosses (a.GetResult ParityArgs.Losses) (a.TryGetResult ParityArgs.Tolerance)
             | _ when a.Contains ParityArgs.Pipeline ->
                 let folder = a.GetResult ParityArgs.Pipeline
                 Commands.parityPipeline folder (a.GetResult(ParityArgs.Io, defaultValue = System.IO.Path.Combine(folder, "io.safetensors")))
