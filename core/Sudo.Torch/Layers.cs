@@ -4,6 +4,13 @@ public static partial class torch
 {
     public static partial class nn
     {
+        /// <summary>A side branch added to a Linear layer's output (LoRA and friends).</summary>
+        public interface ILinearAdapter
+        {
+            bool enabled { get; }
+            Tensor forward(Tensor x);
+        }
+
         /// <summary>torch.nn.init. Inside <see cref="skip"/>, initialisers do nothing: real loading builds
         /// modules with uninitialised parameters and overwrites every one of them.</summary>
         public static class init
@@ -105,7 +112,18 @@ public static partial class torch
                 }
             }
 
-            public override Tensor forward(Tensor x) => functional.linear(x, weight, bias);
+            /// <summary>An optional low-rank adapter added to the output (LoRA). It is not a child module: the
+            /// layer's state_dict keeps the base model's keys; adapters are saved on their own.</summary>
+            public ILinearAdapter? adapter { get; set; }
+
+            public override Tensor forward(Tensor x)
+            {
+                var y = functional.linear(x, weight, bias);
+                if (adapter is not { enabled: true } a) return y;
+                using var delta = a.forward(x);
+                using (y) return y + delta;
+            }
+
             protected override string ExtraRepr() => $"in_features={in_features}, out_features={out_features}, bias={bias != null}";
         }
 

@@ -55,6 +55,10 @@ public static unsafe partial class torch
     // ---- library ----
     public static string __version__ => Native.Str(Native.sudo_torch_version());
     public static void manual_seed(long seed) => Native.CheckStatus(Native.sudo_manual_seed(seed), "manual_seed");
+
+    /// <summary>The default CPU generator's state (dropout and other draws without an explicit generator).</summary>
+    public static Tensor get_rng_state() => Tensor.Wrap(Native.sudo_generator_get_state(IntPtr.Zero), "get_rng_state");
+    public static void set_rng_state(Tensor state) => Native.CheckStatus(Native.sudo_generator_set_state(IntPtr.Zero, state.Handle), "set_rng_state");
     public static int get_num_threads() => Native.sudo_get_num_threads();
     public static void set_num_threads(int n)
     {
