@@ -86,6 +86,69 @@ type SampleArgs =
             | Batch_Size _ -> "images denoised together (default 4; never changes an image)."
             | Out _ -> "output folder."
 
+type TrainArgs =
+    | [<CustomCommandLine("--method")>] Method of name: string
+    | [<CustomCommandLine("--pretrained_model_name_or_path"); Mandatory>] Pretrained_Model of path: string
+    | [<CustomCommandLine("--dataset_name"); Mandatory>] Dataset_Name of folder: string
+    | [<CustomCommandLine("--cache_dir")>] Cache_Dir of dir: string
+    | [<CustomCommandLine("--output_dir")>] Output_Dir of dir: string
+    | [<CustomCommandLine("--train_batch_size")>] Train_Batch_Size of int
+    | [<CustomCommandLine("--gradient_accumulation_steps")>] Gradient_Accumulation_Steps of int
+    | [<CustomCommandLine("--max_train_steps")>] Max_Train_Steps of int
+    | [<CustomCommandLine("--learning_rate")>] Learning_Rate of float
+    | [<CustomCommandLine("--scale_lr")>] Scale_Lr
+    | [<CustomCommandLine("--lr_scheduler")>] Lr_Scheduler of name: string
+    | [<CustomCommandLine("--lr_warmup_steps")>] Lr_Warmup_Steps of int
+    | [<CustomCommandLine("--checkpointing_steps")>] Checkpointing_Steps of int
+    | [<CustomCommandLine("--resume_from_checkpoint")>] Resume_From_Checkpoint of string
+    | [<CustomCommandLine("--beta_dpo")>] Beta_Dpo of float
+    | [<CustomCommandLine("--seed")>] Train_Seed of int64
+    | [<CustomCommandLine("--sdxl")>] Sdxl
+    | [<CustomCommandLine("--sft")>] Sft
+    | [<CustomCommandLine("--use_adafactor")>] Use_Adafactor
+    | [<CustomCommandLine("--resolution")>] Resolution of int
+    | [<CustomCommandLine("--random_crop")>] Random_Crop
+    | [<CustomCommandLine("--no_hflip")>] No_Hflip
+    | [<CustomCommandLine("--gradient_checkpointing")>] Gradient_Checkpointing
+    | [<CustomCommandLine("--dataloader_num_workers")>] Dataloader_Num_Workers of int
+    | [<CustomCommandLine("--mixed_precision")>] Mixed_Precision of string
+    | [<CustomCommandLine("--proportion_empty_prompts")>] Proportion_Empty_Prompts of float
+    | [<CustomCommandLine("--lora_rank")>] Lora_Rank of int
+    | [<CustomCommandLine("--sudo_derangement")>] Sudo_Derangement
+    | [<CustomCommandLine("--device")>] Train_Device of string
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Method _ -> "dpo (default), sft or sudo."
+            | Pretrained_Model _ -> "base diffusers pipeline folder (or org/name in the local Hugging Face cache)."
+            | Dataset_Name _ -> "a local folder with pairs.jsonl/pairs.csv and the images (no downloads)."
+            | Cache_Dir _ -> "Hugging Face cache to resolve org/name model ids in."
+            | Output_Dir _ -> "checkpoints, metrics and final weights (default sd-model-finetuned)."
+            | Train_Batch_Size _ -> "pairs per micro-batch (default 1)."
+            | Gradient_Accumulation_Steps _ -> "micro-batches per optimizer step (default 1)."
+            | Max_Train_Steps _ -> "optimizer steps (default 2000)."
+            | Learning_Rate _ -> "learning rate (default 1e-8, as upstream)."
+            | Scale_Lr -> "multiply the learning rate by accumulation × batch size."
+            | Lr_Scheduler _ -> "constant, constant_with_warmup (default), linear, cosine."
+            | Lr_Warmup_Steps _ -> "warmup steps (default 500)."
+            | Checkpointing_Steps _ -> "save a checkpoint every N steps (default 500)."
+            | Resume_From_Checkpoint _ -> "latest (default), a checkpoint path, or none."
+            | Beta_Dpo _ -> "DPO beta (default 5000; −½β inside the sigmoid)."
+            | Train_Seed _ -> "seed (default 0)."
+            | Sdxl -> "the model is SDXL (Adafactor and gradient checkpointing, as upstream)."
+            | Sft -> "train SFT instead of DPO (same as --method sft)."
+            | Use_Adafactor -> "Adafactor instead of AdamW (no explicit gradient clipping, as upstream)."
+            | Resolution _ -> "training resolution (default: the model's sample size)."
+            | Random_Crop -> "random instead of center crop."
+            | No_Hflip -> "no random horizontal flip."
+            | Gradient_Checkpointing -> "recompute UNet blocks in backward."
+            | Dataloader_Num_Workers _ -> "accepted for compatibility; images are decoded in the training thread."
+            | Mixed_Precision _ -> "no or bf16 (fp16 needs CUDA)."
+            | Proportion_Empty_Prompts _ -> "caption dropout probability (default 0.2)."
+            | Lora_Rank _ -> "train LoRA adapters of this rank instead of the full UNet (reference = adapters off)."
+            | Sudo_Derangement -> "SUDO: never pair a winner with itself (upstream allows it)."
+            | Train_Device _ -> "cpu or cuda:N."
+
 [<RequireSubcommand>]
 type CliArgs =
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
@@ -93,6 +156,7 @@ type CliArgs =
     | [<CliPrefix(CliPrefix.None)>] Demo of ParseResults<DemoArgs>
     | [<CliPrefix(CliPrefix.None)>] Parity of ParseResults<ParityArgs>
     | [<CliPrefix(CliPrefix.None)>] Sample of ParseResults<SampleArgs>
+    | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<TrainArgs>
     | Torch_Threads of int
     | Blas_Threads of int
     interface IArgParserTemplate with
@@ -103,6 +167,7 @@ type CliArgs =
             | Demo _ -> "a small real training run (conv net on a synthetic task)."
             | Parity _ -> "compare a component with golden outputs of the reference libraries."
             | Sample _ -> "text-to-image: PNGs, grid.png and images.jsonl."
+            | Train _ -> "fine-tune with Diffusion-DPO, SFT or SUDO (upstream flag names)."
             | Torch_Threads _ -> "libtorch intra-op threads (default: all cores)."
             | Blas_Threads _ -> "OpenBLAS threads (default: all cores)."
 
@@ -160,6 +225,49 @@ let main argv =
                     device = a.GetResult(Device, defaultValue = "cpu"),
                     batch_size = a.GetResult(Batch_Size, defaultValue = 4))
             Commands.sample settings
+        | Train a ->
+            let methodName =
+                match a.TryGetResult Method, a.Contains Sft with
+                | Some m, true when m <> "sft" -> raise (ArgumentException(sprintf "--sft contradicts --method %s" m))
+                | _, true -> "sft"
+                | Some m, false -> m
+                | None, false -> "dpo"
+            let dataset = a.GetResult Dataset_Name
+            if not (IO.Directory.Exists dataset) then
+                raise (ArgumentException(sprintf "--dataset_name %s: not a local folder. Sudo never downloads datasets: put the pair images and a pairs.jsonl (caption, winner, loser — or image_0, image_1, label_0) in a folder and pass its path" dataset))
+            if a.Contains Dataloader_Num_Workers then eprintfn "note: --dataloader_num_workers is accepted for compatibility; images are decoded in the training thread"
+            let cfg =
+                Sudo.Training.TrainConfig(
+                    method = methodName,
+                    pretrained_model_name_or_path = a.GetResult Pretrained_Model,
+                    dataset_name = dataset,
+                    cache_dir = (a.TryGetResult Cache_Dir |> Option.toObj),
+                    output_dir = a.GetResult(Output_Dir, defaultValue = "sd-model-finetuned"),
+                    train_batch_size = a.GetResult(Train_Batch_Size, defaultValue = 1),
+                    gradient_accumulation_steps = a.GetResult(Gradient_Accumulation_Steps, defaultValue = 1),
+                    max_train_steps = a.GetResult(Max_Train_Steps, defaultValue = 2000),
+                    learning_rate = a.GetResult(Learning_Rate, defaultValue = 1e-8),
+                    scale_lr = a.Contains Scale_Lr,
+                    lr_scheduler = a.GetResult(Lr_Scheduler, defaultValue = "constant_with_warmup"),
+                    lr_warmup_steps = a.GetResult(Lr_Warmup_Steps, defaultValue = 500),
+                    checkpointing_steps = a.GetResult(Checkpointing_Steps, defaultValue = 500),
+                    resume_from_checkpoint = (match a.GetResult(Resume_From_Checkpoint, defaultValue = "latest") with "none" -> null | r -> r),
+                    beta_dpo = a.GetResult(Beta_Dpo, defaultValue = 5000.0),
+                    seed = a.GetResult(Train_Seed, defaultValue = 0L),
+                    sdxl = a.Contains Sdxl,
+                    use_adafactor = a.Contains Use_Adafactor,
+                    resolution = (a.TryGetResult Resolution |> Option.toNullable),
+                    random_crop = a.Contains Random_Crop,
+                    no_hflip = a.Contains No_Hflip,
+                    gradient_checkpointing = a.Contains Gradient_Checkpointing,
+                    mixed_precision = a.GetResult(Mixed_Precision, defaultValue = "no"),
+                    proportion_empty_prompts = a.GetResult(Proportion_Empty_Prompts, defaultValue = 0.2),
+                    lora_rank = a.GetResult(Lora_Rank, defaultValue = 0),
+                    sudo_derangement = a.Contains Sudo_Derangement,
+                    device = a.GetResult(Train_Device, defaultValue = "cpu"))
+            use trainer = new Sudo.Training.Trainer(cfg)
+            trainer.Train()
+            0
         | _ ->
             eprintfn "%s" (parser.PrintUsage())
             2
