@@ -1,0 +1,216 @@
+using NUnit.Framework;
+using Sudo.Data;
+using Sudo.Models;
+using Sudo.Preference;
+using Sudo.Torch;
+using Sudo.Torch.Tests;
+using static Sudo.Torch.torch;
+
+namespace Sudo.Training.Tests;
+
+public class TrainerTests
+{
+    private static string _pairs = "";
+    private string _out = "";
+
+    [OneTimeSetUp]
+    public static void MakePairs()
+    {
+        _pairs = Path.Combine(Path.GetTempPath(), $"sudo-pairs-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(_pairs);
+        var rng = new Random(0);
+        var lines = new List<string>();
+        for (var i = 0; i < 8; i++)
+        {
+            RgbImage Img(int v) => new(40, 36, Enumerable.Range(0, 40 * 36 * 3).Select(_ => (byte)Math.Clamp(v + rng.Next(-40, 40), 0, 255)).ToArray());
+            ImageCodecs.Save(Img(200), Path.Combine(_pairs, $"w{i}.png"));
+            ImageCodecs.Save(Img(50), Path.Combine(_pairs, $"l{i}.png"));
+            lines.Add($$"""{"caption": "a bright picture {{i}}", "winner": "w{{i}}.png", "loser": "l{{i}}.png"}""");
+        }
+        lines.Add("""{"caption": "a tie", "image_0": "w0.png", "image_1": "l0.png", "label_0": 0.5}""");
+        File.WriteAllLines(Path.Combine(_pairs, "pairs.jsonl"), lines);
+    }
+
+    [OneTimeTearDown]
+    public static void Cleanup() => Directory.Delete(_pairs, true);
+
+    [SetUp]
+    public void SetUp() => _out = Path.Combine(Path.GetTempPath(), $"sudo-train-{Guid.NewGuid():N}");
+
+    [TearDown]
+    public void TearDown()
+    {
+        if (Directory.Exists(_out)) Directory.Delete(_out, true);
+    }
+
+    private TrainConfig Config(string method = "dpo", int steps = 6, int lora = 0) => new()
+    {
+        method = method,
+        pretrained_model_name_or_path = Shared.Require("golden", "pipe_sd15"),
+        dataset_name = _pairs,
+        output_dir = _out,
+        train_batch_size = 2,
+        max_train_steps = steps,
+        learning_rate = 1e-4,
+        lr_warmup_steps = 2,
+        checkpointing_steps = 3,
+        resume_from_checkpoint = "latest",
+        lora_rank = lora,
+        log_every = 100,
+        seed = 3,
+    };
+
+    private static Dictionary<string, float[]> Weights(nn.Module m)
+    {
+        using var scope = NewDisposeScope();
+        return m.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.ToArray<float>());
+    }
+
+    [Test]
+    public void DatasetDropsTiesAndChecksFiles()
+    {
+        var d = PairDataset.Load(_pairs);
+        Assert.That((d.Pairs.Count, d.DroppedTies), Is.EqualTo((8, 1)));
+        var bad = Path.Combine(_out, "bad");
+        Directory.CreateDirectory(bad);
+        File.WriteAllText(Path.Combine(bad, "pairs.jsonl"), """{"caption": "x", "winner": "nope.png", "loser": "nope2.png"}""");
+        Assert.That(Assert.Throws<FileNotFoundException>(() => PairDataset.Load(bad))!.Message, Does.Contain("nope.png"));
+        Assert.Throws<DirectoryNotFoundException>(() => PairDataset.Load(Path.Combine(_out, "absent")));
+    }
+
+    [TestCase("dpo", 0)]
+    [TestCase("sudo", 0)]
+    [TestCase("dpo", 2)]
+    public void ResumeIsExact(string method, int lora)
+    {
+        Dictionary<string, float[]> straight, resumed;
+        using (var t = new Trainer(Config(method, 6, lora) with { resume_from_checkpoint = null, checkpointing_steps = 0, output_dir = _out + "-a" }))
+        {
+            t.Train(_ => { });
+            straight = lora > 0 ? LoraWeights(t.lora!) : Weights(t.unet);
+        }
+        Directory.Delete(_out + "-a", true);
+        using (var t = new Trainer(Config(method, 3, lora)))
+            t.Train(_ => { });
+        Assert.That(Directory.Exists(Path.Combine(_out, "checkpoint-3")), Is.True);
+        using (var t = new Trainer(Config(method, 6, lora)))
+        {
+            var log = new List<string>();
+            t.Train(log.Add);
+            Assert.That(log[0], Does.Contain("resumed from").And.Contain("checkpoint-3"));
+            resumed = lora > 0 ? LoraWeights(t.lora!) : Weights(t.unet);
+        }
+        Assert.That(resumed.Keys, Is.EqualTo(straight.Keys));
+        foreach (var k in straight.Keys) Assert.That(resumed[k], Is.EqualTo(straight[k]), k);
+        var metrics = File.ReadAllLines(Path.Combine(_out, "metrics.jsonl"));
+        Assert.That(metrics.Length, Is.EqualTo(6));
+    }
+
+    private static Dictionary<string, float[]> LoraWeights(Lora l)
+    {
+        using var scope = NewDisposeScope();
+        return l.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.ToArray<float>());
+    }
+
+    [Test]
+    public void OneDpoStepRaisesTheImplicitRewardMarginOfItsPair()
+    {
+        using var t = new Trainer(Config("dpo", 1) with { train_batch_size = 1, learning_rate = 1e-5, lr_warmup_steps = 0, proportion_empty_prompts = 0 });
+        // The same pair, noise and t before and after: replay the RNG.
+        using var state = new Generator(0);
+        double Margin(bool step)
+        {
+            var rng = typeof(Trainer).GetField("_rng", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)!.GetValue(t) as Generator;
+            using var scope = NewDisposeScope();
+            var saved = rng!.get_state();
+            var inputs = t.Forward([0]);
+            var o = Losses.diffusion_dpo(inputs.model_mse, inputs.ref_mse!, t.config.beta_dpo);
+            var z = o.diagnostics["z"].item();
+            if (step)
+            {
+                t.optimizer.zero_grad();
+                o.loss.backward();
+                t.optimizer.step();
+            }
+            rng.set_state(saved);
+            return z;
+        }
+        var before = Margin(true);
+        var after = Margin(false);
+        TestContext.Out.WriteLine($"z before {before:G4}, after {after:G4}");
+        Assert.That(before, Is.EqualTo(0).Within(1e-6), "policy = reference at the start");
+        Assert.That(after, Is.GreaterThan(before));
+    }
+
+    [Test]
+    public void NonFiniteLossesAreSkippedThenStop()
+    {
+        using var t = new Trainer(Config("dpo", 10) with { max_nonfinite_steps = 3 });
+        var before = Weights(t.unet);
+        t.loss_fn = s =>
+        {
+            var o = Losses.diffusion_dpo(s.model_mse, s.ref_mse!);
+            return o with { loss = o.loss * double.NaN };
+        };
+        Assert.That(t.Step(), Is.Null);
+        Assert.That(t.Step(), Is.Null);
+        Assert.That(t.global_step, Is.EqualTo(0));
+        foreach (var (k, v) in Weights(t.unet)) Assert.That(v, Is.EqualTo(before[k]), k);
+        var e = Assert.Throws<InvalidOperationException>(() => t.Step());
+        Assert.That(e!.Message, Does.Contain("not finite for 3 steps"));
+    }
+
+    [Test]
+    public void InterruptedCheckpointLeavesThePreviousOneIntact()
+    {
+        using (var t = new Trainer(Config("sft", 3)))
+            t.Train(_ => { });
+        // A crash mid-write leaves a temporary folder and maybe a half-made checkpoint without its state file.
+        Directory.CreateDirectory(Path.Combine(_out, ".tmp-checkpoint-6-deadbeef", "unet"));
+        Directory.CreateDirectory(Path.Combine(_out, "checkpoint-6"));
+        Assert.That(Trainer.LatestCheckpoint(_out), Is.EqualTo(Path.Combine(_out, "checkpoint-3")));
+        using var t2 = new Trainer(Config("sft", 4));
+        var log = new List<string>();
+        t2.Train(log.Add);
+        Assert.That(log[0], Does.Contain("checkpoint-3"));
+        Assert.That(t2.global_step, Is.EqualTo(4));
+    }
+
+    [Test]
+    public void LoraSavesDiffusersKeysAndMergesExactly()
+    {
+        using var unet = UNet2DConditionModel.from_pretrained(Path.Combine(Shared.Require("golden", "pipe_sd15"), "unet"));
+        using var g = new Generator(1);
+        using var lora = Lora.Attach(unet, new LoraConfig(r: 2, lora_alpha: 4), g);
+        using (no_grad()) foreach (var p in lora.parameters()) p.normal_(0, 0.05, g);
+        using var scope = NewDisposeScope();
+        var x = randn([2, 4, 8, 8], g);
+        var ctx = randn([2, 77, 6], g);
+        var t = tensor(new long[] { 10, 500 });
+        Tensor Run() { using (no_grad()) return unet.forward(x, t, ctx); }
+        var adapted = Run();
+        Tensor baseOut;
+        using (lora.disabled()) baseOut = Run();
+        Assert.That((adapted - baseOut).abs().max().item(), Is.GreaterThan(1e-4), "the adapters change the output");
+        var dir = Path.Combine(_out, "lora");
+        lora.save(dir);
+        var keys = safetensors.load_file(Path.Combine(dir, "pytorch_lora_weights.safetensors")).Keys.ToList();
+        Assert.That(keys, Does.Contain("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight"));
+        Assert.That(keys, Does.Contain("unet.up_blocks.2.attentions.0.transformer_blocks.0.attn2.to_out.0.lora_B.weight"));
+        Assert.That(keys.Count, Is.EqualTo(lora.adapters.Count * 2));
+        var cfg = File.ReadAllText(Path.Combine(dir, "adapter_config.json"));
+        Assert.That(cfg, Does.Contain("\"peft_type\": \"LORA\"").And.Contain("\"r\": 2").And.Contain("\"lora_alpha\": 4"));
+        // load into fresh adapters on a fresh UNet → same outputs
+        using var unet2 = UNet2DConditionModel.from_pretrained(Path.Combine(Shared.Require("golden", "pipe_sd15"), "unet"));
+        using var lora2 = Lora.Attach(unet2, Lora.ReadConfig(dir));
+        lora2.load_state_dict(safetensors.load_file(Path.Combine(dir, "pytorch_lora_weights.safetensors"), mmap: false));
+        Tensor out2;
+        using (no_grad()) out2 = unet2.forward(x, t, ctx);
+        Check.Close(out2, adapted, 1e-6, "reloaded LoRA");
+        // merge: W ← W + (α/r)BA, adapters off → same function; unmerge restores the base
+        lora.merge();
+        Check.Close(Run(), adapted, 1e-5, "merged");
+        lora.unmerge();
+        using (lora.disabled()) Check.Close(Run(), baseOut, 1e-5, "unmerged base");
+    }
+}
