@@ -1,0 +1,311 @@
+// SPO (step-aware preference optimization): the step-wise resampler that builds (x_t, x^w, x^l) pairs online
+// with a step-aware preference model, and the per-step DPO training on DDIM transition log-probabilities
+// (spo_spec.md §2 SD-1.5 procedure, §3 loss; SPO multi_sample_pipeline.py and train_spo.py).
+using Sudo.Diffusion;
+using Sudo.Models;
+using Sudo.Preference;
+using Sudo.Torch;
+using static Sudo.Torch.torch;
+
+namespace Sudo.Training;
+
+/// <summary>One training transition: x_t at timestep t, the preferred and rejected x_{t'} (both drawn from
+/// x_t — or, for SDXL's inner steps, from their own x_t), and the prompt's text conditioning.</summary>
+public sealed record StepPair(long t, Tensor x_t_w, Tensor x_t_l, Tensor x_w, Tensor x_l, Tensor cond, Tensor uncond, string prompt) : IDisposable
+{
+    public void Dispose()
+    {
+        foreach (var x in new[] { x_t_w, x_t_l, x_w, x_l, cond, uncond }) x.Dispose();
+    }
+}
+
+public sealed record SpoConfig
+{
+    public int num_inference_steps { get; init; } = 20;
+    public double eta { get; init; } = 1.0;
+    public double guidance_scale { get; init; } = 5.0;
+    /// <summary>Steps before this index are plain sampling and never trained (κ = 750 for 20 steps).</summary>
+    public int divert_start_step { get; init; } = 4;
+    /// <summary>Candidates per branching (k).</summary>
+    public int num_sample_each_step { get; init; } = 4;
+    /// <summary>Keep a pair when softmax([s_w, s_l]) differs by more than this (0.3 SD-1.5, 0.4 SDXL).</summary>
+    public double threshold { get; init; } = 0.3;
+    public double beta { get; init; } = 10;
+    public double clip_eps { get; init; } = 0.1;
+    public int resolution { get; init; } = 512;
+}
+
+public sealed class SpoSampler(StableDiffusionPipeline pipe, StepAwarePreferenceModel spm, CLIPTokenizer scorerTokenizer, SpoConfig config)
+{
+    public StableDiffusionPipeline pipe { get; } = pipe;
+    public StepAwarePreferenceModel spm { get; } = spm;
+    public SpoConfig config { get; } = config;
+    public int candidates_scored { get; private set; }
+
+    private DDIMScheduler Ddim => pipe.scheduler as DDIMScheduler
+        ?? throw new InvalidOperationException("SPO samples with DDIM (eta = 1): load the pipeline with scheduler \"ddim\"");
+
+    private Tensor Scores(Tensor latents, double t, Tensor ids, bool decodedLatentsAreFinal)
+    {
+        using var scope = NewDisposeScope();
+        var images = pipe.vae.decode(pipe.vae.unscale_latents(latents));
+        var ts = full([latents.size(0)], decodedLatentsAreFinal ? 0.0 : t, ScalarType.Float32, latents.device);
+        candidates_scored += (int)latents.size(0);
+        return scope.MoveToOuter(spm.score(spm.preprocess(images), ids, ts).to(ScalarType.Float32));
+    }
+
+    /// <summary>Samples one chain per prompt (one generator per prompt) and returns the kept step pairs.</summary>
+    public List<StepPair> Sample(IReadOnlyList<string> prompts, Generator[] generators)
+    {
+        if (generators.Length != prompts.Count) throw new ArgumentException("one generator per prompt");
+        var k = config.num_sample_each_step;
+        if (k < 2) throw new ArgumentException("num_sample_each_step must be ≥ 2");
+        var ddim = Ddim;
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var b = prompts.Count;
+        using var embeds = pipe.encode_prompt(prompts, 1, true);
+        var ids = scorerTokenizer.call(prompts, 77, pipe.device).input_ids;
+        ddim.set_timesteps(config.num_inference_steps);
+        var ts = ddim.TimestepValues;
+        if (config.divert_start_step >= ts.Length) throw new ArgumentException("divert_start_step must be below num_inference_steps");
+        var noise = new NoiseSource(generators);
+        var x = pipe.prepare_latents(b, config.resolution, config.resolution, noise);
+        for (var i = 0; i < config.divert_start_step; i++)
+            x = pipe.denoise_step(x, ts[i], embeds, config.guidance_scale, config.eta, noise).prev_sample;
+
+        // k candidates from one x_t: the rows of the pool are [candidate j of prompt p] at j·b + p.
+        PromptEmbeds Repeat(int times) => new()
+        {
+            prompt_embeds = embeds.prompt_embeds.repeat(times, 1, 1),
+            negative_prompt_embeds = embeds.negative_prompt_embeds!.repeat(times, 1, 1),
+        };
+        var embedsK = Repeat(k);
+        var idsK = ids.repeat(k, 1);
+        Tensor Branch(Tensor eps, double t, Tensor xt) =>
+            cat(Enumerable.Range(0, k).Select(_ => ddim.step_with_logprob(eps, scalar_tensor((long)t), xt, config.eta, noise).prev_sample).ToArray());
+        var shared = x;
+        var eps0 = pipe.predict_noise(shared, ts[config.divert_start_step], embeds, config.guidance_scale);
+        var pool = Branch(eps0, ts[config.divert_start_step], shared);
+        var pairs = new List<StepPair>();
+        for (var i = config.divert_start_step + 1; i <= ts.Length; i++)
+        {
+            var final = i == ts.Length;
+            var tPrev = ts[i - 1];
+            Tensor? epsPool = null;
+            Tensor scores;
+            if (!final)
+            {
+                epsPool = pipe.predict_noise(pool, ts[i], embedsK, config.guidance_scale);
+                var x0 = ddim.step(epsPool, scalar_tensor((long)ts[i]), pool, 0, NoiseSource.Default).pred_original_sample!;
+                scores = Scores(x0, ts[i], idsK, false);
+            }
+            else
+            {
+                scores = Scores(pool, 0, idsK, true);
+            }
+            var s = scores.view(k, b);
+            var (best, bestIdx) = s.max(0);
+            var (worst, worstIdx) = s.min(0);
+            // Two-way softmax gap: p_w − p_l = 2σ(s_w − s_l) − 1.
+            var gap = ((best - worst).sigmoid() * 2.0 - 1.0).ToArray<double>();
+            var bi = bestIdx.ToArray<long>();
+            var wi = worstIdx.ToArray<long>();
+            for (var p = 0; p < b; p++)
+            {
+                if (gap[p] <= config.threshold) continue;
+                var xt = shared[p..(p + 1)].clone();
+                pairs.Add(new StepPair((long)tPrev, xt, xt.clone(), pool[(int)(bi[p] * b + p)..(int)(bi[p] * b + p + 1)].clone(),
+                    pool[(int)(wi[p] * b + p)..(int)(wi[p] * b + p + 1)].clone(),
+                    embeds.prompt_embeds[p..(p + 1)].clone(), embeds.negative_prompt_embeds![p..(p + 1)].clone(), prompts[p]));
+            }
+            if (final) break;
+            // Continue from a uniformly random candidate per prompt; branch again with its ε at t_i.
+            var r = Enumerable.Range(0, b).Select(p => randint(0, k, [1], generators[p]).item<long>() * b + p).ToArray();
+            var rows = tensor(r);
+            shared = pool.index_select(0, rows);
+            var epsR = epsPool!.index_select(0, rows);
+            pool = Branch(epsR, ts[i], shared);
+        }
+        foreach (var pr in pairs)
+            foreach (var t in new[] { pr.x_t_w, pr.x_t_l, pr.x_w, pr.x_l, pr.cond, pr.uncond }) scope.Detach(t);
+        return pairs;
+    }
+}
+
+/// <summary>SPO's loss on a minibatch of step pairs: CFG ε of the policy (LoRA on) and reference (LoRA off)
+/// at x_t, DDIM transition log-probabilities of x^w and x^l, clamped-ratio step DPO (β = 10, ε = 0.1).</summary>
+public static class SpoLoss
+{
+    public static LossOutput Compute(StableDiffusionPipeline pipe, Lora lora, IReadOnlyList<StepPair> batch, SpoConfig c)
+    {
+        var ddim = (DDIMScheduler)pipe.scheduler;
+        using var scope = NewDisposeScope();
+        var t = tensor(batch.Select(p => p.t).ToArray());
+        var embeds = new PromptEmbeds
+        {
+            prompt_embeds = cat(batch.Select(p => p.cond).ToArray()),
+            negative_prompt_embeds = cat(batch.Select(p => p.uncond).ToArray()),
+        };
+        Tensor Eps(Tensor x)
+        {
+            var n = x.size(0);
+            var input = cat([x, x]);
+            var ctx = cat([embeds.negative_prompt_embeds!, embeds.prompt_embeds]);
+            var o = pipe.unet.forward(input, cat([t, t]), ctx).chunk(2);
+            return o[0] + c.guidance_scale * (o[1] - o[0]);
+        }
+        var xtw = cat(batch.Select(p => p.x_t_w).ToArray());
+        var xtl = cat(batch.Select(p => p.x_t_l).ToArray());
+        var xw = cat(batch.Select(p => p.x_w).ToArray());
+        var xl = cat(batch.Select(p => p.x_l).ToArray());
+        var sharedXt = xtw.equal(xtl);
+        var epsW = Eps(xtw);
+        var epsL = sharedXt ? epsW : Eps(xtl);
+        Tensor refW, refL;
+        using (no_grad())
+        using (lora.disabled())
+        {
+            refW = Eps(xtw);
+            refL = sharedXt ? refW : Eps(xtl);
+        }
+        Tensor Lp(Tensor eps, Tensor xt, Tensor prev) => ddim.step_with_logprob(eps, t, xt, c.eta, prev_sample: prev).log_prob;
+        var o = Losses.spo(Lp(epsW, xtw, xw), Lp(refW, xtw, xw), Lp(epsL, xtl, xl), Lp(refL, xtl, xl), c.beta, c.clip_eps);
+        var diag = o.diagnostics.ToDictionary(kv => kv.Key, kv => scope.MoveToOuter(kv.Value));
+        return new LossOutput(scope.MoveToOuter(o.loss), diag);
+    }
+}
+
+/// <summary>Training the step-aware preference model (spo_spec.md §1.3): a pair of images of one caption,
+/// t ~ U{0..999} per pair, one shared noise, the frozen base model's CFG x̂₀ decoded by the VAE, then
+/// PickScore's pairwise loss on the time-conditioned scores. With t = 0 the clean images are scored.</summary>
+public static class SpmTraining
+{
+    public static (Tensor loss, Tensor accuracy) Loss(StepAwarePreferenceModel spm, StableDiffusionPipeline? basePipe, Tensor pixelsW, Tensor pixelsL,
+        IReadOnlyList<string> captions, CLIPTokenizer scorerTokenizer, Tensor timesteps, double guidance = 5.0)
+    {
+        using var scope = NewDisposeScope();
+        var ids = scorerTokenizer.call(captions, 77, pixelsW.device).input_ids;
+        Tensor Prepare(Tensor pixels, Tensor noise)
+        {
+            if (basePipe is null) return spm.preprocess(pixels);
+            using var _ = no_grad();
+            using var post = basePipe.vae.encode(pixels);
+            var z0 = basePipe.vae.scale_latents(post.mode());
+            var sched = basePipe.scheduler.schedule;
+            var xt = sched.add_noise(z0, noise, timesteps);
+            using var embeds = basePipe.encode_prompt(captions, 1, true);
+            var outs = new List<Tensor>();
+            for (var i = 0; i < xt.size(0); i++)
+            {
+                var t = timesteps[i].item<long>();
+                if (t == 0) { outs.Add(z0[i..(i + 1)]); continue; }
+                var one = new PromptEmbeds { prompt_embeds = embeds.prompt_embeds[i..(i + 1)], negative_prompt_embeds = embeds.negative_prompt_embeds![i..(i + 1)] };
+                basePipe.scheduler.set_timesteps(basePipe.scheduler.config.num_train_timesteps);
+                var eps = basePipe.predict_noise(xt[i..(i + 1)], t, one, guidance);
+                var a = sched.ac[t];
+                outs.Add((xt[i..(i + 1)] - Math.Sqrt(1 - a) * eps) / Math.Sqrt(a));
+            }
+            var x0 = cat(outs.ToArray());
+            return spm.preprocess(basePipe.vae.decode(basePipe.vae.unscale_latents(x0)));
+        }
+        Tensor noiseShared;
+        using (no_grad())
+        {
+            noiseShared = basePipe is null ? zeros([1]) : randn([pixelsW.size(0), basePipe.unet.config.in_channels,
+                pixelsW.size(2) / basePipe.vae_scale_factor, pixelsW.size(3) / basePipe.vae_scale_factor]);
+        }
+        var sw = spm.score(Prepare(pixelsW, noiseShared), ids, timesteps.to(ScalarType.Float32));
+        var sl = spm.score(Prepare(pixelsL, noiseShared), ids, timesteps.to(ScalarType.Float32));
+        var (loss, acc) = StepAwarePreferenceModel.pairwise_loss(sw, sl);
+        return (scope.MoveToOuter(loss), scope.MoveToOuter(acc));
+    }
+}
+
+/// <summary>The SPO loop: per round, sample chains for a batch of prompts with the current policy (LoRA),
+/// keep the pairs the preference model separates, and take optimizer steps on minibatches of them.</summary>
+public sealed class SpoTrainer : IDisposable
+{
+    public StableDiffusionPipeline pipe { get; }
+    public Lora lora { get; }
+    public SpoSampler sampler { get; }
+    public torch.optim.AdamW optimizer { get; }
+    public SpoConfig config { get; }
+    public int global_step { get; private set; }
+    private readonly Generator _rng;
+    private readonly double _maxGradNorm;
+
+    /// <summary>SPO's defaults: LoRA rank 4 (α = r, gaussian init) on to_q/k/v/out, AdamW lr 6e-5 (SD-1.5
+    /// config), weight decay 1e-4; gradient clipping 1.0 that really clips (upstream's clips nothing).</summary>
+    public SpoTrainer(StableDiffusionPipeline pipe, StepAwarePreferenceModel spm, CLIPTokenizer scorerTokenizer, SpoConfig config,
+        int lora_rank = 4, double learning_rate = 6e-5, double max_grad_norm = 1.0, long seed = 0)
+    {
+        this.pipe = pipe;
+        this.config = config;
+        _rng = new Generator(seed);
+        _maxGradNorm = max_grad_norm;
+        pipe.unet.requires_grad_(false);
+        pipe.vae.requires_grad_(false);
+        pipe.components.text_encoder.requires_grad_(false);
+        spm.requires_grad_(false).eval();
+        lora = Lora.Attach(pipe.unet, new LoraConfig(lora_rank, lora_rank), _rng);
+        sampler = new SpoSampler(pipe, spm, scorerTokenizer, config);
+        optimizer = new torch.optim.AdamW(lora.parameters(), learning_rate, weight_decay: 1e-4);
+    }
+
+    /// <summary>One round: sample, then train on the kept pairs in minibatches. Returns per-step metrics.</summary>
+    public List<Dictionary<string, double>> Round(IReadOnlyList<string> prompts, int train_batch_size = 2)
+    {
+        var gens = prompts.Select(_ => new Generator(randint(0, long.MaxValue / 2, [1], _rng).item<long>())).ToArray();
+        List<StepPair> pairs;
+        try
+        {
+            pipe.unet.eval();
+            pairs = sampler.Sample(prompts, gens);
+        }
+        finally
+        {
+            foreach (var g in gens) g.Dispose();
+        }
+        var metrics = new List<Dictionary<string, double>>();
+        try
+        {
+            using var perm = randperm(pairs.Count, _rng);
+            var order = perm.ToArray<long>();
+            pipe.unet.train();
+            for (var s = 0; s + train_batch_size <= order.Length; s += train_batch_size)
+            {
+                using var scope = NewDisposeScope();
+                var batch = order[s..(s + train_batch_size)].Select(i => pairs[(int)i]).ToList();
+                var o = SpoLoss.Compute(pipe, lora, batch, config);
+                optimizer.zero_grad();
+                o.loss.backward();
+                var norm = _maxGradNorm > 0 ? nn.utils.clip_grad_norm_(lora.parameters(), _maxGradNorm) : double.NaN;
+                optimizer.step();
+                global_step++;
+                metrics.Add(new Dictionary<string, double>
+                {
+                    ["step"] = global_step,
+                    ["loss"] = o.loss.item(),
+                    ["pairs_in_round"] = pairs.Count,
+                    ["ratio_w"] = o.diagnostics["ratio_w"].mean().item(),
+                    ["ratio_l"] = o.diagnostics["ratio_l"].mean().item(),
+                    ["implicit_acc"] = o.diagnostics["implicit_acc"].item(),
+                    ["grad_norm"] = norm,
+                });
+            }
+        }
+        finally
+        {
+            foreach (var p in pairs) p.Dispose();
+        }
+        return metrics;
+    }
+
+    public void Dispose()
+    {
+        optimizer.Dispose();
+        lora.Dispose();
+        _rng.Dispose();
+    }
+}

@@ -1,0 +1,147 @@
+using NUnit.Framework;
+using Sudo.Data;
+using Sudo.Diffusion;
+using Sudo.Models;
+using Sudo.Preference;
+using Sudo.Torch;
+using Sudo.Torch.Tests;
+using static Sudo.Torch.torch;
+
+namespace Sudo.Training.Tests;
+
+public class SpoTests
+{
+    /// <summary>A tiny random CLIPModel that reads the real CLIP vocabulary (for the resampler tests).</summary>
+    internal static CLIPModel TinyScorer(long seed = 0)
+    {
+        manual_seed(seed);
+        return new CLIPModel(new CLIPConfig
+        {
+            text_config = new CLIPTextConfig { vocab_size = 49408, hidden_size = 16, intermediate_size = 32, num_hidden_layers = 1, num_attention_heads = 2, hidden_act = "gelu", eos_token_id = 2 },
+            vision_config = new CLIPVisionConfig { hidden_size = 16, intermediate_size = 32, num_hidden_layers = 2, num_attention_heads = 2, image_size = 16, patch_size = 8, hidden_act = "gelu" },
+            projection_dim = 8,
+        });
+    }
+
+    [Test]
+    public void StepAwareModelStartsExactlyAtItsBaseScorer()
+    {
+        var folder = Shared.Require("golden", "clip_full");
+        using var scope = NewDisposeScope();
+        using var spm = new StepAwarePreferenceModel(CLIPModel.from_pretrained(folder));
+        using var io = safetensors.safe_open(Path.Combine(folder, "io.safetensors"));
+        var pixels = io.get("in_pixel_values");
+        using var _ = no_grad();
+        var baseFeatures = spm.clip.get_image_features(pixels);
+        foreach (var t in new[] { 0.0, 251, 951 })
+        {
+            var f = spm.get_image_features(pixels, full([2], t));
+            Assert.That(f.equal(baseFeatures), Is.True, $"t = {t}: time-conditioned features equal the base scorer's");
+        }
+        Check.Close(spm.get_image_features(pixels, full([2], 500.0)), io.get("out_image_features"), 1e-4, "vs transformers");
+        // Once the adaLN weights move, the timestep matters.
+        using (no_grad()) spm.adaLN_modulation[0].weight.normal_(0, 0.1);
+        Assert.That(spm.get_image_features(pixels, full([2], 0.0)).equal(spm.get_image_features(pixels, full([2], 900.0))), Is.False);
+    }
+
+    [Test]
+    public void ResamplerInvariants()
+    {
+        using var pipe = StableDiffusionPipeline.from_pretrained(Shared.Require("golden", "pipe_sd15"), "ddim");
+        using var spm = new StepAwarePreferenceModel(TinyScorer());
+        var cfg = new SpoConfig { num_inference_steps = 6, divert_start_step = 2, num_sample_each_step = 2, threshold = -1, resolution = 32 };
+        var sampler = new SpoSampler(pipe, spm, pipe.components.tokenizer, cfg);
+        string[] prompts = ["a red fox", "a blue bird"];
+        var pairs = sampler.Sample(prompts, [new Generator(1), new Generator(2)]);
+        try
+        {
+            // every trained transition (t = ts[2..5]) of both chains is kept with threshold −1
+            Assert.That(pairs.Count, Is.EqualTo(2 * 4));
+            var ts = ((DDIMScheduler)pipe.scheduler).TimestepValues;
+            foreach (var prompt in prompts)
+            {
+                var chain = pairs.Where(p => p.prompt == prompt).ToList();
+                Assert.That(chain.Select(p => (double)p.t), Is.EqualTo(ts[2..6]));
+                for (var i = 0; i < chain.Count; i++)
+                {
+                    Assert.That(chain[i].x_t_w.equal(chain[i].x_t_l), Is.True, "both candidates branch from one x_t");
+                    Assert.That(chain[i].x_w.equal(chain[i].x_l), Is.False);
+                    if (i + 1 < chain.Count)
+                        Assert.That(chain[i + 1].x_t_w.equal(chain[i].x_w) || chain[i + 1].x_t_w.equal(chain[i].x_l), Is.True,
+                            "the chain continues from one of the candidates (k = 2: best or worst)");
+                }
+            }
+            Assert.That(sampler.candidates_scored, Is.EqualTo(2 * 2 * 4));
+            // at θ = ref (LoRA B = 0) the SPO loss is log 2 and the ratios are 1
+            using var lora = Lora.Attach(pipe.unet, new LoraConfig(2, 2));
+            using var scope = NewDisposeScope();
+            var o = SpoLoss.Compute(pipe, lora, pairs.Take(3).ToList(), cfg);
+            Assert.That(o.loss.item(), Is.EqualTo(Math.Log(2)).Within(1e-6));
+            Check.Close(o.diagnostics["ratio_w"], new[] { 1.0, 1, 1 }, 1e-6, "ratios");
+        }
+        finally
+        {
+            foreach (var p in pairs) p.Dispose();
+        }
+        var strict = new SpoSampler(pipe, spm, pipe.components.tokenizer, cfg with { threshold = 1.0 });
+        Assert.That(strict.Sample(prompts, [new Generator(1), new Generator(2)]), Is.Empty, "a gap of 1 is never passed");
+    }
+
+    [Test]
+    public void SpoRoundsTrain()
+    {
+        using var pipe = StableDiffusionPipeline.from_pretrained(Shared.Require("golden", "pipe_sd15"), "ddim");
+        using var spm = new StepAwarePreferenceModel(TinyScorer());
+        var cfg = new SpoConfig { num_inference_steps = 6, divert_start_step = 2, num_sample_each_step = 3, threshold = -1, resolution = 32 };
+        using var trainer = new SpoTrainer(pipe, spm, pipe.components.tokenizer, cfg, lora_rank: 2, learning_rate: 1e-2);
+        var m1 = trainer.Round(["a red fox", "a blue bird"], train_batch_size: 2);
+        var m2 = trainer.Round(["a red fox", "a blue bird"], train_batch_size: 2);
+        Assert.That(m1.Count, Is.EqualTo(4));
+        Assert.That(m1[0]["loss"], Is.EqualTo(Math.Log(2)).Within(1e-6), "first step: policy = reference");
+        Assert.That(m2.Any(m => Math.Abs(m["loss"] - Math.Log(2)) > 1e-6), Is.True, "the policy moved");
+        Assert.That(trainer.global_step, Is.EqualTo(8));
+    }
+
+    [Test]
+    public void PreferenceModelLearnsItsLabels()
+    {
+        // Preferred: the left half brighter; rejected: the same image mirrored (colour statistics identical,
+        // so a random scorer is at chance). Clean images (t = 0) for evaluation; the agreement rises.
+        manual_seed(0);
+        using var spm = new StepAwarePreferenceModel(TinyScorer(3));
+        var tok = CLIPTokenizer.from_pretrained(Shared.Require("clip_tokenizer", "sd15_tokenizer"));
+        using var opt = new optim.AdamW(spm.parameters(), 3e-3);
+        using var g = new Generator(0);
+        const int n = 32;
+        (Tensor w, Tensor l) Batch()
+        {
+            var x = rand([n, 3, 16, 16], g) * 1.2 - 0.6;
+            var left = cat([full([1, 1, 16, 8], 0.4), full([1, 1, 16, 8], -0.4)], 3);
+            var w = (x + left).clamp(-1, 1);
+            return (w, Images.HorizontalFlip(w));
+        }
+        var captions = Enumerable.Repeat("a picture lit from the left", n).ToList();
+        double Accuracy()
+        {
+            using var scope = NewDisposeScope();
+            using var _ = no_grad();
+            var (w, l) = Batch();
+            return SpmTraining.Loss(spm, null, w, l, captions, tok, zeros([n], int64)).accuracy.item();
+        }
+        var before = Accuracy();
+        for (var i = 0; i < 60; i++)
+        {
+            using var scope = NewDisposeScope();
+            var (w, l) = Batch();
+            var ts = randint(0, 1000, [n], g);
+            var (loss, _) = SpmTraining.Loss(spm, null, w, l, captions, tok, ts);
+            opt.zero_grad();
+            loss.backward();
+            opt.step();
+        }
+        var after = Accuracy();
+        TestContext.Out.WriteLine($"agreement with labels: {before:F2} → {after:F2}");
+        Assert.That(after, Is.GreaterThan(0.9));
+        Assert.That(after, Is.GreaterThan(before));
+    }
+}
