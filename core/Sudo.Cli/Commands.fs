@@ -32,6 +32,11 @@ let info (asJson: bool) =
         printfn "attention      %s" (if i.FusedAttention then "fused scaled_dot_product_attention" else "composed matmul-softmax-matmul (libtorch < 2.1)")
     0
 
+let benchTrain () =
+    let r = Sudo.Training.TrainBench.Run()
+    printfn "%s" (json r)
+    0
+
 let benchSample () =
     let r = Sudo.Diffusion.SampleBench.Run()
     printfn "%s" (json r)

@@ -15,7 +15,7 @@ type BenchArgs =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Target _ -> "what to measure: engine, unet, sample."
+            | Target _ -> "what to measure: engine, unet, sample, train."
 
 type DemoArgs =
     | Steps of int
@@ -185,8 +185,9 @@ let main argv =
             | "engine" -> Commands.benchEngine ()
             | "unet" -> Commands.benchUnet ()
             | "sample" -> Commands.benchSample ()
+            | "train" -> Commands.benchTrain ()
             | other ->
-                eprintfn "sudoml bench: unknown target '%s' (expected: engine, unet, sample)" other
+                eprintfn "sudoml bench: unknown target '%s' (expected: engine, unet, sample, train)" other
                 2
         | Demo a -> Commands.demo (a.GetResult(DemoArgs.Steps, defaultValue = 300)) (a.GetResult(DemoArgs.Seed, defaultValue = 0L))
         | Parity a ->
