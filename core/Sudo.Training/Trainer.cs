@@ -415,6 +415,7 @@ public sealed class Trainer : IDisposable
         var csv = Path.Combine(config.output_dir, "metrics.csv");
         var sw = Stopwatch.StartNew();
         var startStep = global_step;
+        using var tb = new TensorBoardWriter(Path.Combine(config.output_dir, "logs"));
         string[]? columns = File.Exists(csv) ? File.ReadLines(csv).FirstOrDefault()?.Split(',') : null;
         while (global_step < config.max_train_steps)
         {
@@ -424,6 +425,7 @@ public sealed class Trainer : IDisposable
             var line = new JsonObject();
             foreach (var (k, v) in m) line[k] = v;
             File.AppendAllText(jsonl, line.ToJsonString() + "\n");
+            tb.AddScalars(global_step, m.Where(kv => kv.Key != "step").ToDictionary(kv => "train/" + kv.Key, kv => kv.Value));
             if (columns is null)
             {
                 columns = m.Keys.OrderBy(k => k == "step" ? "" : k, StringComparer.Ordinal).ToArray();

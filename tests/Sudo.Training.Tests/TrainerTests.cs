@@ -214,3 +214,36 @@ public class TrainerTests
         using (lora.disabled()) Check.Close(Run(), baseOut, 1e-5, "unmerged base");
     }
 }
+
+public class TensorBoardTests
+{
+    [Test]
+    public void Crc32CKnownVectorAndEventFraming()
+    {
+        Assert.That(Crc32C.Compute("123456789"u8), Is.EqualTo(0xE3069283u));
+        Assert.That(Crc32C.Compute([]), Is.EqualTo(0u));
+        var dir = Path.Combine(Path.GetTempPath(), $"sudo-tb-{Guid.NewGuid():N}");
+        try
+        {
+            string path;
+            using (var w = new TensorBoardWriter(dir))
+            {
+                w.AddScalars(1, new Dictionary<string, double> { ["train/loss"] = 0.69, ["train/lr"] = 1e-5 });
+                w.AddScalars(2, new Dictionary<string, double> { ["train/loss"] = 0.5, ["train/nan"] = double.NaN });
+                path = w.Path;
+            }
+            Assert.That(Path.GetFileName(path), Does.StartWith("events.out.tfevents."));
+            var scalars = TensorBoardWriter.ReadScalars(path);
+            Assert.That(scalars, Is.EqualTo(new[] { ("train/loss", 1L, 0.69f), ("train/lr", 1L, 1e-5f), ("train/loss", 2L, 0.5f) }));
+            // a flipped byte is detected by the framing CRCs
+            var bytes = File.ReadAllBytes(path);
+            bytes[^3] ^= 0xFF;
+            File.WriteAllBytes(path, bytes);
+            Assert.Throws<InvalidDataException>(() => TensorBoardWriter.ReadScalars(path));
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+}
