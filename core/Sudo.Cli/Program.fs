@@ -89,7 +89,7 @@ type SampleArgs =
 type TrainArgs =
     | [<CustomCommandLine("--method")>] Method of name: string
     | [<CustomCommandLine("--pretrained_model_name_or_path"); Mandatory>] Pretrained_Model of path: string
-    | [<CustomCommandLine("--dataset_name"); Mandatory>] Dataset_Name of folder: string
+    | [<CustomCommandLine("--dataset_name")>] Dataset_Name of folder: string
     | [<CustomCommandLine("--cache_dir")>] Cache_Dir of dir: string
     | [<CustomCommandLine("--output_dir")>] Output_Dir of dir: string
     | [<CustomCommandLine("--train_batch_size")>] Train_Batch_Size of int
@@ -116,10 +116,16 @@ type TrainArgs =
     | [<CustomCommandLine("--lora_rank")>] Lora_Rank of int
     | [<CustomCommandLine("--sudo_derangement")>] Sudo_Derangement
     | [<CustomCommandLine("--device")>] Train_Device of string
+    | [<CustomCommandLine("--cache_latents")>] Cache_Latents
+    | [<CustomCommandLine("--ema_decay")>] Ema_Decay of float
+    | [<CustomCommandLine("--choice_model")>] Choice_Model of folder: string
+    | [<CustomCommandLine("--prompts_file")>] Prompts_File of file: string
+    | [<CustomCommandLine("--scorer")>] Scorer of folder: string
+    | [<CustomCommandLine("--spo_threshold")>] Spo_Threshold of float
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Method _ -> "dpo (default), sft or sudo."
+            | Method _ -> "dpo (default), sft, sudo or spo."
             | Pretrained_Model _ -> "base diffusers pipeline folder (or org/name in the local Hugging Face cache)."
             | Dataset_Name _ -> "a local folder with pairs.jsonl/pairs.csv and the images (no downloads)."
             | Cache_Dir _ -> "Hugging Face cache to resolve org/name model ids in."
@@ -148,6 +154,12 @@ type TrainArgs =
             | Lora_Rank _ -> "train LoRA adapters of this rank instead of the full UNet (reference = adapters off)."
             | Sudo_Derangement -> "SUDO: never pair a winner with itself (upstream allows it)."
             | Train_Device _ -> "cpu or cuda:N."
+            | Cache_Latents -> "cache VAE posteriors and text embeddings (needs --no_hflip, no --random_crop)."
+            | Ema_Decay _ -> "keep an EMA of the trained weights with this decay (saved as unet_ema/)."
+            | Choice_Model _ -> "AI feedback: a CLIPModel folder (PickScore/HPS-like) whose preferences replace the labels."
+            | Prompts_File _ -> "spo: a text file of prompts (one per line; ../shared/prompts has the papers' sets)."
+            | Scorer _ -> "spo: the CLIPModel folder the step-aware preference model starts from (e.g. PickScore)."
+            | Spo_Threshold _ -> "spo: keep a pair when the softmax score gap exceeds this (default 0.3, SD-1.5)."
 
 [<RequireSubcommand>]
 type CliArgs =
@@ -170,6 +182,41 @@ type CliArgs =
             | Train _ -> "fine-tune with Diffusion-DPO, SFT or SUDO (upstream flag names)."
             | Torch_Threads _ -> "libtorch intra-op threads (default: all cores)."
             | Blas_Threads _ -> "OpenBLAS threads (default: all cores)."
+
+let trainSpo (a: ParseResults<TrainArgs>) =
+    let prompts =
+        match a.TryGetResult Prompts_File with
+        | Some f -> Sudo.Diffusion.Sampling.ReadPrompts f
+        | None -> raise (ArgumentException "--method spo needs --prompts_file (one prompt per line)")
+    let scorerFolder =
+        match a.TryGetResult Scorer with
+        | Some s -> s
+        | None -> raise (ArgumentException "--method spo needs --scorer <CLIPModel folder> (PickScore-like) for the step-aware preference model")
+    let out = a.GetResult(Output_Dir, defaultValue = "sd-model-finetuned")
+    let steps = a.GetResult(Max_Train_Steps, defaultValue = 2000)
+    let batch = a.GetResult(Train_Batch_Size, defaultValue = 2)
+    let device = Sudo.Torch.Device.Parse(a.GetResult(Train_Device, defaultValue = "cpu"))
+    use pipe = Sudo.Diffusion.StableDiffusionPipeline.from_pretrained(a.GetResult Pretrained_Model, "ddim", Sudo.Torch.ScalarType.Float32, device, cache_dir = (a.TryGetResult Cache_Dir |> Option.toObj))
+    use spm = new Sudo.Preference.StepAwarePreferenceModel(Sudo.Models.CLIPModel.from_pretrained(scorerFolder))
+    let res = a.GetResult(Resolution, defaultValue = pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    let cfg = Sudo.Training.SpoConfig(resolution = res, threshold = a.GetResult(Spo_Threshold, defaultValue = 0.3))
+    use trainer = new Sudo.Training.SpoTrainer(pipe, spm, pipe.components.tokenizer, cfg, lora_rank = a.GetResult(Lora_Rank, defaultValue = 4),
+                                               learning_rate = a.GetResult(Learning_Rate, defaultValue = 6e-5), seed = a.GetResult(Train_Seed, defaultValue = 0L))
+    let rng = Random(int (a.GetResult(Train_Seed, defaultValue = 0L)))
+    printfn "spo: %d prompts, DDIM %d steps eta %.1f CFG %.1f, k = %d, threshold %.2f, LoRA rank %d; %d optimizer steps" prompts.Count cfg.num_inference_steps cfg.eta cfg.guidance_scale cfg.num_sample_each_step cfg.threshold (a.GetResult(Lora_Rank, defaultValue = 4)) steps
+    let mutable emptyRounds = 0
+    while trainer.global_step < steps do
+        let round = [ for _ in 1..2 -> prompts.[rng.Next prompts.Count] ] |> ResizeArray
+        let m = trainer.Round(round, batch)
+        emptyRounds <- if m.Count = 0 then emptyRounds + 1 else 0
+        if emptyRounds >= 20 then
+            raise (InvalidOperationException(sprintf "20 rounds in a row gave fewer than %d pairs passing the threshold %.2f: the preference model does not separate the candidates (lower --spo_threshold or train the scorer)" batch cfg.threshold))
+        if m.Count > 0 then
+            let last = m.[m.Count - 1]
+            printfn "step %5d  loss %.5f  acc %.2f  ratio_w %.4f  pairs %d" trainer.global_step last.["loss"] last.["implicit_acc"] last.["ratio_w"] (int last.["pairs_in_round"])
+    trainer.lora.save(IO.Path.Combine(out, "lora"))
+    printfn "LoRA saved to %s" (IO.Path.Combine(out, "lora"))
+    0
 
 [<EntryPoint>]
 let main argv =
@@ -233,7 +280,11 @@ let main argv =
                 | _, true -> "sft"
                 | Some m, false -> m
                 | None, false -> "dpo"
-            let dataset = a.GetResult Dataset_Name
+            if methodName = "spo" then trainSpo a else
+            let dataset =
+                match a.TryGetResult Dataset_Name with
+                | Some d -> d
+                | None -> raise (ArgumentException "--dataset_name <local pair folder> is required for dpo, sft and sudo")
             if not (IO.Directory.Exists dataset) then
                 raise (ArgumentException(sprintf "--dataset_name %s: not a local folder. Sudo never downloads datasets: put the pair images and a pairs.jsonl (caption, winner, loser — or image_0, image_1, label_0) in a folder and pass its path" dataset))
             if a.Contains Dataloader_Num_Workers then eprintfn "note: --dataloader_num_workers is accepted for compatibility; images are decoded in the training thread"
@@ -265,7 +316,10 @@ let main argv =
                     proportion_empty_prompts = a.GetResult(Proportion_Empty_Prompts, defaultValue = 0.2),
                     lora_rank = a.GetResult(Lora_Rank, defaultValue = 0),
                     sudo_derangement = a.Contains Sudo_Derangement,
-                    device = a.GetResult(Train_Device, defaultValue = "cpu"))
+                    device = a.GetResult(Train_Device, defaultValue = "cpu"),
+                    cache_latents = a.Contains Cache_Latents,
+                    ema_decay = a.GetResult(Ema_Decay, defaultValue = 0.0),
+                    choice_model = (a.TryGetResult Choice_Model |> Option.toObj))
             use trainer = new Sudo.Training.Trainer(cfg)
             trainer.Train()
             0

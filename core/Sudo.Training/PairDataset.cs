@@ -80,6 +80,22 @@ public sealed class PairDataset
         return new PairDataset(folder, pairs, ties);
     }
 
+    /// <summary>AI-feedback relabelling (Diffusion-DPO's --choice_model): the image the scorer prefers
+    /// becomes the winner; ties (equal scores) are dropped. Returns a new dataset over the same files.</summary>
+    public PairDataset Relabeled(Func<string, string, double> score)
+    {
+        var pairs = new List<PreferencePair>();
+        var ties = 0;
+        foreach (var p in Pairs)
+        {
+            var sw = score(Path.Combine(Folder, p.winner), p.caption);
+            var sl = score(Path.Combine(Folder, p.loser), p.caption);
+            if (sw == sl) { ties++; continue; }
+            pairs.Add(sw > sl ? p : p with { winner = p.loser, loser = p.winner });
+        }
+        return new PairDataset(Folder, pairs, DroppedTies + ties);
+    }
+
     private static List<string> SplitCsv(string line)
     {
         var cells = new List<string>();

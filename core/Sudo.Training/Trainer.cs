@@ -57,6 +57,14 @@ public sealed record TrainConfig
     /// <summary>Keep the frozen reference UNet in bf16 (full fine-tune only).</summary>
     public bool reference_bf16 { get; init; }
     public int max_nonfinite_steps { get; init; } = 5;
+    /// <summary>Cache each image's VAE posterior (mean, std) and each caption's text embedding: latents are
+    /// then sampled from the cached posterior (as upstream samples from the live one). Needs a fixed crop:
+    /// center crop and no flip.</summary>
+    public bool cache_latents { get; init; }
+    /// <summary>AI-feedback relabelling: a CLIPModel folder (PickScore/HPS-like) whose preference replaces the labels.</summary>
+    public string? choice_model { get; init; }
+    /// <summary>Keep an exponential moving average of the trained weights (0 = off), saved as ema/.</summary>
+    public double ema_decay { get; init; }
     public int log_every { get; init; } = 10;
     public string device { get; init; } = "cpu";
 
@@ -71,6 +79,9 @@ public sealed record TrainConfig
         if (mixed_precision == "fp16" && Device.Parse(device).Type == DeviceType.CPU) throw new ArgumentException("--mixed_precision fp16 needs CUDA (libtorch 1.13 cannot compute fp16 on CPU): use bf16");
         if (lora_rank < 0) throw new ArgumentException("--lora_rank must be ≥ 0");
         if (proportion_empty_prompts is < 0 or > 1) throw new ArgumentException("--proportion_empty_prompts must be in [0, 1]");
+        if (cache_latents && (random_crop || !no_hflip))
+            throw new ArgumentException("--cache_latents needs a fixed crop: pass --no_hflip and leave --random_crop off (cached latents cannot be re-augmented)");
+        if (ema_decay is < 0 or >= 1) throw new ArgumentException("--ema_decay must be in [0, 1)");
     }
 }
 
@@ -100,6 +111,9 @@ public sealed class Trainer : IDisposable
     private int[] _order = [];
     private int _nonfinite;
     private readonly Parameter[] _trainable;
+    private readonly Dictionary<string, (Tensor mean, Tensor std)> _latentCache = new();
+    private readonly Dictionary<string, Tensor> _textCache = new();
+    private Tensor[]? _ema;
 
     public Trainer(TrainConfig config, LossFn? loss = null)
     {
@@ -108,8 +122,14 @@ public sealed class Trainer : IDisposable
         var device = Device.Parse(config.device);
         manual_seed(config.seed);
         _rng = new Generator(config.seed);
-        data = PairDataset.Load(config.dataset_name);
+        var loaded = PairDataset.Load(config.dataset_name);
         pipe = StableDiffusionPipeline.from_pretrained(config.pretrained_model_name_or_path, "ddpm", ScalarType.Float32, device, cache_dir: config.cache_dir);
+        if (config.choice_model is { } cm)
+        {
+            using var scorer = new ClipScorer(CLIPModel.from_pretrained(cm), pipe.components.tokenizer);
+            loaded = loaded.Relabeled(scorer.Score);
+        }
+        data = loaded;
         if (config.sdxl != pipe.IsSDXL)
             throw new ArgumentException(config.sdxl ? "--sdxl given but the model is not an SDXL pipeline" : "the model is SDXL: pass --sdxl");
         noise_schedule = pipe.scheduler.schedule;
@@ -135,6 +155,8 @@ public sealed class Trainer : IDisposable
             : new torch.optim.AdamW(_trainable, lr, config.adam_beta1, config.adam_beta2, config.adam_epsilon, config.adam_weight_decay);
         scheduler = torch.optim.lr_scheduler.get_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, config.max_train_steps);
         loss_fn = loss ?? DefaultLoss(config);
+        if (config.ema_decay > 0)
+            using (no_grad()) _ema = _trainable.Select(p => { var e = p.detach().clone(); DisposeScope.Current?.Detach(e); return e; }).ToArray();
         NewEpoch(0);
     }
 
@@ -198,6 +220,17 @@ public sealed class Trainer : IDisposable
     {
         using var scope = NewDisposeScope();
         using var _ = no_grad();
+        if (config.cache_latents && !pipe.IsSDXL)
+        {
+            foreach (var c in captions.Distinct().Where(c => !_textCache.ContainsKey(c)))
+            {
+                var e1 = pipe.encode_prompt([c], 1, false);
+                var keep = e1.prompt_embeds.clone();
+                DisposeScope.Current?.Detach(keep);
+                _textCache[c] = keep;
+            }
+            return scope.MoveToOuter(cat(captions.Select(c => _textCache[c]).ToArray()));
+        }
         var e = pipe.encode_prompt(captions, 1, false);
         return scope.MoveToOuter(e.prompt_embeds.alias());
     }
@@ -210,19 +243,46 @@ public sealed class Trainer : IDisposable
         Tensor latents, ehs, t, noise, xt, target;
         Tensor[]? added = null;
         using (no_grad())
-        {
-            var pairs = indices.Select(i => data.LoadPair(i, res, config.random_crop, !config.no_hflip, _rng)).ToArray();
-            var winners = stack(pairs.Select(p => p[0]).ToArray());
-            var losers = stack(pairs.Select(p => p[1]).ToArray());
-            if (config.method == "sudo")
+            if (config.cache_latents)
             {
-                // SUDO: losers := winners[randperm(B)] in pixel space (self-pairs allowed unless derangement).
-                var perm = Permutation(b);
-                losers = winners.index_select(0, tensor(perm));
+                (Tensor mean, Tensor std) Posterior(string file)
+                {
+                    if (!_latentCache.TryGetValue(file, out var c))
+                    {
+                        var pix = Sudo.Data.Images.ToTensor(Sudo.Data.ImageCodecs.Load(Path.Combine(data.Folder, file)));
+                        pix = Sudo.Data.Images.CenterCrop(Sudo.Data.Images.ResizeShorterSide(pix, res, nn.InterpolationMode.Bilinear), res, res);
+                        using var post = pipe.vae.encode(pix.unsqueeze(0).to(pipe.device, pipe.vae.encoder.conv_in.weight.dtype));
+                        c = (post.mean.clone(), post.std.clone());
+                        DisposeScope.Current?.Detach(c.mean);
+                        DisposeScope.Current?.Detach(c.std);
+                        _latentCache[file] = c;
+                    }
+                    return c;
+                }
+                var wFiles = indices.Select(i => data.Pairs[i].winner).ToArray();
+                var lFiles = config.method == "sudo" ? Permutation(b).Select(j => wFiles[j]).ToArray() : indices.Select(i => data.Pairs[i].loser).ToArray();
+                var posts = wFiles.Concat(lFiles).Select(Posterior).ToArray();
+                var mean = cat(posts.Select(p => p.mean).ToArray());
+                var std = cat(posts.Select(p => p.std).ToArray());
+                latents = pipe.vae.scale_latents(mean + std * randn(mean.shape, _rng).to(mean.device));
             }
-            var pix = cat([winners, losers]).to(pipe.device, pipe.vae.encoder.conv_in.weight.dtype);
-            using var post = pipe.vae.encode(pix);
-            latents = pipe.vae.scale_latents(post.sample(_rng));
+            else
+            {
+                var pairs = indices.Select(i => data.LoadPair(i, res, config.random_crop, !config.no_hflip, _rng)).ToArray();
+                var winners = stack(pairs.Select(p => p[0]).ToArray());
+                var losers = stack(pairs.Select(p => p[1]).ToArray());
+                if (config.method == "sudo")
+                {
+                    // SUDO: losers := winners[randperm(B)] in pixel space (self-pairs allowed unless derangement).
+                    var perm = Permutation(b);
+                    losers = winners.index_select(0, tensor(perm));
+                }
+                var pix = cat([winners, losers]).to(pipe.device, pipe.vae.encoder.conv_in.weight.dtype);
+                using var post = pipe.vae.encode(pix);
+                latents = pipe.vae.scale_latents(post.sample(_rng));
+            }
+        using (no_grad())
+        {
             var nB = randn([b, latents.size(1), latents.size(2), latents.size(3)], _rng).to(latents.device);
             noise = cat([nB, nB]);
             var tB = randint(0, noise_schedule.config.num_train_timesteps, [b], _rng).to(latents.device);
@@ -304,6 +364,9 @@ public sealed class Trainer : IDisposable
         optimizer.step();
         scheduler.step();
         global_step++;
+        if (_ema != null)
+            using (no_grad())
+                for (var i = 0; i < _ema.Length; i++) _ema[i].lerp_(_trainable[i], 1 - config.ema_decay);
         metrics["lr"] = optimizer.param_groups[0].lr;
         return metrics;
     }
@@ -322,6 +385,8 @@ public sealed class Trainer : IDisposable
             if (lora != null) lora.save(Path.Combine(tmp, "lora"));
             else unet.save_pretrained(Path.Combine(tmp, "unet"));
             optimizer.save(Path.Combine(tmp, "optimizer.safetensors"));
+            if (_ema != null)
+                safetensors.save_file(_ema.Select((t, i) => (t, i)).ToDictionary(x => $"ema.{x.i}", x => x.t), Path.Combine(tmp, "ema.safetensors"));
             using (var scope = NewDisposeScope())
             {
                 var rng = _rng.get_state();
@@ -378,6 +443,13 @@ public sealed class Trainer : IDisposable
             unet.load_state_dict(sd);
         }
         optimizer.load(Path.Combine(path, "optimizer.safetensors"));
+        if (_ema != null)
+        {
+            using var ef = safetensors.safe_open(Path.Combine(path, "ema.safetensors"));
+            using var _ = no_grad();
+            for (var i = 0; i < _ema.Length; i++)
+                using (var t = ef.get($"ema.{i}")) _ema[i].copy_(t);
+        }
         scheduler.load_state_dict(state["lr_scheduler"]!.ToJsonString());
         using (var f = safetensors.safe_open(Path.Combine(path, "rng.safetensors")))
         {
@@ -443,11 +515,22 @@ public sealed class Trainer : IDisposable
         }
         if (lora != null) lora.save(Path.Combine(config.output_dir, "lora"));
         else unet.save_pretrained(Path.Combine(config.output_dir, "unet"));
+        if (_ema != null && lora == null)
+        {
+            // The EMA weights as a diffusers UNet folder.
+            using var copy = CloneFrozen(unet);
+            using (no_grad())
+                foreach (var (p, e) in copy.parameters().Zip(_ema)) p.copy_(e);
+            copy.save_pretrained(Path.Combine(config.output_dir, "unet_ema"));
+        }
         log($"done: {global_step} steps in {sw.Elapsed.TotalSeconds:F1} s; weights in {config.output_dir}");
     }
 
     public void Dispose()
     {
+        foreach (var (m, sd) in _latentCache.Values) { m.Dispose(); sd.Dispose(); }
+        foreach (var t in _textCache.Values) t.Dispose();
+        if (_ema != null) foreach (var t in _ema) t.Dispose();
         lora?.Dispose();
         reference?.Dispose();
         optimizer.Dispose();

@@ -145,3 +145,34 @@ public class SpoTests
         Assert.That(after, Is.GreaterThan(before));
     }
 }
+
+public class AiFeedbackTests
+{
+    [Test]
+    public void RelabellingFollowsTheScorer()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), $"sudo-ai-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(folder);
+        try
+        {
+            var lines = new List<string>();
+            for (var i = 0; i < 6; i++)
+            {
+                ImageCodecs.Save(new RgbImage(20, 20, Enumerable.Repeat((byte)(30 * i), 1200).ToArray()), Path.Combine(folder, $"a{i}.png"));
+                ImageCodecs.Save(new RgbImage(20, 20, Enumerable.Repeat((byte)(255 - 30 * i), 1200).ToArray()), Path.Combine(folder, $"b{i}.png"));
+                lines.Add($$"""{"caption": "c{{i}}", "winner": "a{{i}}.png", "loser": "b{{i}}.png"}""");
+            }
+            File.WriteAllLines(Path.Combine(folder, "pairs.jsonl"), lines);
+            var d = PairDataset.Load(folder);
+            using var scorer = new ClipScorer(SpoTests.TinyScorer(4), CLIPTokenizer.from_pretrained(Shared.Require("clip_tokenizer", "sd15_tokenizer")));
+            var relabeled = d.Relabeled(scorer.Score);
+            Assert.That(relabeled.Pairs.Count + relabeled.DroppedTies, Is.EqualTo(6));
+            foreach (var p in relabeled.Pairs)
+                Assert.That(scorer.Score(Path.Combine(folder, p.winner), p.caption), Is.GreaterThan(scorer.Score(Path.Combine(folder, p.loser), p.caption)));
+        }
+        finally
+        {
+            Directory.Delete(folder, true);
+        }
+    }
+}
