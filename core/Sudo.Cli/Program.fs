@@ -122,6 +122,8 @@ type TrainArgs =
     | [<CustomCommandLine("--prompts_file")>] Prompts_File of file: string
     | [<CustomCommandLine("--scorer")>] Scorer of folder: string
     | [<CustomCommandLine("--spo_threshold")>] Spo_Threshold of float
+    | [<CustomCommandLine("--validation_prompts_file")>] Validation_Prompts_File of file: string
+    | [<CustomCommandLine("--validation_steps")>] Validation_Steps of int
     interface IArgParserTemplate with
         member a.Usage =
             match a with
@@ -160,6 +162,8 @@ type TrainArgs =
             | Prompts_File _ -> "spo: a text file of prompts (one per line; ../shared/prompts has the papers' sets)."
             | Scorer _ -> "spo: the CLIPModel folder the step-aware preference model starts from (e.g. PickScore)."
             | Spo_Threshold _ -> "spo: keep a pair when the softmax score gap exceeds this (default 0.3, SD-1.5)."
+            | Validation_Prompts_File _ -> "prompts sampled into output_dir/samples/step-N.png (fixed seeds)."
+            | Validation_Steps _ -> "sample the validation prompts every N steps."
 
 [<RequireSubcommand>]
 type CliArgs =
@@ -319,7 +323,9 @@ let main argv =
                     device = a.GetResult(Train_Device, defaultValue = "cpu"),
                     cache_latents = a.Contains Cache_Latents,
                     ema_decay = a.GetResult(Ema_Decay, defaultValue = 0.0),
-                    choice_model = (a.TryGetResult Choice_Model |> Option.toObj))
+                    choice_model = (a.TryGetResult Choice_Model |> Option.toObj),
+                    validation_prompts = (a.TryGetResult Validation_Prompts_File |> Option.map (fun f -> (Sudo.Diffusion.Sampling.ReadPrompts f).ToArray()) |> Option.toObj),
+                    validation_steps = a.GetResult(Validation_Steps, defaultValue = 0))
             use trainer = new Sudo.Training.Trainer(cfg)
             trainer.Train()
             0

@@ -61,6 +61,9 @@ public sealed record TrainConfig
     /// then sampled from the cached posterior (as upstream samples from the live one). Needs a fixed crop:
     /// center crop and no flip.</summary>
     public bool cache_latents { get; init; }
+    /// <summary>Fixed prompts sampled into output_dir/samples/step-N.png every validation_steps steps.</summary>
+    public string[]? validation_prompts { get; init; }
+    public int validation_steps { get; init; }
     /// <summary>AI-feedback relabelling: a CLIPModel folder (PickScore/HPS-like) whose preference replaces the labels.</summary>
     public string? choice_model { get; init; }
     /// <summary>Keep an exponential moving average of the trained weights (0 = off), saved as ema/.</summary>
@@ -414,6 +417,31 @@ public sealed class Trainer : IDisposable
         }
     }
 
+    /// <summary>A grid of the validation prompts (one fixed seed per prompt, DDIM 20 steps, CFG 7.5) with the
+    /// current weights, so runs can be compared by eye.</summary>
+    public string SampleGrid()
+    {
+        var prompts = config.validation_prompts ?? throw new InvalidOperationException("no validation_prompts configured");
+        using var ddim = new DDIMScheduler(pipe.scheduler.config with { _class_name = "DDIMScheduler" });
+        var sampler = new StableDiffusionPipeline(pipe.components, ddim);   // shares the models; only ddim is ours
+        var wasTraining = unet.training;
+        unet.eval();
+        var gens = prompts.Select((_, i) => new Generator(config.seed + i)).ToArray();
+        try
+        {
+            using var scope = NewDisposeScope();
+            using var r = sampler.call(new GenerationOptions { prompt = prompts, num_inference_steps = 20, guidance_scale = 7.5, generators = gens, height = Resolution, width = Resolution });
+            var path = Path.Combine(config.output_dir, "samples", $"step-{global_step}.png");
+            Sudo.Data.ImageCodecs.Save(Sudo.Data.Images.Grid(r.images!, rows: 1), path);
+            return path;
+        }
+        finally
+        {
+            foreach (var g in gens) g.Dispose();
+            unet.train(wasTraining);
+        }
+    }
+
     public static string? LatestCheckpoint(string outputDir)
     {
         if (!Directory.Exists(outputDir)) return null;
@@ -512,6 +540,7 @@ public sealed class Trainer : IDisposable
                 log($"step {global_step,6}/{config.max_train_steps}  loss {m["loss"]:F5}{extra}  lr {m["lr"]:G3}  {rate:F2} it/s  eta {TimeSpan.FromSeconds(eta):hh\\:mm\\:ss}");
             }
             if (config.checkpointing_steps > 0 && global_step % config.checkpointing_steps == 0) log($"saved {SaveCheckpoint()}");
+            if (config.validation_prompts is { Length: > 0 } && config.validation_steps > 0 && global_step % config.validation_steps == 0) log($"samples {SampleGrid()}");
         }
         if (lora != null) lora.save(Path.Combine(config.output_dir, "lora"));
         else unet.save_pretrained(Path.Combine(config.output_dir, "unet"));
