@@ -206,18 +206,9 @@ let trainSpo (a: ParseResults<TrainArgs>) =
     let cfg = Sudo.Training.SpoConfig(resolution = res, threshold = a.GetResult(Spo_Threshold, defaultValue = 0.3))
     use trainer = new Sudo.Training.SpoTrainer(pipe, spm, pipe.components.tokenizer, cfg, lora_rank = a.GetResult(Lora_Rank, defaultValue = 4),
                                                learning_rate = a.GetResult(Learning_Rate, defaultValue = 6e-5), seed = a.GetResult(Train_Seed, defaultValue = 0L))
-    let rng = Random(int (a.GetResult(Train_Seed, defaultValue = 0L)))
     printfn "spo: %d prompts, DDIM %d steps eta %.1f CFG %.1f, k = %d, threshold %.2f, LoRA rank %d; %d optimizer steps" prompts.Count cfg.num_inference_steps cfg.eta cfg.guidance_scale cfg.num_sample_each_step cfg.threshold (a.GetResult(Lora_Rank, defaultValue = 4)) steps
-    let mutable emptyRounds = 0
-    while trainer.global_step < steps do
-        let round = [ for _ in 1..2 -> prompts.[rng.Next prompts.Count] ] |> ResizeArray
-        let m = trainer.Round(round, batch)
-        emptyRounds <- if m.Count = 0 then emptyRounds + 1 else 0
-        if emptyRounds >= 20 then
-            raise (InvalidOperationException(sprintf "20 rounds in a row gave fewer than %d pairs passing the threshold %.2f: the preference model does not separate the candidates (lower --spo_threshold or train the scorer)" batch cfg.threshold))
-        if m.Count > 0 then
-            let last = m.[m.Count - 1]
-            printfn "step %5d  loss %.5f  acc %.2f  ratio_w %.4f  pairs %d" trainer.global_step last.["loss"] last.["implicit_acc"] last.["ratio_w"] (int last.["pairs_in_round"])
+    let resume = a.GetResult(Resume_From_Checkpoint, defaultValue = "latest") <> "none"
+    trainer.Train(prompts, steps, out, batch, checkpointing_steps = a.GetResult(Checkpointing_Steps, defaultValue = 500), resume = resume)
     trainer.lora.save(IO.Path.Combine(out, "lora"))
     printfn "LoRA saved to %s" (IO.Path.Combine(out, "lora"))
     0

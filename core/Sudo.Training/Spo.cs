@@ -302,6 +302,90 @@ public sealed class SpoTrainer : IDisposable
         return metrics;
     }
 
+    /// <summary>Trains to <paramref name="max_train_steps"/> optimizer steps, drawing prompts_per_round prompts per
+    /// round from <paramref name="prompts"/> with the trainer's generator; checkpoints (LoRA, optimizer, RNG,
+    /// step) every checkpointing_steps into output_dir/checkpoint-N atomically and resumes from the latest.</summary>
+    public void Train(IReadOnlyList<string> prompts, int max_train_steps, string output_dir, int train_batch_size = 2, int prompts_per_round = 2,
+        int checkpointing_steps = 0, bool resume = true, Action<string>? log = null, int max_empty_rounds = 20)
+    {
+        log ??= Console.WriteLine;
+        Directory.CreateDirectory(output_dir);
+        if (resume && Trainer.LatestCheckpoint(output_dir) is { } ck)
+        {
+            Load(ck);
+            log($"resumed from {ck} at step {global_step}");
+        }
+        var empty = 0;
+        var lastCheckpoint = global_step;
+        var jsonl = Path.Combine(output_dir, "metrics.jsonl");
+        while (global_step < max_train_steps)
+        {
+            var round = Enumerable.Range(0, prompts_per_round).Select(_ => prompts[(int)randint(0, prompts.Count, [1], _rng).item<long>()]).ToList();
+            var ms = Round(round, train_batch_size);
+            empty = ms.Count == 0 ? empty + 1 : 0;
+            if (empty >= max_empty_rounds)
+                throw new InvalidOperationException($"{max_empty_rounds} rounds in a row gave fewer than {train_batch_size} pairs passing the threshold {config.threshold}: the preference model does not separate the candidates");
+            foreach (var m in ms)
+            {
+                var line = new System.Text.Json.Nodes.JsonObject();
+                foreach (var (k, v) in m) line[k] = double.IsFinite(v) ? v : null;
+                File.AppendAllText(jsonl, line.ToJsonString() + "\n");
+            }
+            if (ms.Count > 0)
+            {
+                var last = ms[^1];
+                log($"step {global_step,6}/{max_train_steps}  loss {last["loss"]:F5}  acc {last["implicit_acc"]:F2}  ratio_w {last["ratio_w"]:F4}  ratio_l {last["ratio_l"]:F4}  pairs {last["pairs_in_round"]}");
+            }
+            if (checkpointing_steps > 0 && global_step / checkpointing_steps > lastCheckpoint / checkpointing_steps)
+            {
+                log($"saved {Save(output_dir)}");
+                lastCheckpoint = global_step;
+            }
+        }
+        lora.save(Path.Combine(output_dir, "lora"));
+    }
+
+    public string Save(string output_dir)
+    {
+        var final = Path.Combine(output_dir, $"checkpoint-{global_step}");
+        var tmp = Path.Combine(output_dir, $".tmp-checkpoint-{global_step}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(tmp);
+        try
+        {
+            lora.save(Path.Combine(tmp, "lora"));
+            optimizer.save(Path.Combine(tmp, "optimizer.safetensors"));
+            using (var scope = NewDisposeScope())
+                safetensors.save_file(new Dictionary<string, Tensor> { ["trainer"] = _rng.get_state(), ["torch_default"] = get_rng_state() }, Path.Combine(tmp, "rng.safetensors"));
+            File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), new System.Text.Json.Nodes.JsonObject { ["global_step"] = global_step, ["method"] = "spo" }.ToJsonString());
+            if (Directory.Exists(final)) Directory.Delete(final, true);
+            Directory.Move(tmp, final);
+            return final;
+        }
+        catch
+        {
+            if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+            throw;
+        }
+    }
+
+    public void Load(string path)
+    {
+        var state = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(path, "trainer_state.json")))!.AsObject();
+        if ((string?)state["method"] != "spo") throw new InvalidDataException($"{path} is not an SPO checkpoint");
+        var sd = safetensors.load_file(Path.Combine(path, "lora", "pytorch_lora_weights.safetensors"), mmap: false);
+        lora.load_state_dict(sd);
+        foreach (var t in sd.Values) t.Dispose();
+        optimizer.load(Path.Combine(path, "optimizer.safetensors"));
+        using (var f = safetensors.safe_open(Path.Combine(path, "rng.safetensors")))
+        {
+            using var r = f.get("trainer", copy: true);
+            _rng.set_state(r);
+            using var g = f.get("torch_default", copy: true);
+            set_rng_state(g);
+        }
+        global_step = state["global_step"]!.GetValue<int>();
+    }
+
     public void Dispose()
     {
         optimizer.Dispose();

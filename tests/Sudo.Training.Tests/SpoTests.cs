@@ -103,6 +103,39 @@ public class SpoTests
     }
 
     [Test]
+    public void SpoResumeIsExact()
+    {
+        var cfg = new SpoConfig { num_inference_steps = 5, divert_start_step = 2, num_sample_each_step = 2, threshold = -1, resolution = 32 };
+        string[] prompts = ["a red fox", "a blue bird", "a green frog"];
+        var root = Path.Combine(Path.GetTempPath(), $"sudo-spo-{Guid.NewGuid():N}");
+        Dictionary<string, float[]> Run(string dir, params int[] stops)
+        {
+            Dictionary<string, float[]> w = [];
+            foreach (var s in stops)
+            {
+                using var pipe = StableDiffusionPipeline.from_pretrained(Shared.Require("golden", "pipe_sd15"), "ddim");
+                using var spm = new StepAwarePreferenceModel(TinyScorer());
+                using var t = new SpoTrainer(pipe, spm, pipe.components.tokenizer, cfg, lora_rank: 2, learning_rate: 1e-2, seed: 7);
+                t.Train(prompts, s, dir, train_batch_size: 2, checkpointing_steps: 2, log: _ => { });
+                using var scope = NewDisposeScope();
+                w = t.lora.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.ToArray<float>());
+            }
+            return w;
+        }
+        try
+        {
+            var straight = Run(Path.Combine(root, "a"), 6);
+            var resumed = Run(Path.Combine(root, "b"), 2, 6);
+            Assert.That(resumed.Keys, Is.EqualTo(straight.Keys));
+            foreach (var k in straight.Keys) Assert.That(resumed[k], Is.EqualTo(straight[k]), k);
+        }
+        finally
+        {
+            if (Directory.Exists(root)) Directory.Delete(root, true);
+        }
+    }
+
+    [Test]
     public void PreferenceModelLearnsItsLabels()
     {
         // Preferred: the left half brighter; rejected: the same image mirrored (colour statistics identical,
