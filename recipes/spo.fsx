@@ -1,7 +1,7 @@
 // SPO (step-aware preference optimization): online pairs from a step-wise resampler scored by a step-aware
 // preference model; per-step DPO on DDIM transition log-probs (ratio clamp [0.9, 1.1], β = 10), LoRA.
 // Paper defaults (SD-1.5): 20 DDIM steps, η = 1, CFG 5, κ = 750 (divert_start_step 4), k = 4, threshold 0.3,
-// LoRA rank 4, lr 6e-5. SDXL uses k = 2, threshold 0.4 and inner steps (not in this recipe).
+// LoRA rank 4, lr 6e-5. SDXL (SpoConfig.SDXL) uses k = 2, threshold 0.4 and 3 MSPO inner steps (inner_steps=3).
 // dotnet fsi recipes/spo.fsx -- --model <pipeline> --scorer <CLIPModel folder> --prompts <file> [--rounds 10]
 // Without --scorer a tiny random CLIP scorer is used (exercises the code path; its preferences are noise).
 #load "../scripts/_load.fsx"
@@ -31,7 +31,7 @@ use spm = new StepAwarePreferenceModel(scorer)
 let config =
     SpoConfig(num_inference_steps = int (arg "steps" "20"), divert_start_step = int (arg "divert_start_step" "4"),
               num_sample_each_step = int (arg "k" "4"), threshold = float (arg "threshold" "0.3"),
-              resolution = int (arg "resolution" "32"))
+              num_inner_step = int (arg "inner_steps" "0"), resolution = int (arg "resolution" "32"))
 use trainer = new SpoTrainer(pipe, spm, pipe.components.tokenizer, config, lora_rank = int (arg "lora_rank" "4"), learning_rate = float (arg "learning_rate" "6e-5"))
 for r in 1 .. rounds do
     let batch = prompts |> Array.permute (fun i -> (i + r) % prompts.Length) |> Array.truncate (int (arg "prompts_per_round" "2"))

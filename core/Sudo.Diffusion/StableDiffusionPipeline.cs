@@ -268,6 +268,32 @@ public sealed class StableDiffusionPipeline : IDisposable
         return scope.MoveToOuter(eps);
     }
 
+    /// <summary>ε̂ for per-sample timesteps [B] (SPO's mixed-timestep minibatches). No input scaling: for the
+    /// DDPM/DDIM schedulers, whose scale_model_input is the identity.</summary>
+    public Tensor predict_noise(Tensor latents, Tensor timesteps, PromptEmbeds embeds, double guidance_scale)
+    {
+        if (scheduler is not (DDIMScheduler or DDPMScheduler))
+            throw new InvalidOperationException("per-sample timesteps need a scheduler without input scaling (DDIM or DDPM)");
+        using var scope = NewDisposeScope();
+        var cfg = guidance_scale > 1.0;
+        var n = latents.size(0);
+        var input = cfg ? cat([latents, latents]) : latents;
+        var ts = cfg ? cat([timesteps, timesteps]) : timesteps;
+        var ctx = cfg ? cat([embeds.negative_prompt_embeds!, embeds.prompt_embeds]) : embeds.prompt_embeds;
+        AddedCondKwargs? added = null;
+        if (IsSDXL)
+        {
+            var text = cfg ? cat([embeds.negative_pooled_prompt_embeds!, embeds.pooled_prompt_embeds!]) : embeds.pooled_prompt_embeds!;
+            var ids = embeds.add_time_ids!.size(0) == n ? embeds.add_time_ids! : embeds.add_time_ids!.repeat(n, 1);
+            var negIds = embeds.negative_add_time_ids is null ? ids : (embeds.negative_add_time_ids.size(0) == n ? embeds.negative_add_time_ids : embeds.negative_add_time_ids.repeat(n, 1));
+            added = new AddedCondKwargs(text, cfg ? cat([negIds, ids]) : ids);
+        }
+        var outp = unet.forward(input, ts.to(device), ctx, added);
+        if (!cfg) return scope.MoveToOuter(outp);
+        var parts = outp.chunk(2);
+        return scope.MoveToOuter(parts[0] + guidance_scale * (parts[1] - parts[0]));
+    }
+
     /// <summary>One guided denoising step from x_t at timestep t: x_{t−1}, x̂₀, and with DDIM and η > 0
     /// the transition log-probability (x_{t−1} drawn from <paramref name="noise"/>, or the given
     /// <paramref name="prev_sample"/> scored). Branch k candidates from one x_t with predict_noise once and

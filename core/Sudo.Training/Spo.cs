@@ -11,11 +11,14 @@ namespace Sudo.Training;
 
 /// <summary>One training transition: x_t at timestep t, the preferred and rejected x_{t'} (both drawn from
 /// x_t — or, for SDXL's inner steps, from their own x_t), and the prompt's text conditioning.</summary>
-public sealed record StepPair(long t, Tensor x_t_w, Tensor x_t_l, Tensor x_w, Tensor x_l, Tensor cond, Tensor uncond, string prompt) : IDisposable
+public sealed record StepPair(long t, Tensor x_t_w, Tensor x_t_l, Tensor x_w, Tensor x_l, Tensor cond, Tensor uncond, string prompt,
+    Tensor? pooled = null, Tensor? negative_pooled = null) : IDisposable
 {
+    public IEnumerable<Tensor> Tensors => new[] { x_t_w, x_t_l, x_w, x_l, cond, uncond, pooled, negative_pooled }.OfType<Tensor>();
+
     public void Dispose()
     {
-        foreach (var x in new[] { x_t_w, x_t_l, x_w, x_l, cond, uncond }) x.Dispose();
+        foreach (var x in Tensors) x.Dispose();
     }
 }
 
@@ -33,6 +36,15 @@ public sealed record SpoConfig
     public double beta { get; init; } = 10;
     public double clip_eps { get; init; } = 0.1;
     public int resolution { get; init; } = 512;
+    /// <summary>SDXL's MSPO: after each branching every candidate runs this many more single DDIM steps
+    /// before scoring (3 in SPO's SDXL config, i.e. segments of 4 transitions); 0 = the SD-1.5 procedure.</summary>
+    public int num_inner_step { get; init; }
+
+    /// <summary>SPO's SD-1.5 defaults (20 steps, κ = 750, k = 4, threshold 0.3).</summary>
+    public static SpoConfig SD15 => new();
+
+    /// <summary>SPO's SDXL defaults: k = 2, threshold 0.4, 3 inner steps, 1024 px.</summary>
+    public static SpoConfig SDXL => new() { num_sample_each_step = 2, threshold = 0.4, num_inner_step = 3, resolution = 1024 };
 }
 
 public sealed class SpoSampler(StableDiffusionPipeline pipe, StepAwarePreferenceModel spm, CLIPTokenizer scorerTokenizer, SpoConfig config)
@@ -41,6 +53,10 @@ public sealed class SpoSampler(StableDiffusionPipeline pipe, StepAwarePreference
     public StepAwarePreferenceModel spm { get; } = spm;
     public SpoConfig config { get; } = config;
     public int candidates_scored { get; private set; }
+
+    private readonly bool _vocabChecked = scorerTokenizer.vocab_size <= spm.clip.config.text_config.vocab_size ? true
+        : throw new ArgumentException($"the scorer's text model has vocab_size {spm.clip.config.text_config.vocab_size} but its tokenizer has "
+            + $"{scorerTokenizer.vocab_size} tokens: use the tokenizer the scorer was trained with (PickScore: CLIP's 49408)");
 
     private DDIMScheduler Ddim => pipe.scheduler as DDIMScheduler
         ?? throw new InvalidOperationException("SPO samples with DDIM (eta = 1): load the pipeline with scheduler \"ddim\"");
@@ -64,40 +80,49 @@ public sealed class SpoSampler(StableDiffusionPipeline pipe, StepAwarePreference
         using var scope = NewDisposeScope();
         using var _ = no_grad();
         var b = prompts.Count;
-        using var embeds = pipe.encode_prompt(prompts, 1, true);
+        var embeds = Embeds(prompts);
         var ids = scorerTokenizer.call(prompts, 77, pipe.device).input_ids;
         ddim.set_timesteps(config.num_inference_steps);
         var ts = ddim.TimestepValues;
+        var seg = config.num_inner_step + 1;
         if (config.divert_start_step >= ts.Length) throw new ArgumentException("divert_start_step must be below num_inference_steps");
         var noise = new NoiseSource(generators);
         var x = pipe.prepare_latents(b, config.resolution, config.resolution, noise);
-        for (var i = 0; i < config.divert_start_step; i++)
-            x = pipe.denoise_step(x, ts[i], embeds, config.guidance_scale, config.eta, noise).prev_sample;
+        for (var s0 = 0; s0 < config.divert_start_step; s0++)
+            x = pipe.denoise_step(x, ts[s0], embeds, config.guidance_scale, config.eta, noise).prev_sample;
 
-        // k candidates from one x_t: the rows of the pool are [candidate j of prompt p] at j·b + p.
-        PromptEmbeds Repeat(int times) => new()
-        {
-            prompt_embeds = embeds.prompt_embeds.repeat(times, 1, 1),
-            negative_prompt_embeds = embeds.negative_prompt_embeds!.repeat(times, 1, 1),
-        };
-        var embedsK = Repeat(k);
+        // The pool's rows are [candidate j of prompt p] at j·b + p.
+        var embedsK = Repeat(embeds, k);
         var idsK = ids.repeat(k, 1);
+        var noiseK = new NoiseSource(Enumerable.Range(0, k).SelectMany(_ => generators).ToArray());
+        Tensor Tk(double t, long n) => full([n], (long)t, ScalarType.Int64, pipe.device);
         Tensor Branch(Tensor eps, double t, Tensor xt) =>
-            cat(Enumerable.Range(0, k).Select(_ => ddim.step_with_logprob(eps, scalar_tensor((long)t), xt, config.eta, noise).prev_sample).ToArray());
+            cat(Enumerable.Range(0, k).Select(_ => ddim.step_with_logprob(eps, Tk(t, xt.size(0)), xt, config.eta, noise).prev_sample).ToArray());
         var shared = x;
-        var eps0 = pipe.predict_noise(shared, ts[config.divert_start_step], embeds, config.guidance_scale);
-        var pool = Branch(eps0, ts[config.divert_start_step], shared);
+        var eps0 = pipe.predict_noise(shared, Tk(ts[config.divert_start_step], b), embeds, config.guidance_scale);
+        var i0 = config.divert_start_step;
+        var pool = Branch(eps0, ts[i0], shared);
+        // Each candidate's transitions in the current segment: (t, x_t, x_{t'}) with x_t [k·b].
+        var segment = new List<(double t, Tensor xt, Tensor xprev)> { (ts[i0], shared.repeat(k, 1, 1, 1), pool) };
         var pairs = new List<StepPair>();
-        for (var i = config.divert_start_step + 1; i <= ts.Length; i++)
+        var i = i0 + 1;
+        while (true)
         {
-            var final = i == ts.Length;
-            var tPrev = ts[i - 1];
+            // MSPO: roll every candidate forward num_inner_step single steps before scoring.
+            for (var m = 0; m < config.num_inner_step && i < ts.Length; m++, i++)
+            {
+                var epsIn = pipe.predict_noise(pool, Tk(ts[i], k * b), embedsK, config.guidance_scale);
+                var next = ddim.step_with_logprob(epsIn, Tk(ts[i], k * b), pool, config.eta, noiseK).prev_sample;
+                segment.Add((ts[i], pool, next));
+                pool = next;
+            }
+            var final = i >= ts.Length;
             Tensor? epsPool = null;
             Tensor scores;
             if (!final)
             {
-                epsPool = pipe.predict_noise(pool, ts[i], embedsK, config.guidance_scale);
-                var x0 = ddim.step(epsPool, scalar_tensor((long)ts[i]), pool, 0, NoiseSource.Default).pred_original_sample!;
+                epsPool = pipe.predict_noise(pool, Tk(ts[i], k * b), embedsK, config.guidance_scale);
+                var x0 = ddim.step(epsPool, Tk(ts[i], k * b), pool, 0, NoiseSource.Default).pred_original_sample!;
                 scores = Scores(x0, ts[i], idsK, false);
             }
             else
@@ -114,10 +139,11 @@ public sealed class SpoSampler(StableDiffusionPipeline pipe, StepAwarePreference
             for (var p = 0; p < b; p++)
             {
                 if (gap[p] <= config.threshold) continue;
-                var xt = shared[p..(p + 1)].clone();
-                pairs.Add(new StepPair((long)tPrev, xt, xt.clone(), pool[(int)(bi[p] * b + p)..(int)(bi[p] * b + p + 1)].clone(),
-                    pool[(int)(wi[p] * b + p)..(int)(wi[p] * b + p + 1)].clone(),
-                    embeds.prompt_embeds[p..(p + 1)].clone(), embeds.negative_prompt_embeds![p..(p + 1)].clone(), prompts[p]));
+                var (rw, rl) = ((int)(bi[p] * b + p), (int)(wi[p] * b + p));
+                foreach (var (t, xt, xprev) in segment)
+                    pairs.Add(new StepPair((long)t, xt[rw..(rw + 1)].clone(), xt[rl..(rl + 1)].clone(), xprev[rw..(rw + 1)].clone(), xprev[rl..(rl + 1)].clone(),
+                        embeds.prompt_embeds[p..(p + 1)].clone(), embeds.negative_prompt_embeds![p..(p + 1)].clone(), prompts[p],
+                        embeds.pooled_prompt_embeds?[p..(p + 1)].clone(), embeds.negative_pooled_prompt_embeds?[p..(p + 1)].clone()));
             }
             if (final) break;
             // Continue from a uniformly random candidate per prompt; branch again with its ε at t_i.
@@ -126,11 +152,39 @@ public sealed class SpoSampler(StableDiffusionPipeline pipe, StepAwarePreference
             shared = pool.index_select(0, rows);
             var epsR = epsPool!.index_select(0, rows);
             pool = Branch(epsR, ts[i], shared);
+            segment = [(ts[i], shared.repeat(k, 1, 1, 1), pool)];
+            i++;
         }
         foreach (var pr in pairs)
-            foreach (var t in new[] { pr.x_t_w, pr.x_t_l, pr.x_w, pr.x_l, pr.cond, pr.uncond }) scope.Detach(t);
+            foreach (var t in pr.Tensors) scope.Detach(t);
         return pairs;
     }
+
+    private PromptEmbeds Embeds(IReadOnlyList<string> prompts)
+    {
+        var e = pipe.encode_prompt(prompts, 1, true, Enumerable.Repeat("", prompts.Count).ToList());
+        if (!pipe.IsSDXL) return e;
+        var ids = pipe.get_add_time_ids((config.resolution, config.resolution), (0, 0), (config.resolution, config.resolution));
+        return new PromptEmbeds
+        {
+            prompt_embeds = e.prompt_embeds,
+            negative_prompt_embeds = e.negative_prompt_embeds,
+            pooled_prompt_embeds = e.pooled_prompt_embeds,
+            negative_pooled_prompt_embeds = e.negative_pooled_prompt_embeds,
+            add_time_ids = ids,
+            negative_add_time_ids = ids,
+        };
+    }
+
+    private static PromptEmbeds Repeat(PromptEmbeds e, int times) => new()
+    {
+        prompt_embeds = e.prompt_embeds.repeat(times, 1, 1),
+        negative_prompt_embeds = e.negative_prompt_embeds!.repeat(times, 1, 1),
+        pooled_prompt_embeds = e.pooled_prompt_embeds?.repeat(times, 1),
+        negative_pooled_prompt_embeds = e.negative_pooled_prompt_embeds?.repeat(times, 1),
+        add_time_ids = e.add_time_ids,
+        negative_add_time_ids = e.negative_add_time_ids,
+    };
 }
 
 /// <summary>SPO's loss on a minibatch of step pairs: CFG ε of the policy (LoRA on) and reference (LoRA off)
@@ -146,15 +200,11 @@ public static class SpoLoss
         {
             prompt_embeds = cat(batch.Select(p => p.cond).ToArray()),
             negative_prompt_embeds = cat(batch.Select(p => p.uncond).ToArray()),
+            pooled_prompt_embeds = pipe.IsSDXL ? cat(batch.Select(p => p.pooled!).ToArray()) : null,
+            negative_pooled_prompt_embeds = pipe.IsSDXL ? cat(batch.Select(p => p.negative_pooled!).ToArray()) : null,
+            add_time_ids = pipe.IsSDXL ? pipe.get_add_time_ids((c.resolution, c.resolution), (0, 0), (c.resolution, c.resolution)) : null,
         };
-        Tensor Eps(Tensor x)
-        {
-            var n = x.size(0);
-            var input = cat([x, x]);
-            var ctx = cat([embeds.negative_prompt_embeds!, embeds.prompt_embeds]);
-            var o = pipe.unet.forward(input, cat([t, t]), ctx).chunk(2);
-            return o[0] + c.guidance_scale * (o[1] - o[0]);
-        }
+        Tensor Eps(Tensor x) => pipe.predict_noise(x, t, embeds, c.guidance_scale);
         var xtw = cat(batch.Select(p => p.x_t_w).ToArray());
         var xtl = cat(batch.Select(p => p.x_t_l).ToArray());
         var xw = cat(batch.Select(p => p.x_w).ToArray());

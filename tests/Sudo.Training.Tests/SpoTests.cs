@@ -88,6 +88,40 @@ public class SpoTests
     }
 
     [Test]
+    public void MspoSegmentsOnSdxl()
+    {
+        // SDXL preset's MSPO: after branching, each candidate runs num_inner_step more single steps before scoring;
+        // every transition in a kept segment becomes a pair.
+        using var pipe = StableDiffusionPipeline.from_pretrained(Shared.Require("golden", "pipe_sdxl"), "ddim");
+        using var spm = new StepAwarePreferenceModel(TinyScorer());
+        var cfg = new SpoConfig { num_inference_steps = 6, divert_start_step = 1, num_sample_each_step = 2, num_inner_step = 1, threshold = -1, resolution = 32 };
+        var sampler = new SpoSampler(pipe, spm, pipe.components.tokenizer, cfg);
+        var pairs = sampler.Sample(["a red fox"], [new Generator(3)]);
+        try
+        {
+            var ts = ((DDIMScheduler)pipe.scheduler).TimestepValues;
+            Assert.That(pairs.Select(p => (double)p.t), Is.EqualTo(ts[1..6]), "segments (1,2), (3,4), (5)");
+            foreach (var i in new[] { 0, 2, 4 })
+                Assert.That(pairs[i].x_t_w.equal(pairs[i].x_t_l), Is.True, "a segment starts from one shared x_t");
+            foreach (var i in new[] { 1, 3 })
+            {
+                Assert.That(pairs[i].x_t_w.equal(pairs[i].x_t_l), Is.False, "inner steps follow each candidate");
+                Assert.That(pairs[i].x_t_w.equal(pairs[i - 1].x_w) && pairs[i].x_t_l.equal(pairs[i - 1].x_l), Is.True);
+            }
+            Assert.That(pairs[0].pooled, Is.Not.Null, "SDXL pairs carry pooled embeddings");
+            Assert.That(sampler.candidates_scored, Is.EqualTo(2 * 3));
+            using var lora = Lora.Attach(pipe.unet, new LoraConfig(2, 2));
+            using var scope = NewDisposeScope();
+            var o = SpoLoss.Compute(pipe, lora, pairs.Take(2).ToList(), cfg);
+            Assert.That(o.loss.item(), Is.EqualTo(Math.Log(2)).Within(1e-6), "θ = ref on SDXL");
+        }
+        finally
+        {
+            foreach (var p in pairs) p.Dispose();
+        }
+    }
+
+    [Test]
     public void SpoRoundsTrain()
     {
         using var pipe = StableDiffusionPipeline.from_pretrained(Shared.Require("golden", "pipe_sd15"), "ddim");
