@@ -17,7 +17,7 @@ let config =
         output_dir = arg "output_dir" "runs/dpo_timestep_weighted",
         train_batch_size = 4, max_train_steps = int (arg "max_train_steps" "100"),
         learning_rate = float (arg "learning_rate" "1e-5"), lr_warmup_steps = 10, checkpointing_steps = 50)
-use trainer = new Trainer(config)
+let trainer = new Trainer(config)
 trainer.loss_fn <- LossFn(fun s ->
     use scope = torch.NewDisposeScope()
     let snr = trainer.noise_schedule.snr(s.timesteps.narrow(0L, 0L, int64 s.pairs))

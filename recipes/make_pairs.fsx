@@ -12,7 +12,7 @@ let out = arg "out" "runs/pairs"
 let n = int (arg "pairs" "16")
 let colours = [| "red", [| 1.0; 0.0; 0.0 |]; "green", [| 0.0; 1.0; 0.0 |]; "blue", [| 0.0; 0.0; 1.0 |] |]
 System.IO.Directory.CreateDirectory out |> ignore
-use pipe = StableDiffusionPipeline.from_pretrained(model, "ddim")
+let pipe = StableDiffusionPipeline.from_pretrained(model, "ddim")
 let lines = ResizeArray()
 for i in 0 .. n - 1 do
     use scope = torch.NewDisposeScope()

@@ -23,5 +23,5 @@ let config =
         mixed_precision = arg "mixed_precision" "no",
         checkpointing_steps = int (arg "checkpointing_steps" "100"),
         seed = int64 (arg "seed" "0"))
-use trainer = new Trainer(config)
+let trainer = new Trainer(config)
 trainer.Train()

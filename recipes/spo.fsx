@@ -18,7 +18,7 @@ let promptsFile = arg "prompts" ""
 let prompts =
     if promptsFile = "" then [| "a red fox in the snow"; "a lighthouse at dusk"; "a bowl of ramen"; "an astronaut riding a horse" |]
     else (Sampling.ReadPrompts promptsFile).ToArray()
-use pipe = StableDiffusionPipeline.from_pretrained(model, "ddim")
+let pipe = StableDiffusionPipeline.from_pretrained(model, "ddim")
 let scorer =
     match arg "scorer" "" with
     | "" ->
@@ -27,12 +27,12 @@ let scorer =
                                  vision_config = CLIPVisionConfig(hidden_size = 16, intermediate_size = 32, num_hidden_layers = 2, num_attention_heads = 2, image_size = 16, patch_size = 8, hidden_act = "gelu"),
                                  projection_dim = 8))
     | folder -> CLIPModel.from_pretrained(folder)
-use spm = new StepAwarePreferenceModel(scorer)
+let spm = new StepAwarePreferenceModel(scorer)
 let config =
     SpoConfig(num_inference_steps = int (arg "steps" "20"), divert_start_step = int (arg "divert_start_step" "4"),
               num_sample_each_step = int (arg "k" "4"), threshold = float (arg "threshold" "0.3"),
               num_inner_step = int (arg "inner_steps" "0"), resolution = int (arg "resolution" "32"))
-use trainer = new SpoTrainer(pipe, spm, pipe.components.tokenizer, config, lora_rank = int (arg "lora_rank" "4"), learning_rate = float (arg "learning_rate" "6e-5"))
+let trainer = new SpoTrainer(pipe, spm, pipe.components.tokenizer, config, lora_rank = int (arg "lora_rank" "4"), learning_rate = float (arg "learning_rate" "6e-5"))
 for r in 1 .. rounds do
     let batch = prompts |> Array.permute (fun i -> (i + r) % prompts.Length) |> Array.truncate (int (arg "prompts_per_round" "2"))
     let m = trainer.Round(batch, int (arg "train_batch_size" "2"))

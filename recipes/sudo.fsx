@@ -24,5 +24,5 @@ let config =
         checkpointing_steps = int (arg "checkpointing_steps" "100"),
         sudo_derangement = (arg "sudo_derangement" "false" = "true"),
         seed = int64 (arg "seed" "0"))
-use trainer = new Trainer(config)
+let trainer = new Trainer(config)
 trainer.Train()

@@ -105,6 +105,8 @@ public sealed class Trainer : IDisposable
     public PairDataset data { get; }
     public torch.optim.Optimizer optimizer { get; }
     public torch.optim.lr_scheduler.LambdaLR scheduler { get; }
+    /// <summary>Dynamic loss scaling, enabled for fp16 (as accelerate's GradScaler); a pass-through otherwise.</summary>
+    public torch.amp.GradScaler scaler { get; }
     public NoiseSchedule noise_schedule { get; }
     public int global_step { get; private set; }
     public LossFn loss_fn { get; set; }
@@ -156,6 +158,7 @@ public sealed class Trainer : IDisposable
         optimizer = config.use_adafactor || config.sdxl
             ? new torch.optim.Adafactor(_trainable, lr: lr, weight_decay: config.adam_weight_decay, clip_threshold: 1.0, scale_parameter: false, relative_step: false)
             : new torch.optim.AdamW(_trainable, lr, config.adam_beta1, config.adam_beta2, config.adam_epsilon, config.adam_weight_decay);
+        scaler = new torch.amp.GradScaler(enabled: config.mixed_precision == "fp16");
         scheduler = torch.optim.lr_scheduler.get_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, config.max_train_steps);
         loss_fn = loss ?? DefaultLoss(config);
         if (config.ema_decay > 0)
@@ -304,7 +307,12 @@ public sealed class Trainer : IDisposable
             }
         }
         var cond = added is null ? null : new AddedCondKwargs(added[0], added[1]);
-        using var autocastScope = config.mixed_precision == "bf16" ? autocast(Device.Parse(config.device)) : null;
+        using var autocastScope = config.mixed_precision switch
+        {
+            "bf16" => autocast(Device.Parse(config.device)),
+            "fp16" => autocast(Device.Parse(config.device), ScalarType.Float16),
+            _ => null,
+        };
         var pred = unet.forward(xt, t, ehs, cond);
         var m = Losses.per_sample_mse(pred, target);
         Tensor? r = null;
@@ -356,17 +364,25 @@ public sealed class Trainer : IDisposable
                 optimizer.zero_grad();
                 return null;
             }
-            (o.loss / accum).backward();
+            scaler.scale(o.loss / accum).backward();
             metrics["loss"] = metrics.GetValueOrDefault("loss") + lv / accum;
             foreach (var (key, t) in o.diagnostics)
                 if (t.numel() == 1) metrics[key] = metrics.GetValueOrDefault(key) + t.item() / accum;
         }
         _nonfinite = 0;
+        scaler.unscale_(optimizer);
         if (!(config.use_adafactor || config.sdxl) && config.max_grad_norm > 0)
             metrics["grad_norm"] = nn.utils.clip_grad_norm_(_trainable, config.max_grad_norm);
-        optimizer.step();
-        scheduler.step();
+        // fp16: an inf/NaN gradient skips the optimizer and LR-scheduler step and halves the scale (accelerate).
+        var stepped = scaler.step(optimizer);
+        scaler.update();
+        if (stepped) scheduler.step();
         global_step++;
+        if (scaler.enabled)
+        {
+            metrics["grad_scale"] = scaler.get_scale();
+            metrics["step_skipped"] = stepped ? 0 : 1;
+        }
         if (_ema != null)
             using (no_grad())
                 for (var i = 0; i < _ema.Length; i++) _ema[i].lerp_(_trainable[i], 1 - config.ema_decay);
@@ -404,6 +420,7 @@ public sealed class Trainer : IDisposable
                 ["lr_scheduler"] = JsonNode.Parse(scheduler.state_dict()),
                 ["method"] = config.method,
                 ["nonfinite_in_a_row"] = _nonfinite,
+                ["grad_scaler"] = JsonNode.Parse(scaler.state_dict()),
             };
             File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             if (Directory.Exists(final)) Directory.Delete(final, true);
@@ -490,6 +507,7 @@ public sealed class Trainer : IDisposable
         NewEpoch(state["epoch"]!.GetValue<int>());
         _position = state["position"]!.GetValue<int>();
         _nonfinite = state["nonfinite_in_a_row"]?.GetValue<int>() ?? 0;
+        if (state["grad_scaler"] is { } gs) scaler.load_state_dict(gs.ToJsonString());
     }
 
     /// <summary>Runs to max_train_steps: resumes (resume_from_checkpoint), logs metrics to metrics.jsonl and

@@ -193,4 +193,54 @@ public class OptimTests
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
         }
     }
+
+    [Test]
+    public void GradScalerScalesSkipsAndAdapts()
+    {
+        // Loss (w·x)² with w = 1, x = 3: dL/dw = 2·w·x² = 18. SGD lr 0.01 → w = 1 − 0.18.
+        using var w = new Parameter(tensor(new[] { 1.0f }));
+        using var x = tensor(new[] { 3.0f });
+        using var opt = new optim.SGD([w], lr: 0.01);
+        var scaler = new amp.GradScaler(init_scale: 1024, growth_interval: 2);
+        void Backward()
+        {
+            using var scope = NewDisposeScope();
+            opt.zero_grad();
+            scaler.scale((w * x).pow(2).sum()).backward();
+        }
+        Backward();
+        using (var g = w.grad!) Assert.That(g.item(), Is.EqualTo(18.0 * 1024), "backward sees the scaled loss");
+        scaler.unscale_(opt);
+        using (var g = w.grad!) Assert.That(g.item(), Is.EqualTo(18.0), "unscale_ before clipping (power-of-two scale: exact)");
+        Assert.Throws<InvalidOperationException>(() => scaler.unscale_(opt), "unscale_ twice in one iteration");
+        Assert.That(scaler.step(opt), Is.True);
+        scaler.update();
+        Assert.That(w.item(), Is.EqualTo(0.82).Within(1e-7));
+        Assert.That((scaler.get_scale(), scaler.growth_tracker), Is.EqualTo((1024.0, 1)));
+        Backward();
+        scaler.step(opt);
+        scaler.update();
+        Assert.That((scaler.get_scale(), scaler.growth_tracker), Is.EqualTo((2048.0, 0)), "grows × 2 after growth_interval clean steps");
+
+        // An overflow (inf gradient): the step is skipped, the scale backs off × 0.5, the tracker resets.
+        Backward();
+        var before = w.item();
+        using (no_grad())
+        using (var g = w.grad!) g.fill_(float.PositiveInfinity);
+        Assert.That(scaler.step(opt), Is.False);
+        Assert.That(scaler.found_inf(opt), Is.True);
+        scaler.update();
+        Assert.That(w.item(), Is.EqualTo(before), "parameters untouched by a skipped step");
+        Assert.That((scaler.get_scale(), scaler.growth_tracker), Is.EqualTo((1024.0, 0)));
+
+        // state round trip; disabled scaler is a pass-through.
+        var restored = new amp.GradScaler();
+        restored.load_state_dict(scaler.state_dict());
+        Assert.That((restored.get_scale(), restored.growth_tracker), Is.EqualTo((1024.0, 0)));
+        var off = new amp.GradScaler(enabled: false);
+        Assert.That(off.get_scale(), Is.EqualTo(1.0));
+        using var l = tensor(new[] { 2.0f });
+        Assert.That(ReferenceEquals(off.scale(l), l), Is.True);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new amp.GradScaler(backoff_factor: 1.5));
+    }
 }
