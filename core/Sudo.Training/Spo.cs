@@ -358,6 +358,7 @@ public sealed class SpoTrainer : IDisposable
     public void Train(IReadOnlyList<string> prompts, int max_train_steps, string output_dir, int train_batch_size = 2, int prompts_per_round = 2,
         int checkpointing_steps = 0, bool resume = true, Action<string>? log = null, int max_empty_rounds = 20)
     {
+        var caller = log;
         log ??= Console.WriteLine;
         Directory.CreateDirectory(output_dir);
         if (resume && Trainer.LatestCheckpoint(output_dir) is { } ck)
@@ -368,30 +369,29 @@ public sealed class SpoTrainer : IDisposable
         var empty = 0;
         var lastCheckpoint = global_step;
         var jsonl = Path.Combine(output_dir, "metrics.jsonl");
-        while (global_step < max_train_steps)
+        TrainingProgress.Run("spo", max_train_steps, global_step, 1, caller, progress =>
         {
-            var round = Enumerable.Range(0, prompts_per_round).Select(_ => prompts[(int)randint(0, prompts.Count, [1], _rng).item<long>()]).ToList();
-            var ms = Round(round, train_batch_size);
-            empty = ms.Count == 0 ? empty + 1 : 0;
-            if (empty >= max_empty_rounds)
-                throw new InvalidOperationException($"{max_empty_rounds} rounds in a row gave fewer than {train_batch_size} pairs passing the threshold {config.threshold}: the preference model does not separate the candidates");
-            foreach (var m in ms)
+            while (global_step < max_train_steps)
             {
-                var line = new System.Text.Json.Nodes.JsonObject();
-                foreach (var (k, v) in m) line[k] = double.IsFinite(v) ? v : null;
-                File.AppendAllText(jsonl, line.ToJsonString() + "\n");
+                var round = Enumerable.Range(0, prompts_per_round).Select(_ => prompts[(int)randint(0, prompts.Count, [1], _rng).item<long>()]).ToList();
+                var ms = Round(round, train_batch_size);
+                empty = ms.Count == 0 ? empty + 1 : 0;
+                if (empty >= max_empty_rounds)
+                    throw new InvalidOperationException($"{max_empty_rounds} rounds in a row gave fewer than {train_batch_size} pairs passing the threshold {config.threshold}: the preference model does not separate the candidates");
+                foreach (var m in ms)
+                {
+                    var line = new System.Text.Json.Nodes.JsonObject();
+                    foreach (var (k, v) in m) line[k] = double.IsFinite(v) ? v : null;
+                    File.AppendAllText(jsonl, line.ToJsonString() + "\n");
+                }
+                if (ms.Count > 0) progress.Step(global_step, ms[^1]);
+                if (checkpointing_steps > 0 && global_step / checkpointing_steps > lastCheckpoint / checkpointing_steps)
+                {
+                    progress.Log($"saved {Save(output_dir)}");
+                    lastCheckpoint = global_step;
+                }
             }
-            if (ms.Count > 0)
-            {
-                var last = ms[^1];
-                log($"step {global_step,6}/{max_train_steps}  loss {last["loss"]:F5}  acc {last["implicit_acc"]:F2}  ratio_w {last["ratio_w"]:F4}  ratio_l {last["ratio_l"]:F4}  pairs {last["pairs_in_round"]}");
-            }
-            if (checkpointing_steps > 0 && global_step / checkpointing_steps > lastCheckpoint / checkpointing_steps)
-            {
-                log($"saved {Save(output_dir)}");
-                lastCheckpoint = global_step;
-            }
-        }
+        });
         lora.save(Path.Combine(output_dir, "lora"));
     }
 

@@ -515,6 +515,7 @@ public sealed class Trainer : IDisposable
     /// and saves the final weights (unet/ or lora/) into output_dir.</summary>
     public void Train(Action<string>? log = null)
     {
+        var caller = log;
         log ??= Console.WriteLine;
         Directory.CreateDirectory(config.output_dir);
         var resume = config.resume_from_checkpoint switch
@@ -532,34 +533,30 @@ public sealed class Trainer : IDisposable
         var jsonl = Path.Combine(config.output_dir, "metrics.jsonl");
         var csv = Path.Combine(config.output_dir, "metrics.csv");
         var sw = Stopwatch.StartNew();
-        var startStep = global_step;
         using var tb = new TensorBoardWriter(Path.Combine(config.output_dir, "logs"));
         string[]? columns = File.Exists(csv) ? File.ReadLines(csv).FirstOrDefault()?.Split(',') : null;
-        while (global_step < config.max_train_steps)
+        TrainingProgress.Run($"{config.method}", config.max_train_steps, global_step, config.log_every, caller, progress =>
         {
-            var m = Step();
-            if (m is null) continue;
-            m["step"] = global_step;
-            var line = new JsonObject();
-            foreach (var (k, v) in m) line[k] = v;
-            File.AppendAllText(jsonl, line.ToJsonString() + "\n");
-            tb.AddScalars(global_step, m.Where(kv => kv.Key != "step").ToDictionary(kv => "train/" + kv.Key, kv => kv.Value));
-            if (columns is null)
+            while (global_step < config.max_train_steps)
             {
-                columns = m.Keys.OrderBy(k => k == "step" ? "" : k, StringComparer.Ordinal).ToArray();
-                File.AppendAllText(csv, string.Join(",", columns) + "\n");
+                var m = Step();
+                if (m is null) continue;
+                m["step"] = global_step;
+                var line = new JsonObject();
+                foreach (var (k, v) in m) line[k] = v;
+                File.AppendAllText(jsonl, line.ToJsonString() + "\n");
+                tb.AddScalars(global_step, m.Where(kv => kv.Key != "step").ToDictionary(kv => "train/" + kv.Key, kv => kv.Value));
+                if (columns is null)
+                {
+                    columns = m.Keys.OrderBy(k => k == "step" ? "" : k, StringComparer.Ordinal).ToArray();
+                    File.AppendAllText(csv, string.Join(",", columns) + "\n");
+                }
+                File.AppendAllText(csv, string.Join(",", columns.Select(c => m.TryGetValue(c, out var v) ? v.ToString("G6", CultureInfo.InvariantCulture) : "")) + "\n");
+                progress.Step(global_step, m);
+                if (config.checkpointing_steps > 0 && global_step % config.checkpointing_steps == 0) progress.Log($"saved {SaveCheckpoint()}");
+                if (config.validation_prompts is { Length: > 0 } && config.validation_steps > 0 && global_step % config.validation_steps == 0) progress.Log($"samples {SampleGrid()}");
             }
-            File.AppendAllText(csv, string.Join(",", columns.Select(c => m.TryGetValue(c, out var v) ? v.ToString("G6", CultureInfo.InvariantCulture) : "")) + "\n");
-            if (global_step % config.log_every == 0 || global_step == config.max_train_steps)
-            {
-                var rate = (global_step - startStep) / Math.Max(1e-9, sw.Elapsed.TotalSeconds);
-                var eta = (config.max_train_steps - global_step) / Math.Max(1e-9, rate);
-                var extra = m.TryGetValue("implicit_acc", out var acc) ? $"  acc {acc:F3}" : "";
-                log($"step {global_step,6}/{config.max_train_steps}  loss {m["loss"]:F5}{extra}  lr {m["lr"]:G3}  {rate:F2} it/s  eta {TimeSpan.FromSeconds(eta):hh\\:mm\\:ss}");
-            }
-            if (config.checkpointing_steps > 0 && global_step % config.checkpointing_steps == 0) log($"saved {SaveCheckpoint()}");
-            if (config.validation_prompts is { Length: > 0 } && config.validation_steps > 0 && global_step % config.validation_steps == 0) log($"samples {SampleGrid()}");
-        }
+        });
         if (lora != null) lora.save(Path.Combine(config.output_dir, "lora"));
         else unet.save_pretrained(Path.Combine(config.output_dir, "unet"));
         if (_ema != null && lora == null)
