@@ -165,6 +165,27 @@ type TrainArgs =
             | Validation_Prompts_File _ -> "prompts sampled into output_dir/samples/step-N.png (fixed seeds)."
             | Validation_Steps _ -> "sample the validation prompts every N steps."
 
+type WorldArgs =
+    | [<MainCommand; ExactlyOnce>] Action of action: string
+    | Split of string
+    | N of int
+    | [<AltCommandLine("-p")>] Prompt of string
+    | Image of path: string
+    | Out of path: string
+    | Size of int
+    | Seed of int
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Action _ -> "judge (measure the judge), prompts (--split --n), render (--prompt --out), score (--image --prompt)."
+            | Split _ -> "prompts: train, validation or test (test holds unseen colour-shape combinations)."
+            | N _ -> "prompts: how many (default 100); judge: images (default 300)."
+            | Prompt _ -> "a shapes-world prompt, e.g. \"a small red circle left of a large blue square on a white background\"."
+            | Image _ -> "score: the PNG/JPEG to judge."
+            | Out _ -> "render: the PNG to write."
+            | Size _ -> "image side in pixels (default 64)."
+            | Seed _ -> "layout / prompt seed (default 0)."
+
 [<RequireSubcommand>]
 type CliArgs =
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
@@ -173,6 +194,7 @@ type CliArgs =
     | [<CliPrefix(CliPrefix.None)>] Parity of ParseResults<ParityArgs>
     | [<CliPrefix(CliPrefix.None)>] Sample of ParseResults<SampleArgs>
     | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<TrainArgs>
+    | [<CliPrefix(CliPrefix.None)>] World of ParseResults<WorldArgs>
     | Torch_Threads of int
     | Blas_Threads of int
     interface IArgParserTemplate with
@@ -184,6 +206,7 @@ type CliArgs =
             | Parity _ -> "compare a component with golden outputs of the reference libraries."
             | Sample _ -> "text-to-image: PNGs, grid.png and images.jsonl."
             | Train _ -> "fine-tune with Diffusion-DPO, SFT or SUDO (upstream flag names)."
+            | World _ -> "the synthetic shapes world: prompts, ground-truth renders and the judge."
             | Torch_Threads _ -> "libtorch intra-op threads (default: all cores)."
             | Blas_Threads _ -> "OpenBLAS threads (default: all cores)."
 
@@ -235,6 +258,31 @@ let main argv =
             | other ->
                 eprintfn "sudoml bench: unknown target '%s' (expected: engine, unet, sample, train)" other
                 2
+        | World a ->
+            let size = a.GetResult(WorldArgs.Size, defaultValue = 64)
+            let seed = a.GetResult(WorldArgs.Seed, defaultValue = 0)
+            let need (what: string) (v: 'T option) = v |> Option.defaultWith (fun () -> raise (ArgumentException(sprintf "sudoml world %s needs %s" (a.GetResult Action) what)))
+            match a.GetResult Action with
+            | "judge" ->
+                let r = Sudo.Data.JudgeEvaluation.Run(a.GetResult(N, defaultValue = 300), size, seed)
+                printfn "%s" (Text.Json.JsonSerializer.Serialize(r, Text.Json.JsonSerializerOptions(WriteIndented = true)))
+                0
+            | "prompts" ->
+                for p in Sudo.Data.World.Prompts(a.GetResult(Split, defaultValue = "train"), a.GetResult(N, defaultValue = 100), seed) do printfn "%s" p
+                0
+            | "render" ->
+                let out = need "--out <file.png>" (a.TryGetResult Out)
+                Sudo.Data.ImageCodecs.Save(Sudo.Data.World.Render(need "--prompt" (a.TryGetResult Prompt), size, seed), out)
+                printfn "wrote %s" out
+                0
+            | "score" ->
+                let r = Sudo.Data.Judge.Score(Sudo.Data.ImageCodecs.Load(need "--image <file>" (a.TryGetResult Image)), need "--prompt" (a.TryGetResult Prompt))
+                for kv in r.attributes do printfn "%-10s %.2f" kv.Key kv.Value
+                printfn "quality    %.4f\nscore      %.4f" r.quality r.score
+                0
+            | other ->
+                eprintfn "sudoml world: unknown action '%s' (expected: judge, prompts, render, score)" other
+                2
         | Demo a -> Commands.demo (a.GetResult(DemoArgs.Steps, defaultValue = 300)) (a.GetResult(DemoArgs.Seed, defaultValue = 0L))
         | Parity a ->
             match a.TryGetResult ParityArgs.Model, a.TryGetResult ParityArgs.Io, a.TryGetResult ParityArgs.Tokenizer, a.TryGetResult ParityArgs.Cases with
@@ -250,7 +298,7 @@ let main argv =
                 2
         | Sample a ->
             let prompts =
-                match a.TryGetResult Prompt, a.TryGetResult Prompts with
+                match a.TryGetResult SampleArgs.Prompt, a.TryGetResult Prompts with
                 | Some p, None -> ResizeArray [ p ]
                 | None, Some f -> Sudo.Diffusion.Sampling.ReadPrompts f
                 | _ -> raise (ArgumentException "give exactly one of --prompt and --prompts")
@@ -258,7 +306,7 @@ let main argv =
                 Sudo.Diffusion.SampleSettings(
                     model = a.GetResult SampleArgs.Model,
                     prompts = prompts,
-                    out_dir = a.GetResult Out,
+                    out_dir = a.GetResult SampleArgs.Out,
                     negative_prompt = (a.TryGetResult Negative_Prompt |> Option.toObj),
                     steps = a.GetResult(SampleArgs.Steps, defaultValue = 30),
                     guidance = a.GetResult(Guidance, defaultValue = 7.5),
@@ -344,5 +392,11 @@ let main argv =
         eprintfn "sudoml: %s" e.Message
         1
     | :? NotSupportedException as e ->
+        eprintfn "sudoml: %s" e.Message
+        1
+    | :? FormatException as e ->
+        eprintfn "sudoml: %s" e.Message
+        2
+    | :? InvalidOperationException as e ->
         eprintfn "sudoml: %s" e.Message
         1
