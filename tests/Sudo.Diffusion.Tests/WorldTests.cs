@@ -88,4 +88,18 @@ public class WorldTests
             Assert.That(rep.corrupted_mean_score, Is.LessThan(rep.ground_truth_mean_score - 0.1));
         }
     }
+
+    [Test]
+    public void AVocabularyLearnedFromTheGrammarTokenisesEveryWordWhole()
+    {
+        var tok = Sudo.Models.CLIPTokenizer.train(World.Prompts("train", 400), num_merges: 300);
+        var words = World.Colors.Concat(World.Shapes).Concat(World.Sizes).Concat(World.Backgrounds)
+            .Concat(["two", "three", "left", "right", "of", "above", "below", "on", "background", "circles", "squares", "triangles"]);
+        foreach (var w in words) Assert.That(tok.Encode(w), Has.Count.EqualTo(1), w);
+        // test prompts (unseen combinations, same words) encode without any byte-level fallback
+        foreach (var p in World.Prompts("test", 50))
+            Assert.That(tok.Encode(p), Has.Count.EqualTo(p.Split(' ').Length), p);
+        Assert.That(tok.eos_token_id, Is.EqualTo(tok.vocab_size - 1), "CLIP pooling: the end token has the highest id");
+        TestContext.Out.WriteLine($"vocab {tok.vocab_size} ({tok.merges.Count} merges)");
+    }
 }

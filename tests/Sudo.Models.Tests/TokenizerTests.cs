@@ -91,4 +91,45 @@ public class TokenizerTests
         Assert.That(TextFix.FixText("zero\u200Bwidth"), Is.EqualTo("zero\u200Bwidth"), "ftfy keeps zero-width spaces");
         Assert.That(TextFix.FixText("e\u0301"), Is.EqualTo("é"), "NFC");
     }
+
+    [Test]
+    public void BpeTrainingMatchesAHandWorkedCorpus()
+    {
+        // "aaa aaa ab": pairs (a,a)×2, (a,a</w>)×2, (a,b</w>)×1 → tie broken by ordinal order: merge "a a";
+        // then (aa,a</w>)×2 → "aa a</w>"; (a,b</w>) occurs once < min_frequency 2 → stop.
+        var tok = CLIPTokenizer.train(["aaa aaa ab"], num_merges: 10);
+        Assert.That(tok.merges, Is.EqualTo(new[] { ("a", "a"), ("aa", "a</w>") }));
+        Assert.That(tok.vocab_size, Is.EqualTo(512 + 2 + 2));
+        Assert.That((tok.bos_token_id, tok.eos_token_id), Is.EqualTo((514, 515)), "start and end tokens are the last two ids");
+        Assert.That(tok.Encode("aaa"), Is.EqualTo(new[] { 513 }), "\"aaa</w>\" is the second merge");
+        Assert.That(tok.Decode(tok.Encode("ab aaa b")), Is.EqualTo("ab aaa b"));
+    }
+
+    [Test]
+    public void TrainedTokenizerSavesLoadsAndRoundTrips()
+    {
+        string[] corpus = ["a small red circle on a white background", "two large blue squares on a black background",
+            "a small green triangle left of a large red square on a gray background"];
+        var tok = CLIPTokenizer.train(Enumerable.Repeat(corpus, 5).SelectMany(c => c), num_merges: 400);
+        Assert.That(tok.Encode("circle"), Has.Count.EqualTo(1), "a frequent word becomes one token");
+        Assert.That(tok.eos_token_id, Is.EqualTo(tok.vocab_size - 1));
+        var dir = Path.Combine(Path.GetTempPath(), $"sudo-tok-{Guid.NewGuid():N}");
+        try
+        {
+            tok.save_pretrained(dir);
+            var back = CLIPTokenizer.from_pretrained(dir);
+            Assert.That(back.vocab_size, Is.EqualTo(tok.vocab_size));
+            foreach (var text in corpus.Append("an unseen purple hexagon !"))
+            {
+                Assert.That(back.Encode(text), Is.EqualTo(tok.Encode(text)), text);
+                // (CLIP decodes every word with a trailing space: "hexagon!" comes back as "hexagon !".)
+                Assert.That(back.Decode(back.Encode(text)), Is.EqualTo(text), "byte fallback covers unseen words");
+            }
+            Assert.That(File.ReadAllLines(Path.Combine(dir, "merges.txt"))[0], Is.EqualTo("#version: 0.2"));
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
 }
