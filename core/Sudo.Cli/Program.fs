@@ -174,10 +174,16 @@ type WorldArgs =
     | Out of path: string
     | Size of int
     | Seed of int
+    | Model of folder: string
+    | Vae_Steps of int
+    | Unet_Steps of int
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Action _ -> "judge (measure the judge), prompts (--split --n), render (--prompt --out), score (--image --prompt)."
+            | Action _ -> "judge (measure the judge), prompts (--split --n), render (--prompt --out), score (--image --prompt), base (--out: pre-train the tiny base pipeline), eval (--model --split --n)."
+            | Model _ -> "eval: a pipeline folder to sample and judge."
+            | Vae_Steps _ -> "base: VAE training steps (default 600)."
+            | Unet_Steps _ -> "base: UNet + text encoder training steps (default 3000)."
             | Split _ -> "prompts: train, validation or test (test holds unseen colour-shape combinations)."
             | N _ -> "prompts: how many (default 100); judge: images (default 300)."
             | Prompt _ -> "a shapes-world prompt, e.g. \"a small red circle left of a large blue square on a white background\"."
@@ -280,8 +286,22 @@ let main argv =
                 for kv in r.attributes do printfn "%-10s %.2f" kv.Key kv.Value
                 printfn "quality    %.4f\nscore      %.4f" r.quality r.score
                 0
+            | "base" ->
+                let d = Sudo.Training.WorldBaseConfig()
+                let cfg = Sudo.Training.WorldBaseConfig(vae_steps = a.GetResult(Vae_Steps, defaultValue = d.vae_steps), unet_steps = a.GetResult(Unet_Steps, defaultValue = d.unet_steps), seed = int64 seed)
+                Sudo.Training.WorldBase.Build(a.GetResult(Out, defaultValue = "runs/world/base"), cfg) |> ignore
+                0
+            | "eval" ->
+                use pipe = Sudo.Diffusion.StableDiffusionPipeline.from_pretrained(need "--model <pipeline folder>" (a.TryGetResult WorldArgs.Model), "ddim")
+                let prompts = Sudo.Data.World.Prompts(a.GetResult(Split, defaultValue = "validation"), a.GetResult(N, defaultValue = 32), 0)
+                let rs = Sudo.Training.WorldBase.Evaluate(pipe, prompts, seed)
+                printfn "%d %s prompts, seed %d: mean judge score %.4f" prompts.Count (a.GetResult(Split, defaultValue = "validation")) seed (rs |> Seq.averageBy (fun r -> r.score))
+                for k in [ "background"; "color"; "shape"; "size"; "count"; "relation"; "no_extra" ] do
+                    let v = rs |> Seq.choose (fun r -> match r.attributes.TryGetValue k with | true, v -> Some v | _ -> None) |> Seq.toArray
+                    if v.Length > 0 then printfn "  %-10s %.3f (n = %d)" k (Array.average v) v.Length
+                0
             | other ->
-                eprintfn "sudoml world: unknown action '%s' (expected: judge, prompts, render, score)" other
+                eprintfn "sudoml world: unknown action '%s' (expected: judge, prompts, render, score, base, eval)" other
                 2
         | Demo a -> Commands.demo (a.GetResult(DemoArgs.Steps, defaultValue = 300)) (a.GetResult(DemoArgs.Seed, defaultValue = 0L))
         | Parity a ->

@@ -150,13 +150,13 @@ public sealed class StableDiffusionPipeline : IDisposable
         var dev = device;
         (Tensor hidden, Tensor? pooled, Tensor[] ids) Encode(IReadOnlyList<string> texts)
         {
-            var ids1 = components.tokenizer.call(texts, 77, dev).input_ids;
+            var ids1 = components.tokenizer.call(texts, components.tokenizer.model_max_length, dev).input_ids;
             if (!IsSDXL)
             {
                 var o = components.text_encoder.forward(ids1);
                 return (o.last_hidden_state, null, [ids1]);
             }
-            var ids2 = components.tokenizer_2!.call(texts, 77, dev).input_ids;
+            var ids2 = components.tokenizer_2!.call(texts, components.tokenizer_2!.model_max_length, dev).input_ids;
             var h1 = components.text_encoder.forward(ids1).penultimate_hidden_state;
             var (o2, pooled) = components.text_encoder_2!.forward(ids2);
             return (cat([h1, o2.penultimate_hidden_state], -1), pooled, [ids1, ids2]);

@@ -81,7 +81,7 @@ public sealed class SpoSampler(StableDiffusionPipeline pipe, StepAwarePreference
         using var _ = no_grad();
         var b = prompts.Count;
         var embeds = Embeds(prompts);
-        var ids = scorerTokenizer.call(prompts, 77, pipe.device).input_ids;
+        var ids = scorerTokenizer.call(prompts, scorerTokenizer.model_max_length, pipe.device).input_ids;
         ddim.set_timesteps(config.num_inference_steps);
         var ts = ddim.TimestepValues;
         var seg = config.num_inner_step + 1;
@@ -235,7 +235,7 @@ public static class SpmTraining
         IReadOnlyList<string> captions, CLIPTokenizer scorerTokenizer, Tensor timesteps, double guidance = 5.0)
     {
         using var scope = NewDisposeScope();
-        var ids = scorerTokenizer.call(captions, 77, pixelsW.device).input_ids;
+        var ids = scorerTokenizer.call(captions, scorerTokenizer.model_max_length, pixelsW.device).input_ids;
         Tensor Prepare(Tensor pixels, Tensor noise)
         {
             if (basePipe is null) return spm.preprocess(pixels);

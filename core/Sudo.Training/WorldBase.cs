@@ -1,0 +1,259 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Sudo.Data;
+using Sudo.Diffusion;
+using Sudo.Models;
+using Sudo.Torch;
+using static Sudo.Torch.torch;
+
+namespace Sudo.Training;
+
+/// <summary>Settings of the shapes world's tiny SD-style base model (the same classes as SD-1.5, tiny configs).</summary>
+public sealed record WorldBaseConfig
+{
+    public int resolution { get; init; } = 32;
+    public int bpe_merges { get; init; } = 300;
+    public int train_prompts { get; init; } = 3000;
+    public int vae_steps { get; init; } = 600;
+    public int unet_steps { get; init; } = 3000;
+    public int batch_size { get; init; } = 32;
+    public double vae_learning_rate { get; init; } = 1e-3;
+    public double unet_learning_rate { get; init; } = 5e-4;
+    /// <summary>Captions replaced by "" this often (so classifier-free guidance works).</summary>
+    public double caption_dropout { get; init; } = 0.1;
+    public double vae_kl_weight { get; init; } = 1e-6;
+    public long seed { get; init; } = 0;
+    public string device { get; init; } = "cpu";
+
+    /// <summary>A short key of every field: the cache folder is reused only for identical settings.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public string Key => Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(JsonSerializer.Serialize(this))))[..12].ToLowerInvariant();
+}
+
+/// <summary>Builds the shapes world's base pipeline from scratch: a byte-level BPE vocabulary learned from the
+/// prompt grammar, an AutoencoderKL trained to reconstruct renders (scaling_factor = 1/std of its latents, as
+/// LDM sets it), then a UNet2DConditionModel and CLIP text encoder trained together on the ε-prediction loss with
+/// SD-1.5's noise schedule. Written as a diffusers pipeline folder (DDIM scheduler config).</summary>
+public static class WorldBase
+{
+    public static string Build(string folder, WorldBaseConfig c, Action<string>? log = null)
+    {
+        log ??= Console.WriteLine;
+        var marker = Path.Combine(folder, "world_base.json");
+        if (File.Exists(marker) && (string?)JsonNode.Parse(File.ReadAllText(marker))?["key"] == c.Key && File.Exists(Path.Combine(folder, "model_index.json")))
+        {
+            log($"world base: reusing {folder} (settings {c.Key})");
+            return folder;
+        }
+        var sw = Stopwatch.StartNew();
+        var tmp = folder.TrimEnd('/') + $".tmp-{Environment.ProcessId}";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        Directory.CreateDirectory(tmp);
+        var device = Device.Parse(c.device);
+        manual_seed(c.seed);
+        var rng = new Random((int)c.seed);
+        var prompts = World.Prompts("train", c.train_prompts, (int)c.seed);
+
+        var tok = CLIPTokenizer.train(prompts, c.bpe_merges, model_max_length: 20);
+        tok.save_pretrained(Path.Combine(tmp, "tokenizer"));
+        log($"world base: tokenizer {tok.vocab_size} tokens ({tok.merges.Count} merges) from {prompts.Count} prompts");
+
+        Tensor Batch(List<string> captions)
+        {
+            using var scope = NewDisposeScope();
+            var imgs = captions.Select(p =>
+            {
+                var spec = World.Parse(p);
+                return Images.ToTensor(World.Render(spec.background, World.Layout(spec, c.resolution, rng), c.resolution));
+            }).ToArray();
+            return scope.MoveToOuter(stack(imgs).to(device));
+        }
+        List<string> Captions() => Enumerable.Range(0, c.batch_size).Select(_ => prompts[rng.Next(prompts.Count)]).ToList();
+
+        // ---- VAE: reconstruction + small KL (factor 4: 32 px → 8×8×4 latents) ----
+        var vaeConfig = new AutoencoderKLConfig
+        {
+            down_block_types = ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+            up_block_types = ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+            block_out_channels = [32, 64, 64],
+            layers_per_block = 1,
+            latent_channels = 4,
+            norm_num_groups = 32,
+            sample_size = c.resolution,
+        };
+        using (var vae = new AutoencoderKL(vaeConfig))
+        {
+            vae.to(device);
+            using var opt = new optim.AdamW(vae.parameters(), lr: c.vae_learning_rate, weight_decay: 0);
+            double ema = double.NaN;
+            for (var step = 1; step <= c.vae_steps; step++)
+            {
+                using var scope = NewDisposeScope();
+                var x = Batch(Captions());
+                using var post = vae.encode(x);
+                var z = post.sample();
+                var rec = vae.decode(z);
+                var recon = nn.functional.mse_loss(rec, x);
+                var kl = (0.5 * (post.mean.pow(2) + post.std.pow(2) - 1.0 - post.logvar)).sum([1, 2, 3]).mean();
+                var loss = recon + kl * c.vae_kl_weight;
+                opt.zero_grad();
+                loss.backward();
+                opt.step();
+                var lv = recon.item();
+                ema = double.IsNaN(ema) ? lv : 0.95 * ema + 0.05 * lv;
+                if (step % 100 == 0 || step == c.vae_steps) log($"world base: vae step {step}/{c.vae_steps} reconstruction mse {ema:F5} ({sw.Elapsed.TotalSeconds:F0} s)");
+            }
+            // scaling_factor = 1 / std of the latents (LDM's rule), measured on fresh renders.
+            double std;
+            using (no_grad())
+            using (var scope = NewDisposeScope())
+            {
+                var zs = Enumerable.Range(0, 4).Select(_ => { using var p = vae.encode(Batch(Captions())); return p.sample(); }).ToArray();
+                std = cat(zs).std().item();
+            }
+            vae.save_pretrained(Path.Combine(tmp, "vae"));
+            var cfgPath = Path.Combine(tmp, "vae", "config.json");
+            var cfg = JsonNode.Parse(File.ReadAllText(cfgPath))!.AsObject();
+            cfg["scaling_factor"] = Math.Round(1 / std, 5);
+            File.WriteAllText(cfgPath, cfg.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            log($"world base: vae latents std {std:F4} → scaling_factor {1 / std:F5}");
+        }
+
+        // ---- UNet + text encoder, ε-prediction on SD-1.5's scaled-linear schedule ----
+        var textConfig = new CLIPTextConfig
+        {
+            vocab_size = tok.vocab_size,
+            hidden_size = 64,
+            intermediate_size = 256,
+            projection_dim = 64,
+            num_hidden_layers = 2,
+            num_attention_heads = 4,
+            max_position_embeddings = 20,
+            hidden_act = "quick_gelu",
+            bos_token_id = tok.bos_token_id,
+            eos_token_id = tok.eos_token_id,
+            pad_token_id = tok.pad_token_id,
+        };
+        var unetConfig = new UNet2DConditionConfig
+        {
+            sample_size = c.resolution / 4,
+            in_channels = 4,
+            out_channels = 4,
+            down_block_types = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            up_block_types = ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            block_out_channels = [64, 128],
+            layers_per_block = [1],
+            cross_attention_dim = [64],
+            attention_head_dim = [4],
+            norm_num_groups = 32,
+        };
+        var schedCfg = SchedulerConfig.SD15;
+        using (var vae = AutoencoderKL.from_pretrained(Path.Combine(tmp, "vae"), device: device))
+        using (var te = new CLIPTextModel(textConfig))
+        using (var unet = new UNet2DConditionModel(unetConfig))
+        using (var schedule = new NoiseSchedule(schedCfg))
+        {
+            te.to(device);
+            unet.to(device);
+            foreach (var p in vae.parameters()) p.requires_grad_(false);
+            using var opt = new optim.AdamW(unet.parameters().Concat(te.parameters()), lr: c.unet_learning_rate, weight_decay: 1e-2);
+            var scale = vae.config.scaling_factor;
+            double ema = double.NaN;
+            for (var step = 1; step <= c.unet_steps; step++)
+            {
+                using var scope = NewDisposeScope();
+                var caps = Captions();
+                Tensor z0;
+                using (no_grad())
+                using (var post = vae.encode(Batch(caps)))
+                    z0 = post.sample() * scale;
+                var text = caps.Select(p => rng.NextDouble() < c.caption_dropout ? "" : p).ToList();
+                var ids = tok.call(text, tok.model_max_length, device).input_ids;
+                var ehs = te.forward(ids).last_hidden_state;
+                var noise = randn(z0.shape, dtype: z0.dtype, device: device);
+                var t = randint(0, schedCfg.num_train_timesteps, [z0.size(0)], device: device);
+                var zt = schedule.add_noise(z0, noise, t);
+                var pred = unet.forward(zt, t, ehs);
+                var loss = nn.functional.mse_loss(pred, noise);
+                opt.zero_grad();
+                loss.backward();
+                nn.utils.clip_grad_norm_(unet.parameters().Concat(te.parameters()).ToArray(), 1.0);
+                opt.step();
+                var lv = loss.item();
+                ema = double.IsNaN(ema) ? lv : 0.98 * ema + 0.02 * lv;
+                if (step % 200 == 0 || step == c.unet_steps) log($"world base: unet step {step}/{c.unet_steps} loss {ema:F5} ({sw.Elapsed.TotalSeconds:F0} s)");
+            }
+            unet.save_pretrained(Path.Combine(tmp, "unet"));
+            te.save_pretrained(Path.Combine(tmp, "text_encoder"));
+        }
+        Directory.CreateDirectory(Path.Combine(tmp, "scheduler"));
+        File.WriteAllText(Path.Combine(tmp, "scheduler", "scheduler_config.json"), new JsonObject
+        {
+            ["_class_name"] = "DDIMScheduler",
+            ["beta_start"] = schedCfg.beta_start,
+            ["beta_end"] = schedCfg.beta_end,
+            ["beta_schedule"] = schedCfg.beta_schedule,
+            ["num_train_timesteps"] = schedCfg.num_train_timesteps,
+            ["prediction_type"] = "epsilon",
+            ["clip_sample"] = false,
+            ["set_alpha_to_one"] = false,
+            ["steps_offset"] = 1,
+            ["timestep_spacing"] = "leading",
+        }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        File.WriteAllText(Path.Combine(tmp, "model_index.json"), new JsonObject
+        {
+            ["_class_name"] = "StableDiffusionPipeline",
+            ["_diffusers_version"] = "0.27.2",
+            ["requires_safety_checker"] = false,
+            ["scheduler"] = new JsonArray("diffusers", "DDIMScheduler"),
+            ["text_encoder"] = new JsonArray("transformers", "CLIPTextModel"),
+            ["tokenizer"] = new JsonArray("transformers", "CLIPTokenizer"),
+            ["unet"] = new JsonArray("diffusers", "UNet2DConditionModel"),
+            ["vae"] = new JsonArray("diffusers", "AutoencoderKL"),
+            ["safety_checker"] = new JsonArray(null, null),
+            ["feature_extractor"] = new JsonArray(null, null),
+        }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        File.WriteAllText(Path.Combine(tmp, "world_base.json"), new JsonObject
+        {
+            ["key"] = c.Key,
+            ["config"] = JsonNode.Parse(JsonSerializer.Serialize(c)),
+            ["seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 1),
+            ["torch_threads"] = get_num_threads(),
+        }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        // Publish atomically: the finished folder replaces any previous one in one rename.
+        if (Directory.Exists(folder)) Directory.Delete(folder, true);
+        Directory.Move(tmp, folder);
+        log($"world base: built {folder} in {sw.Elapsed.TotalSeconds:F0} s");
+        return folder;
+    }
+
+    /// <summary>Samples each prompt with fixed seeds (DDIM, CFG) and returns the judge's results in order.</summary>
+    public static List<Judge.Result> Evaluate(StableDiffusionPipeline pipe, IReadOnlyList<string> prompts, int seed = 0, int steps = 20, double guidance = 3.0,
+        List<RgbImage>? images = null)
+    {
+        var results = new List<Judge.Result>();
+        var res = pipe.unet.config.sample_size * pipe.vae_scale_factor;
+        for (var i = 0; i < prompts.Count; i += 16)
+        {
+            using var scope = NewDisposeScope();
+            var chunk = prompts.Skip(i).Take(16).ToList();
+            using var r = pipe.call(new GenerationOptions
+            {
+                prompt = chunk,
+                height = res,
+                width = res,
+                num_inference_steps = steps,
+                guidance_scale = guidance,
+                generators = chunk.Select((_, k) => new Generator(seed * 100_003 + i + k)).ToArray(),
+            });
+            for (var k = 0; k < chunk.Count; k++)
+            {
+                var img = Images.FromTensor01(r.images!.select(0, k));
+                images?.Add(img);
+                results.Add(Judge.Score(img, chunk[k]));
+            }
+        }
+        return results;
+    }
+}
