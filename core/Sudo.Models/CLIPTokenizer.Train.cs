@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
+using Sudo.Torch;
 
 namespace Sudo.Models;
 
@@ -115,16 +116,9 @@ public sealed partial class CLIPTokenizer
             ["errors"] = "replace",
         };
         var opts = new System.Text.Json.JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
-        WriteAtomic(Path.Combine(folder, "vocab.json"), vocab.ToJsonString(opts));
-        WriteAtomic(Path.Combine(folder, "merges.txt"), mergeText.ToString());
-        WriteAtomic(Path.Combine(folder, "special_tokens_map.json"), special.ToJsonString(opts));
-        WriteAtomic(Path.Combine(folder, "tokenizer_config.json"), config.ToJsonString(opts));
-    }
-
-    private static void WriteAtomic(string path, string text)
-    {
-        var tmp = path + $".tmp-{Environment.ProcessId}";
-        File.WriteAllText(tmp, text, new UTF8Encoding(false));
-        File.Move(tmp, path, overwrite: true);
+        AtomicFile.WriteAllText(Path.Combine(folder, "vocab.json"), vocab.ToJsonString(opts));
+        AtomicFile.WriteAllText(Path.Combine(folder, "merges.txt"), mergeText.ToString());
+        AtomicFile.WriteAllText(Path.Combine(folder, "special_tokens_map.json"), special.ToJsonString(opts));
+        AtomicFile.WriteAllText(Path.Combine(folder, "tokenizer_config.json"), config.ToJsonString(opts));
     }
 }

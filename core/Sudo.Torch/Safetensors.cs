@@ -387,4 +387,18 @@ public static class AtomicFile
             throw;
         }
     }
+
+    /// <summary>Publishes a finished temporary folder as <paramref name="final"/>: an existing folder is first
+    /// renamed aside and deleted only after the new one is in place, so a crash never leaves neither.</summary>
+    public static void PublishDirectory(string tmp, string final)
+    {
+        string? aside = null;
+        if (Directory.Exists(final))
+        {
+            aside = final.TrimEnd('/') + $".old-{Environment.ProcessId}-{Guid.NewGuid():N}";
+            Directory.Move(final, aside);
+        }
+        Directory.Move(tmp, final);
+        if (aside != null) Directory.Delete(aside, true);
+    }
 }

@@ -407,8 +407,7 @@ public sealed class SpoTrainer : IDisposable
             using (var scope = NewDisposeScope())
                 safetensors.save_file(new Dictionary<string, Tensor> { ["trainer"] = _rng.get_state(), ["torch_default"] = get_rng_state() }, Path.Combine(tmp, "rng.safetensors"));
             File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), new System.Text.Json.Nodes.JsonObject { ["global_step"] = global_step, ["method"] = "spo" }.ToJsonString());
-            if (Directory.Exists(final)) Directory.Delete(final, true);
-            Directory.Move(tmp, final);
+            AtomicFile.PublishDirectory(tmp, final);
             return final;
         }
         catch

@@ -423,8 +423,7 @@ public sealed class Trainer : IDisposable
                 ["grad_scaler"] = JsonNode.Parse(scaler.state_dict()),
             };
             File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            if (Directory.Exists(final)) Directory.Delete(final, true);
-            Directory.Move(tmp, final);
+            AtomicFile.PublishDirectory(tmp, final);
             return final;
         }
         catch

@@ -222,8 +222,7 @@ public static class WorldBase
             ["torch_threads"] = get_num_threads(),
         }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         // Publish atomically: the finished folder replaces any previous one in one rename.
-        if (Directory.Exists(folder)) Directory.Delete(folder, true);
-        Directory.Move(tmp, folder);
+        AtomicFile.PublishDirectory(tmp, folder);
         log($"world base: built {folder} in {sw.Elapsed.TotalSeconds:F0} s");
         return folder;
     }
