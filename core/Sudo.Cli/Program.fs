@@ -177,10 +177,14 @@ type WorldArgs =
     | Model of folder: string
     | Vae_Steps of int
     | Unet_Steps of int
+    | Label_Noise of float
+    | Tie_Margin of float
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Action _ -> "judge (measure the judge), prompts (--split --n), render (--prompt --out), score (--image --prompt), base (--out: pre-train the tiny base pipeline), eval (--model --split --n)."
+            | Action _ -> "judge (measure the judge), prompts (--split --n), render (--prompt --out), score (--image --prompt), base (--out: pre-train the tiny base pipeline), eval (--model --split --n), pairs (--model --out --n: judge-labelled pairs)."
+            | Label_Noise _ -> "pairs: probability of flipping a label (default 0.1)."
+            | Tie_Margin _ -> "pairs: judge gaps below this are ties, dropped in training (default 0.02)."
             | Model _ -> "eval: a pipeline folder to sample and judge."
             | Vae_Steps _ -> "base: VAE training steps (default 600)."
             | Unet_Steps _ -> "base: UNet + text encoder training steps (default 3000)."
@@ -300,8 +304,16 @@ let main argv =
                     let v = rs |> Seq.choose (fun r -> match r.attributes.TryGetValue k with | true, v -> Some v | _ -> None) |> Seq.toArray
                     if v.Length > 0 then printfn "  %-10s %.3f (n = %d)" k (Array.average v) v.Length
                 0
+            | "pairs" ->
+                use pipe = Sudo.Diffusion.StableDiffusionPipeline.from_pretrained(need "--model <pipeline folder>" (a.TryGetResult WorldArgs.Model), "ddim")
+                let prompts = Sudo.Data.World.Prompts(a.GetResult(Split, defaultValue = "train"), a.GetResult(N, defaultValue = 200), seed)
+                let d = Sudo.Training.WorldPairsConfig()
+                let cfg = Sudo.Training.WorldPairsConfig(label_noise = a.GetResult(Label_Noise, defaultValue = d.label_noise), tie_margin = a.GetResult(Tie_Margin, defaultValue = d.tie_margin), seed = seed)
+                let s = Sudo.Training.WorldPairs.Make(pipe, prompts, a.GetResult(Out, defaultValue = "runs/world/pairs"), cfg)
+                printfn "%d pairs in %s: %d ties (dropped in training), %d flipped labels, mean judge gap %.4f" s.pairs s.folder s.ties s.flipped s.mean_gap
+                0
             | other ->
-                eprintfn "sudoml world: unknown action '%s' (expected: judge, prompts, render, score, base, eval)" other
+                eprintfn "sudoml world: unknown action '%s' (expected: judge, prompts, render, score, base, eval, pairs)" other
                 2
         | Demo a -> Commands.demo (a.GetResult(DemoArgs.Steps, defaultValue = 300)) (a.GetResult(DemoArgs.Seed, defaultValue = 0L))
         | Parity a ->

@@ -29,6 +29,22 @@ public class WorldBaseTests
                 Assert.That(results, Has.Count.EqualTo(3));
                 Assert.That(imgs.All(i => i.Width == 32 && i.Height == 32), Is.True);
                 Assert.That(results.All(r => r.score is >= 0 and <= 1), Is.True);
+
+                // Judge-labelled pairs: noiseless labels put the higher judge score first; full noise flips all.
+                var prompts = World.Prompts("train", 4, seed: 9);
+                var pairsDir = Path.Combine(dir + "-pairs");
+                var sum = WorldPairs.Make(pipe, prompts, pairsDir, new WorldPairsConfig { label_noise = 0, tie_margin = 1e-9, steps = 2 });
+                var data = PairDataset.Load(pairsDir);
+                Assert.That((sum.pairs, sum.flipped, data.Pairs.Count + data.DroppedTies), Is.EqualTo((4, 0, 4)));
+                Assert.That(data.DroppedTies, Is.EqualTo(sum.ties));
+                double Judged(string caption, string file) => Judge.Score(ImageCodecs.Load(Path.Combine(pairsDir, file)), caption).score;
+                foreach (var p in data.Pairs) Assert.That(Judged(p.caption, p.winner), Is.GreaterThan(Judged(p.caption, p.loser)), p.caption);
+                WorldPairs.Make(pipe, prompts, pairsDir, new WorldPairsConfig { label_noise = 1, tie_margin = 1e-9, steps = 2 });
+                foreach (var p in PairDataset.Load(pairsDir).Pairs) Assert.That(Judged(p.caption, p.winner), Is.LessThan(Judged(p.caption, p.loser)));
+                var allTies = WorldPairs.Make(pipe, prompts, pairsDir, new WorldPairsConfig { tie_margin = 2, steps = 2 });
+                Assert.That(allTies.ties, Is.EqualTo(4));
+                Assert.Throws<InvalidDataException>(() => PairDataset.Load(pairsDir), "ties only: nothing to train on");
+                Directory.Delete(pairsDir, true);
             }
             // Same settings: reused; different settings: rebuilt (atomically replacing the folder).
             log.Clear();
