@@ -44,6 +44,16 @@ public class WorldBaseTests
                 var allTies = WorldPairs.Make(pipe, prompts, pairsDir, new WorldPairsConfig { tie_margin = 2, steps = 2 });
                 Assert.That(allTies.ties, Is.EqualTo(4));
                 Assert.Throws<InvalidDataException>(() => PairDataset.Load(pairsDir), "ties only: nothing to train on");
+                // The learned scorer (world vocabulary, PickScore loss on clean images) fits its pairs.
+                WorldPairs.Make(pipe, World.Prompts("train", 12, seed: 4), pairsDir, new WorldPairsConfig { label_noise = 0, tie_margin = 1e-9, steps = 2 });
+                var train = PairDataset.Load(pairsDir);
+                using var spm = new Sudo.Preference.StepAwarePreferenceModel(WorldScorer.NewClip(tok, 32));
+                var all = Enumerable.Range(0, train.Pairs.Count).ToList();
+                var before = WorldScorer.Agreement(spm, tok, train, all);
+                var curve = WorldScorer.Train(spm, tok, train, all, steps: 40, batch_size: 8, learning_rate: 1e-3, log_every: 20);
+                Assert.That(curve.Select(c => c.step), Is.EqualTo(new[] { 20, 40 }));
+                Assert.That(curve[^1].loss, Is.LessThan(curve[0].loss));
+                Assert.That(WorldScorer.Agreement(spm, tok, train, all), Is.EqualTo(1.0), $"memorises {train.Pairs.Count} pairs (agreement before: {before:F2})");
                 Directory.Delete(pairsDir, true);
             }
             // Same settings: reused; different settings: rebuilt (atomically replacing the folder).
