@@ -71,7 +71,7 @@ let demo (steps: int) (seed: int64) =
     printfn "demo: a conv net learns where a blob sits in noisy 16x16 images (4 classes), %d AdamW steps" steps
     let log (step: int) (loss: float) (lr: float) =
         if step % 25 = 0 || step = steps - 1 then
-            printfn "  step %4d  loss %.4f  lr %.2e" step loss lr
+            printfn "  step %4d  loss %.4f  lr %s" step loss (lr.ToString("0.00e+0", Globalization.CultureInfo.InvariantCulture))
     let struct (first, last, acc, acc2) = Examples.ConvNetDemo.Run(steps, seed, Action<int, float, float>(log))
     printfn "loss %.4f -> %.4f; held-out accuracy %.1f%% (after safetensors reload %.1f%%, chance 25%%); %.1f s"
         first last (100.0 * acc) (100.0 * acc2) sw.Elapsed.TotalSeconds
