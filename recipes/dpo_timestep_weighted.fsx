@@ -8,16 +8,8 @@ open Sudo.Preference
 open Sudo.Training
 
 let gamma = float (arg "gamma" "0.5")
-let beta = float (arg "beta_dpo" "5000")
-let config =
-    TrainConfig(
-        method = "dpo",
-        pretrained_model_name_or_path = arg "model" "../shared/golden/pipe_sd15",
-        dataset_name = arg "data" "runs/pairs",
-        output_dir = arg "output_dir" "runs/dpo_timestep_weighted",
-        train_batch_size = 4, max_train_steps = int (arg "max_train_steps" "100"),
-        learning_rate = float (arg "learning_rate" "1e-5"), lr_warmup_steps = 10, checkpointing_steps = 50)
-let trainer = new Trainer(config)
+let trainer = new Trainer(offlineConfig "dpo" "runs/dpo_timestep_weighted")
+let beta = trainer.config.beta_dpo
 trainer.loss_fn <- LossFn(fun s ->
     use scope = torch.NewDisposeScope()
     let snr = trainer.noise_schedule.snr(s.timesteps.narrow(0L, 0L, int64 s.pairs))

@@ -31,19 +31,7 @@ public static class UNetBench
         using var ctx = randn([8, 77, 256], g);
         using var t = randint(0, 1000, [8], g);
 
-        double Median(Action step)
-        {
-            step();
-            var times = new List<double>();
-            for (var i = 0; i < reps; i++)
-            {
-                var sw = Stopwatch.StartNew();
-                step();
-                times.Add(sw.Elapsed.TotalSeconds);
-            }
-            times.Sort();
-            return times[times.Count / 2];
-        }
+        double Median(Action step) => EngineBench.MedianSeconds(step, reps);
 
         unet.eval();
         var fwd = Median(() =>

@@ -78,6 +78,20 @@ public static class EngineBench
         return Median(times);
     }
 
+    /// <summary>Runs <paramref name="step"/> once to warm up, then <paramref name="reps"/> timed times; the median in seconds.</summary>
+    public static double MedianSeconds(Action step, int reps)
+    {
+        step();
+        var times = new List<double>(reps);
+        for (var i = 0; i < reps; i++)
+        {
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            step();
+            times.Add(sw.Elapsed.TotalSeconds);
+        }
+        return Median(times);
+    }
+
     private static double Median(List<double> xs)
     {
         xs.Sort();

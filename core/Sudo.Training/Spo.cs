@@ -404,8 +404,7 @@ public sealed class SpoTrainer : IDisposable
         {
             lora.save(Path.Combine(tmp, "lora"));
             optimizer.save(Path.Combine(tmp, "optimizer.safetensors"));
-            using (var scope = NewDisposeScope())
-                safetensors.save_file(new Dictionary<string, Tensor> { ["trainer"] = _rng.get_state(), ["torch_default"] = get_rng_state() }, Path.Combine(tmp, "rng.safetensors"));
+            RngState.Save(tmp, _rng);
             File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), new System.Text.Json.Nodes.JsonObject { ["global_step"] = global_step, ["method"] = "spo" }.ToJsonString());
             AtomicFile.PublishDirectory(tmp, final);
             return final;
@@ -425,13 +424,7 @@ public sealed class SpoTrainer : IDisposable
         lora.load_state_dict(sd);
         foreach (var t in sd.Values) t.Dispose();
         optimizer.load(Path.Combine(path, "optimizer.safetensors"));
-        using (var f = safetensors.safe_open(Path.Combine(path, "rng.safetensors")))
-        {
-            using var r = f.get("trainer", copy: true);
-            _rng.set_state(r);
-            using var g = f.get("torch_default", copy: true);
-            set_rng_state(g);
-        }
+        RngState.Load(path, _rng);
         global_step = state["global_step"]!.GetValue<int>();
     }
 

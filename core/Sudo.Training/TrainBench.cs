@@ -22,19 +22,7 @@ public static class TrainBench
         using var g = new Generator(0);
         unet.train();
 
-        double Median(Action step)
-        {
-            step();
-            var times = new List<double>();
-            for (var i = 0; i < reps; i++)
-            {
-                var sw = Stopwatch.StartNew();
-                step();
-                times.Add(sw.Elapsed.TotalSeconds);
-            }
-            times.Sort();
-            return times[times.Count / 2];
-        }
+        double Median(Action step) => EngineBench.MedianSeconds(step, reps);
 
         // Diffusion-DPO step with 4 pairs: policy fwd+bwd on 8, frozen reference fwd on 8, AdamW.
         void Dpo(bool bf16)

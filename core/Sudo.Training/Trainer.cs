@@ -406,12 +406,7 @@ public sealed class Trainer : IDisposable
             optimizer.save(Path.Combine(tmp, "optimizer.safetensors"));
             if (_ema != null)
                 safetensors.save_file(_ema.Select((t, i) => (t, i)).ToDictionary(x => $"ema.{x.i}", x => x.t), Path.Combine(tmp, "ema.safetensors"));
-            using (var scope = NewDisposeScope())
-            {
-                var rng = _rng.get_state();
-                var global = get_rng_state();
-                safetensors.save_file(new Dictionary<string, Tensor> { ["trainer"] = rng, ["torch_default"] = global }, Path.Combine(tmp, "rng.safetensors"));
-            }
+            RngState.Save(tmp, _rng);
             var state = new JsonObject
             {
                 ["global_step"] = global_step,
@@ -495,13 +490,7 @@ public sealed class Trainer : IDisposable
                 using (var t = ef.get($"ema.{i}")) _ema[i].copy_(t);
         }
         scheduler.load_state_dict(state["lr_scheduler"]!.ToJsonString());
-        using (var f = safetensors.safe_open(Path.Combine(path, "rng.safetensors")))
-        {
-            using var r = f.get("trainer", copy: true);
-            _rng.set_state(r);
-            using var g = f.get("torch_default", copy: true);
-            set_rng_state(g);
-        }
+        RngState.Load(path, _rng);
         global_step = state["global_step"]!.GetValue<int>();
         NewEpoch(state["epoch"]!.GetValue<int>());
         _position = state["position"]!.GetValue<int>();

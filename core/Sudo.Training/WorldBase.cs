@@ -237,6 +237,7 @@ public static class WorldBase
         {
             using var scope = NewDisposeScope();
             var chunk = prompts.Skip(i).Take(16).ToList();
+            var gens = chunk.Select((_, k) => new Generator(seed * 100_003 + i + k)).ToArray();
             using var r = pipe.call(new GenerationOptions
             {
                 prompt = chunk,
@@ -244,8 +245,9 @@ public static class WorldBase
                 width = res,
                 num_inference_steps = steps,
                 guidance_scale = guidance,
-                generators = chunk.Select((_, k) => new Generator(seed * 100_003 + i + k)).ToArray(),
+                generators = gens,
             });
+            foreach (var g in gens) g.Dispose();
             for (var k = 0; k < chunk.Count; k++)
             {
                 var img = Images.FromTensor01(r.images!.select(0, k));
