@@ -41,4 +41,7 @@ let offlineConfig (methodName: string) (outputDir: string) =
         mixed_precision = arg "mixed_precision" "no",
         checkpointing_steps = int (arg "checkpointing_steps" "100"),
         sudo_derangement = (arg "sudo_derangement" "false" = "true"),
+        resolution = (match arg "resolution" "" with "" -> System.Nullable() | r -> System.Nullable(int r)),
+        no_hflip = (arg "no_hflip" "false" = "true"),
+        proportion_empty_prompts = float (arg "proportion_empty_prompts" "0.2"),
         seed = int64 (arg "seed" "0"))

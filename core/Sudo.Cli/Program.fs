@@ -179,15 +179,33 @@ type WorldArgs =
     | Unet_Steps of int
     | Label_Noise of float
     | Tie_Margin of float
+    | Base of folder: string
+    | Methods of names: string
+    | Seeds of list: string
+    | Steps of int
+    | Pairs of int
+    | Eval_Prompts of int
+    | Learning_Rate of float
+    | Beta of float
+    | Batch of int
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Action _ -> "judge (measure the judge), prompts (--split --n), render (--prompt --out), score (--image --prompt), base (--out: pre-train the tiny base pipeline), eval (--model --split --n), pairs (--model --out --n: judge-labelled pairs)."
+            | Action _ -> "judge (measure the judge), prompts (--split --n), render (--prompt --out), score (--image --prompt), base (--out: pre-train the tiny base pipeline), eval (--model --split --n), pairs (--model --out --n: judge-labelled pairs), study (--methods --seeds --out: fine-tune each method through its recipe, judge, write report.md + grid.png + curve.png)."
+            | Base _ -> "study: the base pipeline folder (default assets/world/base, the shipped base; built when missing)."
+            | Methods _ -> "study: comma-separated methods: sft, dpo, sudo, dpo_shuffled, dpo_snr (default dpo,sudo)."
+            | Seeds _ -> "study: comma-separated training seeds (default 0; ≥ 3 for intervals over seeds)."
+            | Steps _ -> "study: training steps per method (default 300)."
+            | Pairs _ -> "study: train prompts turned into judge-labelled pairs (default 400)."
+            | Eval_Prompts _ -> "study: held-out prompts per split (default 48), each sampled with 2 seeds."
+            | Learning_Rate _ -> "study: learning rate of every method (default 2e-5)."
+            | Beta _ -> "study: DPO β (default 5000, −½β inside the sigmoid as Diffusion-DPO)."
+            | Batch _ -> "study: pairs per step (default 8)."
             | Label_Noise _ -> "pairs: probability of flipping a label (default 0.1)."
             | Tie_Margin _ -> "pairs: judge gaps below this are ties, dropped in training (default 0.02)."
             | Model _ -> "eval: a pipeline folder to sample and judge."
-            | Vae_Steps _ -> "base: VAE training steps (default 600)."
-            | Unet_Steps _ -> "base: UNet + text encoder training steps (default 3000)."
+            | Vae_Steps _ -> "base: VAE training steps (default 500)."
+            | Unet_Steps _ -> "base: UNet + text encoder training steps (default 2000)."
             | Split _ -> "prompts: train, validation or test (test holds unseen colour-shape combinations)."
             | N _ -> "prompts: how many (default 100); judge: images (default 300)."
             | Prompt _ -> "a shapes-world prompt, e.g. \"a small red circle left of a large blue square on a white background\"."
@@ -242,7 +260,7 @@ let trainSpo (a: ParseResults<TrainArgs>) =
                                       num_sample_each_step = preset.num_sample_each_step, num_inner_step = preset.num_inner_step,
                                       resolution = res, threshold = a.GetResult(Spo_Threshold, defaultValue = preset.threshold))
     use trainer = new Sudo.Training.SpoTrainer(pipe, spm, pipe.components.tokenizer, cfg, lora_rank = a.GetResult(Lora_Rank, defaultValue = 4),
-                                               learning_rate = a.GetResult(Learning_Rate, defaultValue = 6e-5), seed = a.GetResult(Train_Seed, defaultValue = 0L))
+                                               learning_rate = a.GetResult(TrainArgs.Learning_Rate, defaultValue = 6e-5), seed = a.GetResult(Train_Seed, defaultValue = 0L))
     printfn "spo: %d prompts, DDIM %d steps eta %.1f CFG %.1f, k = %d, inner steps %d, threshold %.2f, LoRA rank %d; %d optimizer steps" prompts.Count cfg.num_inference_steps cfg.eta cfg.guidance_scale cfg.num_sample_each_step cfg.num_inner_step cfg.threshold (a.GetResult(Lora_Rank, defaultValue = 4)) steps
     let resume = a.GetResult(Resume_From_Checkpoint, defaultValue = "latest") <> "none"
     trainer.Train(prompts, steps, out, batch, checkpointing_steps = a.GetResult(Checkpointing_Steps, defaultValue = 500), resume = resume)
@@ -312,8 +330,27 @@ let main argv =
                 let s = Sudo.Training.WorldPairs.Make(pipe, prompts, a.GetResult(Out, defaultValue = "runs/world/pairs"), cfg)
                 printfn "%d pairs in %s: %d ties (dropped in training), %d flipped labels, mean judge gap %.4f" s.pairs s.folder s.ties s.flipped s.mean_gap
                 0
+            | "study" ->
+                let d = Sudo.Training.WorldStudyConfig()
+                let ints (x: string) = x.Split(',', System.StringSplitOptions.RemoveEmptyEntries) |> Array.map (fun v -> int (v.Trim()))
+                let cfg =
+                    Sudo.Training.WorldStudyConfig(
+                        output_dir = a.GetResult(Out, defaultValue = "runs/world/study"),
+                        base_model = a.GetResult(Base, defaultValue = d.base_model),
+                        methods = (a.GetResult(Methods, defaultValue = String.concat "," d.methods)).Split(',', System.StringSplitOptions.RemoveEmptyEntries),
+                        seeds = (match a.TryGetResult Seeds with Some s -> ints s | None -> d.seeds),
+                        max_train_steps = a.GetResult(Steps, defaultValue = d.max_train_steps),
+                        pair_prompts = a.GetResult(Pairs, defaultValue = d.pair_prompts),
+                        eval_prompts = a.GetResult(Eval_Prompts, defaultValue = d.eval_prompts),
+                        learning_rate = a.GetResult(WorldArgs.Learning_Rate, defaultValue = d.learning_rate),
+                        beta_dpo = a.GetResult(Beta, defaultValue = d.beta_dpo),
+                        train_batch_size = a.GetResult(Batch, defaultValue = d.train_batch_size),
+                        label_noise = a.GetResult(Label_Noise, defaultValue = d.label_noise),
+                        tie_margin = a.GetResult(Tie_Margin, defaultValue = d.tie_margin))
+                Sudo.Training.WorldStudy.Run(cfg) |> ignore
+                0
             | other ->
-                eprintfn "sudoml world: unknown action '%s' (expected: judge, prompts, render, score, base, eval, pairs)" other
+                eprintfn "sudoml world: unknown action '%s' (expected: judge, prompts, render, score, base, eval, pairs, study)" other
                 2
         | Demo a -> Commands.demo (a.GetResult(DemoArgs.Steps, defaultValue = 300)) (a.GetResult(DemoArgs.Seed, defaultValue = 0L))
         | Parity a ->
@@ -377,7 +414,7 @@ let main argv =
                     train_batch_size = a.GetResult(Train_Batch_Size, defaultValue = 1),
                     gradient_accumulation_steps = a.GetResult(Gradient_Accumulation_Steps, defaultValue = 1),
                     max_train_steps = a.GetResult(Max_Train_Steps, defaultValue = 2000),
-                    learning_rate = a.GetResult(Learning_Rate, defaultValue = 1e-8),
+                    learning_rate = a.GetResult(TrainArgs.Learning_Rate, defaultValue = 1e-8),
                     scale_lr = a.Contains Scale_Lr,
                     lr_scheduler = a.GetResult(Lr_Scheduler, defaultValue = "constant_with_warmup"),
                     lr_warmup_steps = a.GetResult(Lr_Warmup_Steps, defaultValue = 500),

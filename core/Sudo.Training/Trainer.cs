@@ -453,6 +453,18 @@ public sealed class Trainer : IDisposable
         }
     }
 
+    /// <summary>The process's peak resident set (VmHWM on Linux) in MB.</summary>
+    public static double PeakRssMegabytes()
+    {
+        const string status = "/proc/self/status";
+        if (File.Exists(status))
+            foreach (var line in File.ReadLines(status))
+                if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+                    return double.Parse(line["VmHWM:".Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) / 1024;
+        using var me = Process.GetCurrentProcess();
+        return me.PeakWorkingSet64 / 1048576.0;
+    }
+
     public static string? LatestCheckpoint(string outputDir)
     {
         if (!Directory.Exists(outputDir)) return null;
@@ -555,7 +567,15 @@ public sealed class Trainer : IDisposable
                 foreach (var (p, e) in copy.parameters().Zip(_ema)) p.copy_(e);
             copy.save_pretrained(Path.Combine(config.output_dir, "unet_ema"));
         }
-        log($"done: {global_step} steps in {sw.Elapsed.TotalSeconds:F1} s; weights in {config.output_dir}");
+        AtomicFile.WriteAllText(Path.Combine(config.output_dir, "train_summary.json"), new JsonObject
+        {
+            ["method"] = config.method,
+            ["steps"] = global_step,
+            ["seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 1),
+            ["peak_rss_mb"] = Math.Round(PeakRssMegabytes(), 1),
+            ["torch_threads"] = get_num_threads(),
+        }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        log($"done: {global_step} steps in {sw.Elapsed.TotalSeconds:F1} s (peak RSS {PeakRssMegabytes():F0} MB); weights in {config.output_dir}");
     }
 
     public void Dispose()

@@ -1,0 +1,434 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Sudo.Data;
+using Sudo.Diffusion;
+using Sudo.Models;
+using Sudo.Torch;
+using static Sudo.Torch.torch;
+
+namespace Sudo.Training;
+
+/// <summary>Settings of a shapes-world method comparison (the quickstart and the paper-repro tables).</summary>
+public sealed record WorldStudyConfig
+{
+    public string output_dir { get; init; } = "runs/quickstart";
+    /// <summary>The base pipeline; built with the default <see cref="WorldBaseConfig"/> when the folder is missing.</summary>
+    public string base_model { get; init; } = "assets/world/base";
+    /// <summary>Method names from <see cref="WorldStudy.Methods"/>, each run through its recipe.</summary>
+    public string[] methods { get; init; } = ["dpo", "sudo"];
+    /// <summary>Training seeds: every method runs once per seed; intervals over seeds need ≥ 2 (≥ 3 for the tables).</summary>
+    public int[] seeds { get; init; } = [0];
+    public int pair_prompts { get; init; } = 400;
+    public double label_noise { get; init; } = 0.1;
+    public double tie_margin { get; init; } = 0.02;
+    public int max_train_steps { get; init; } = 300;
+    public int train_batch_size { get; init; } = 8;
+    public double learning_rate { get; init; } = 2e-5;
+    public int lr_warmup_steps { get; init; } = 20;
+    public double beta_dpo { get; init; } = 5000;
+    public int checkpointing_steps { get; init; } = 100;
+    /// <summary>Held-out prompts per split (validation: seen colour–shape pairs; test: unseen ones).</summary>
+    public int eval_prompts { get; init; } = 48;
+    /// <summary>Sampling seeds per held-out prompt (the same for every model, so win rates compare like with like).</summary>
+    public int eval_seeds { get; init; } = 2;
+    public int grid_prompts { get; init; } = 8;
+    /// <summary>Validation prompts (one seed) judged at every checkpoint for the score-vs-step plot.</summary>
+    public int curve_prompts { get; init; } = 32;
+    public int sample_steps { get; init; } = 20;
+    public double guidance_scale { get; init; } = 3.0;
+    /// <summary>Folder holding recipes/ and scripts/; found from the working directory upwards when null.</summary>
+    public string? repo_root { get; init; }
+}
+
+/// <summary>One method of the comparison: the recipe a GPU user runs, with its extra arguments.</summary>
+public sealed record WorldMethod(string name, string label, string recipe, string[] extra_args, string note);
+
+/// <summary>The shapes-world comparison: reuses (or builds) the base, makes judge-labelled pairs, fine-tunes each
+/// method by running its recipe (`dotnet fsi recipes/….fsx`, the same script and flags a GPU user runs), evaluates
+/// every model on held-out prompts with fixed seeds, and writes report.md, grid.png, curve.png and results.json.</summary>
+public static class WorldStudy
+{
+    public static readonly IReadOnlyDictionary<string, WorldMethod> Methods = new Dictionary<string, WorldMethod>
+    {
+        ["sft"] = new("sft", "SFT", "recipes/sft.fsx", [], "denoising loss on the winners (baseline and control)"),
+        ["dpo"] = new("dpo", "Diffusion-DPO", "recipes/diffusion_dpo.fsx", [], "DPO on the judge-labelled pairs, frozen reference"),
+        ["sudo"] = new("sudo", "SUDO", "recipes/sudo.fsx", [], "self-pairs from the winners, 0.5·DPO + 0.5·MSE"),
+        ["dpo_shuffled"] = new("dpo_shuffled", "DPO (shuffled labels)", "recipes/diffusion_dpo.fsx", [], "control: labels permuted across pairs"),
+        ["dpo_snr"] = new("dpo_snr", "DPO + SNR weight", "recipes/dpo_timestep_weighted.fsx", ["--gamma", "0.5"], "inline-variant recipe: w(t) = SNR(t)^0.5 / mean"),
+    };
+
+    public sealed record RunResult(string method, int seed, string folder, List<Judge.Result> validation, List<Judge.Result> test,
+        List<(int step, double score)> curve, double train_seconds, double peak_rss_mb, string command);
+
+    public sealed record Report(string folder, List<Judge.Result> base_validation, List<Judge.Result> base_test, List<RunResult> runs, string markdown);
+
+    public static string FindRepoRoot(string? hint = null)
+    {
+        for (var d = new DirectoryInfo(hint ?? Directory.GetCurrentDirectory()); d != null; d = d.Parent)
+            if (File.Exists(Path.Combine(d.FullName, "recipes", "diffusion_dpo.fsx")) && File.Exists(Path.Combine(d.FullName, "scripts", "_load.fsx")))
+                return d.FullName;
+        throw new DirectoryNotFoundException($"no Sudo repository (recipes/ and scripts/_load.fsx) at or above {hint ?? Directory.GetCurrentDirectory()}");
+    }
+
+    public static Report Run(WorldStudyConfig c, Action<string>? log = null)
+    {
+        log ??= Console.WriteLine;
+        foreach (var m in c.methods)
+            if (!Methods.ContainsKey(m)) throw new ArgumentException($"unknown method '{m}' (expected one of: {string.Join(", ", Methods.Keys)})");
+        if (c.seeds.Length == 0) throw new ArgumentException("seeds: give at least one training seed");
+        var root = FindRepoRoot(c.repo_root);
+        var outDir = Path.GetFullPath(c.output_dir);
+        Directory.CreateDirectory(outDir);
+        var sw = Stopwatch.StartNew();
+
+        // 1. Base: the shipped/cached folder, or a fresh build with the default settings.
+        var baseDir = Path.GetFullPath(Path.IsPathRooted(c.base_model) ? c.base_model : Path.Combine(root, c.base_model));
+        if (!File.Exists(Path.Combine(baseDir, "model_index.json"))) WorldBase.Build(baseDir, new WorldBaseConfig(), log);
+        else log($"world study: base {baseDir}");
+        using var pipe = StableDiffusionPipeline.from_pretrained(baseDir, "ddim");
+        var baseWeights = pipe.unet.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
+
+        // 2. Pairs (cached by their settings) and the shuffled-label control.
+        var pairsDir = Path.Combine(outDir, "pairs");
+        var pairsKey = $"{baseDir}|{c.pair_prompts}|{c.label_noise}|{c.tie_margin}|{c.sample_steps}|{c.guidance_scale}";
+        var pairsMarker = Path.Combine(pairsDir, "study_key.txt");
+        if (!File.Exists(pairsMarker) || File.ReadAllText(pairsMarker) != pairsKey)
+        {
+            var t0 = sw.Elapsed.TotalSeconds;
+            var s = WorldPairs.Make(pipe, World.Prompts("train", c.pair_prompts, 0), pairsDir,
+                new WorldPairsConfig { label_noise = c.label_noise, tie_margin = c.tie_margin, steps = c.sample_steps, guidance_scale = c.guidance_scale });
+            File.WriteAllText(pairsMarker, pairsKey);
+            log($"world study: {s.pairs} pairs ({s.ties} ties, {s.flipped} flipped labels, mean judge gap {s.mean_gap:F3}) in {sw.Elapsed.TotalSeconds - t0:F0} s");
+        }
+        if (c.methods.Contains("dpo_shuffled")) WriteShuffled(pairsDir, Path.Combine(outDir, "pairs_shuffled"));
+
+        // 3. Evaluation prompts: held-out validation (seen combinations) and test (unseen combinations).
+        var valPrompts = World.Prompts("validation", c.eval_prompts, 0);
+        var testPrompts = World.Prompts("test", c.eval_prompts, 0);
+        List<Judge.Result> Eval(IReadOnlyList<string> prompts, List<RgbImage>? images = null) =>
+            Enumerable.Range(0, c.eval_seeds).SelectMany(s => WorldBase.Evaluate(pipe, prompts, s, c.sample_steps, c.guidance_scale, s == 0 ? images : null)).ToList();
+        var gridPrompts = valPrompts.Take(c.grid_prompts / 2).Concat(testPrompts.Take(c.grid_prompts - c.grid_prompts / 2)).ToList();
+        List<(RgbImage img, double score)> GridRow()
+        {
+            var imgs = new List<RgbImage>();
+            var rs = WorldBase.Evaluate(pipe, gridPrompts, 0, c.sample_steps, c.guidance_scale, imgs);
+            return imgs.Zip(rs, (i, r) => (i, r.score)).ToList();
+        }
+        double CurvePoint() => WorldBase.Evaluate(pipe, valPrompts.Take(c.curve_prompts).ToList(), 0, c.sample_steps, c.guidance_scale).Average(r => r.score);
+
+        var t1 = sw.Elapsed.TotalSeconds;
+        var baseVal = Eval(valPrompts);
+        var baseTest = Eval(testPrompts);
+        var baseCurve = CurvePoint();
+        var grid = new List<(string label, List<(RgbImage img, double score)> row)> { ("base", GridRow()) };
+        log($"world study: base judged on {valPrompts.Count}+{testPrompts.Count} held-out prompts × {c.eval_seeds} seeds: validation {baseVal.Average(r => r.score):F4}, test {baseTest.Average(r => r.score):F4} ({sw.Elapsed.TotalSeconds - t1:F0} s)");
+
+        // 4. Each method × seed through its recipe, then judged with the same prompts and seeds.
+        var runs = new List<RunResult>();
+        foreach (var seed in c.seeds)
+            foreach (var m in c.methods)
+            {
+                var spec = Methods[m];
+                var runDir = Path.Combine(outDir, "runs", $"{m}-seed{seed}");
+                var data = m == "dpo_shuffled" ? Path.Combine(outDir, "pairs_shuffled") : pairsDir;
+                var args = new List<string>
+                {
+                    "--model", baseDir, "--data", data, "--output_dir", runDir,
+                    "--max_train_steps", $"{c.max_train_steps}", "--train_batch_size", $"{c.train_batch_size}",
+                    "--learning_rate", c.learning_rate.ToString("R", CultureInfo.InvariantCulture), "--lr_warmup_steps", $"{c.lr_warmup_steps}",
+                    "--beta_dpo", c.beta_dpo.ToString("R", CultureInfo.InvariantCulture), "--checkpointing_steps", $"{c.checkpointing_steps}",
+                    "--resolution", "32", "--no_hflip", "true", "--proportion_empty_prompts", "0.1", "--seed", $"{seed}",
+                };
+                args.AddRange(spec.extra_args);
+                var command = $"dotnet fsi {spec.recipe} -- {string.Join(" ", args.Select(a => a.Contains(' ') ? $"\"{a}\"" : a))}";
+                var summaryPath = Path.Combine(runDir, "train_summary.json");
+                var argsPath = Path.Combine(runDir, "study_command.txt");
+                if (File.Exists(summaryPath) && File.Exists(argsPath) && File.ReadAllText(argsPath) == command)
+                    log($"world study: reusing {runDir}");
+                else
+                {
+                    if (Directory.Exists(runDir)) Directory.Delete(runDir, true);
+                    Directory.CreateDirectory(runDir);
+                    log($"world study: {spec.label}, seed {seed}: {command}");
+                    RunRecipe(root, spec.recipe, args);
+                    File.WriteAllText(argsPath, command);
+                }
+                var summary = JsonNode.Parse(File.ReadAllText(summaryPath))!;
+                var curve = new List<(int, double)> { (0, baseCurve) };
+                foreach (var ck in Directory.GetDirectories(runDir, "checkpoint-*").Select(d => (d, n: int.Parse(Path.GetFileName(d)["checkpoint-".Length..]))).OrderBy(x => x.n))
+                {
+                    LoadUnet(pipe, Path.Combine(ck.d, "unet"));
+                    curve.Add((ck.n, CurvePoint()));
+                }
+                LoadUnet(pipe, Path.Combine(runDir, "unet"));
+                if (curve[^1].Item1 != c.max_train_steps) curve.Add((c.max_train_steps, CurvePoint()));
+                var val = Eval(valPrompts);
+                var test = Eval(testPrompts);
+                if (seed == c.seeds[0]) grid.Add((spec.label, GridRow()));
+                runs.Add(new RunResult(m, seed, runDir, val, test, curve, summary["seconds"]!.GetValue<double>(), summary["peak_rss_mb"]!.GetValue<double>(), command));
+                log($"world study: {spec.label}, seed {seed}: validation {val.Average(r => r.score):F4}, test {test.Average(r => r.score):F4}");
+                using (no_grad()) pipe.unet.load_state_dict(baseWeights);
+            }
+        foreach (var t in baseWeights.Values) t.Dispose();
+
+        // 5. Report.
+        var md = Markdown(c, baseDir, pairsDir, baseVal, baseTest, runs, sw.Elapsed.TotalSeconds);
+        var truth = ("target (rendered)", gridPrompts.Select((p, i) => (World.Render(p, 32, i), double.NaN)).ToList());
+        ImageCodecs.Save(DrawGrid(gridPrompts, grid.Prepend(truth).ToList()), Path.Combine(outDir, "grid.png"));
+        ImageCodecs.Save(DrawCurves(runs.Where(r => r.seed == c.seeds[0]).Select(r => (Methods[r.method].label, r.curve)).ToList(),
+            $"mean judge score on {c.curve_prompts} validation prompts"), Path.Combine(outDir, "curve.png"));
+        AtomicFile.WriteAllText(Path.Combine(outDir, "report.md"), md);
+        AtomicFile.WriteAllText(Path.Combine(outDir, "results.json"), ResultsJson(c, baseVal, baseTest, runs).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        log($"world study: report {Path.Combine(outDir, "report.md")} (grid.png, curve.png, results.json) after {sw.Elapsed.TotalSeconds:F0} s");
+        return new Report(outDir, baseVal, baseTest, runs, md);
+    }
+
+    /// <summary>Runs `dotnet fsi recipe -- args` from the repository root with the console inherited (progress bars show).</summary>
+    public static void RunRecipe(string root, string recipe, IReadOnlyList<string> args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { WorkingDirectory = root, UseShellExecute = false };
+        psi.ArgumentList.Add("fsi");
+        psi.ArgumentList.Add(recipe);
+        psi.ArgumentList.Add("--");
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start dotnet fsi");
+        p.WaitForExit();
+        if (p.ExitCode != 0) throw new InvalidOperationException($"{recipe} exited with code {p.ExitCode} (dotnet fsi {recipe} -- {string.Join(" ", args)})");
+    }
+
+    static void LoadUnet(StableDiffusionPipeline pipe, string folder)
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        pipe.unet.load_state_dict(Checkpoints.ReadWeights(Checkpoints.FindWeights(folder, "diffusion_pytorch_model")));
+    }
+
+    /// <summary>The pair folder with label_0 permuted across pairs (a fixed seed), images referenced from the original.</summary>
+    static void WriteShuffled(string pairsDir, string folder)
+    {
+        var lines = File.ReadAllLines(Path.Combine(pairsDir, "pairs.jsonl")).Where(l => l.Length > 0).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
+        var labels = lines.Select(o => o["label_0"]!.GetValue<double>()).ToArray();
+        new Random(12345).Shuffle(labels);
+        var rel = Path.GetRelativePath(folder, pairsDir);
+        var outLines = lines.Select((o, i) =>
+        {
+            o["label_0"] = labels[i];
+            o["image_0"] = Path.Combine(rel, (string)o["image_0"]!);
+            o["image_1"] = Path.Combine(rel, (string)o["image_1"]!);
+            return o.ToJsonString();
+        });
+        Directory.CreateDirectory(folder);
+        AtomicFile.WriteAllText(Path.Combine(folder, "pairs.jsonl"), string.Join("\n", outLines) + "\n");
+    }
+
+    // ---------- statistics ----------
+
+    public static readonly string[] Attributes = ["color", "shape", "size", "count", "relation", "background"];
+
+    public static double AttributeMean(IEnumerable<Judge.Result> rs, string attr)
+    {
+        var v = rs.Where(r => r.attributes.ContainsKey(attr)).Select(r => r.attributes[attr]).ToList();
+        return v.Count == 0 ? double.NaN : v.Average();
+    }
+
+    /// <summary>Win rate against the base on the same prompt and seed (ties count one half).</summary>
+    public static double WinRate(IReadOnlyList<Judge.Result> method, IReadOnlyList<Judge.Result> baseline)
+    {
+        if (method.Count != baseline.Count) throw new ArgumentException($"win rate needs matched samples, got {method.Count} vs {baseline.Count}");
+        return method.Zip(baseline, (m, b) => Math.Abs(m.score - b.score) < 1e-9 ? 0.5 : m.score > b.score ? 1.0 : 0.0).Average();
+    }
+
+    /// <summary>Mean and 95% half-width: Student t over the values (training seeds), or normal over samples when one.</summary>
+    public static (double mean, double half) MeanCi(IReadOnlyList<double> v)
+    {
+        var mean = v.Average();
+        if (v.Count < 2) return (mean, double.NaN);
+        var sd = Math.Sqrt(v.Sum(x => (x - mean) * (x - mean)) / (v.Count - 1));
+        return (mean, StudentT975(v.Count - 1) * sd / Math.Sqrt(v.Count));
+    }
+
+    /// <summary>Two-sided 95% quantile of Student's t with df degrees of freedom.</summary>
+    public static double StudentT975(int df) => df switch
+    {
+        1 => 12.706,
+        2 => 4.303,
+        3 => 3.182,
+        4 => 2.776,
+        5 => 2.571,
+        6 => 2.447,
+        7 => 2.365,
+        8 => 2.306,
+        9 => 2.262,
+        10 => 2.228,
+        <= 20 => 2.086 + (20 - df) * (2.228 - 2.086) / 10,
+        <= 30 => 2.042 + (30 - df) * (2.086 - 2.042) / 10,
+        _ => 1.96,
+    };
+
+    static string Fmt((double mean, double half) x, int digits = 3) =>
+        double.IsNaN(x.half) ? x.mean.ToString($"F{digits}", CultureInfo.InvariantCulture)
+        : $"{x.mean.ToString($"F{digits}", CultureInfo.InvariantCulture)} ± {x.half.ToString($"F{digits}", CultureInfo.InvariantCulture)}";
+
+    /// <summary>Per-metric values of one method, one entry per training seed (or per sample when there is one seed).</summary>
+    static (double mean, double half) Metric(List<RunResult> runs, Func<RunResult, IReadOnlyList<double>> perSample)
+    {
+        if (runs.Count >= 2) return MeanCi(runs.Select(r => perSample(r).Average()).ToList());
+        var v = perSample(runs[0]);
+        var mean = v.Average();
+        var sd = Math.Sqrt(v.Sum(x => (x - mean) * (x - mean)) / Math.Max(1, v.Count - 1));
+        return (mean, 1.96 * sd / Math.Sqrt(v.Count));
+    }
+
+    static string Markdown(WorldStudyConfig c, string baseDir, string pairsDir, List<Judge.Result> baseVal, List<Judge.Result> baseTest, List<RunResult> runs, double seconds)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var sb = new StringBuilder();
+        sb.AppendLine("# Shapes-world method comparison\n");
+        var n = c.seeds.Length;
+        sb.AppendLine(n >= 2
+            ? $"Each cell: mean ± 95% interval over **{n} training seeds** ({string.Join(", ", c.seeds)}; Student t, {n - 1} df); each seed's value is the mean over {c.eval_prompts} held-out prompts × {c.eval_seeds} sampling seeds per split."
+            : $"One training seed ({c.seeds[0]}): ± is a 95% interval over the {c.eval_prompts} held-out prompts × {c.eval_seeds} sampling seeds (sampling noise only; the paper-repro tables use ≥ 3 training seeds).");
+        sb.AppendLine($"Same base, pairs and budget for every method: {c.max_train_steps} steps × {c.train_batch_size} pairs, lr {c.learning_rate.ToString(inv)}, warmup {c.lr_warmup_steps}, β {c.beta_dpo.ToString(inv)}; "
+            + $"sampling DDIM {c.sample_steps}, CFG {c.guidance_scale.ToString(inv)}. Judge score = 0.8·mean(attribute checks) + 0.2·quality. "
+            + "Validation = held-out prompts with colour–shape pairs seen in training; test = pairs never seen (red square, blue circle, purple triangle). "
+            + "Win rate = share of (prompt, seed) where the method's image beats the base's on the judge (ties ½).\n");
+        sb.AppendLine("| method | judge (validation) | judge (test, unseen) | win vs base (val) | win vs base (test) | colour | shape | size | count | relation | train s | peak MB |");
+        sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        var baseAll = baseVal.Concat(baseTest).ToList();
+        string Row(string label, List<Judge.Result> val, List<Judge.Result> test, string winV, string winT, string[] attrs, string secs, string mb) =>
+            $"| {label} | {Fmt((val.Average(r => r.score), double.NaN))} | {Fmt((test.Average(r => r.score), double.NaN))} | {winV} | {winT} | {string.Join(" | ", attrs)} | {secs} | {mb} |";
+        sb.AppendLine(Row("base", baseVal, baseTest, "—", "—", new[] { "color", "shape", "size", "count", "relation" }.Select(a => AttributeMean(baseAll, a).ToString("F3", inv)).ToArray(), "—", "—"));
+        foreach (var m in c.methods)
+        {
+            var rs = runs.Where(r => r.method == m).ToList();
+            IReadOnlyList<double> Scores(List<Judge.Result> x) => x.Select(r => r.score).ToList();
+            IReadOnlyList<double> Wins(List<Judge.Result> x, List<Judge.Result> b) => x.Zip(b, (p, q) => Math.Abs(p.score - q.score) < 1e-9 ? 0.5 : p.score > q.score ? 1.0 : 0.0).ToList();
+            IReadOnlyList<double> Attr(RunResult r, string a) => r.validation.Concat(r.test).Where(x => x.attributes.ContainsKey(a)).Select(x => x.attributes[a]).ToList();
+            var attrs = new[] { "color", "shape", "size", "count", "relation" }.Select(a => Fmt(Metric(rs, r => Attr(r, a)))).ToArray();
+            sb.AppendLine($"| {Methods[m].label} | {Fmt(Metric(rs, r => Scores(r.validation)))} | {Fmt(Metric(rs, r => Scores(r.test)))} | {Fmt(Metric(rs, r => Wins(r.validation, baseVal)))} | {Fmt(Metric(rs, r => Wins(r.test, baseTest)))} | "
+                + $"{string.Join(" | ", attrs)} | {rs.Average(r => r.train_seconds):F0} | {rs.Average(r => r.peak_rss_mb):F0} |");
+        }
+        sb.AppendLine("\n![base vs methods](grid.png)\n");
+        sb.AppendLine($"Grid: the first row is the prompt rendered by the world (the target); then the base and each method (training seed {c.seeds[0]}), sampling seed 0, judge score under each image. Columns 1–{c.grid_prompts / 2} are validation prompts, the rest test prompts (unseen combinations).\n");
+        sb.AppendLine($"![judge score against training step](curve.png)\n");
+        sb.AppendLine("## Methods and commands\n");
+        foreach (var m in c.methods)
+        {
+            var r = runs.First(x => x.method == m);
+            sb.AppendLine($"- **{Methods[m].label}** — {Methods[m].note}:\n  `{r.command.Replace(Path.GetDirectoryName(baseDir)! + "/", "")}`");
+        }
+        sb.AppendLine($"\nBase: `{baseDir}`; pairs: `{pairsDir}` ({c.pair_prompts} train prompts × 2 base samples, label noise {c.label_noise.ToString(inv)}, tie margin {c.tie_margin.ToString(inv)}). "
+            + $"Train s and peak MB come from each run's train_summary.json (peak resident memory of the recipe process); threads: torch {get_num_threads()}. Whole study {seconds:F0} s.");
+        return sb.ToString();
+    }
+
+    static JsonObject ResultsJson(WorldStudyConfig c, List<Judge.Result> baseVal, List<Judge.Result> baseTest, List<RunResult> runs)
+    {
+        JsonObject Summ(List<Judge.Result> val, List<Judge.Result> test)
+        {
+            var o = new JsonObject { ["judge_validation"] = val.Average(r => r.score), ["judge_test"] = test.Average(r => r.score) };
+            foreach (var a in Attributes) o[a] = AttributeMean(val.Concat(test), a);
+            return o;
+        }
+        var arr = new JsonArray();
+        foreach (var r in runs)
+        {
+            var o = Summ(r.validation, r.test);
+            o["method"] = r.method;
+            o["seed"] = r.seed;
+            o["win_rate_validation"] = WinRate(r.validation, baseVal);
+            o["win_rate_test"] = WinRate(r.test, baseTest);
+            o["train_seconds"] = r.train_seconds;
+            o["peak_rss_mb"] = r.peak_rss_mb;
+            o["curve"] = new JsonArray(r.curve.Select(p => (JsonNode)new JsonArray(p.step, p.score)).ToArray());
+            o["command"] = r.command;
+            arr.Add(o);
+        }
+        return new JsonObject
+        {
+            ["config"] = JsonNode.Parse(JsonSerializer.Serialize(c)),
+            ["base"] = Summ(baseVal, baseTest),
+            ["runs"] = arr,
+        };
+    }
+
+    // ---------- figures ----------
+
+    static readonly (byte, byte, byte)[] Palette = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75), (227, 119, 194)];
+
+    /// <summary>Rows of images under wrapped prompt captions, a label per row and the judge score under each image.</summary>
+    public static RgbImage DrawGrid(IReadOnlyList<string> prompts, IReadOnlyList<(string label, List<(RgbImage img, double score)> row)> rows, int scale = 4)
+    {
+        var cell = rows[0].row[0].img.Width * scale;
+        const int pad = 8, labelW = 184, scoreH = 14;
+        var captions = prompts.Select(p => Canvas.Wrap(p, cell)).ToList();
+        var capH = captions.Max(l => l.Count) * 9 + 6;
+        var rowH = cell + scoreH + pad;
+        var canvas = new Canvas(labelW + prompts.Count * (cell + pad) + pad, capH + rows.Count * rowH + pad, (255, 255, 255));
+        for (var j = 0; j < prompts.Count; j++)
+            for (var l = 0; l < captions[j].Count; l++)
+                canvas.Text(labelW + j * (cell + pad), 4 + l * 9, captions[j][l], (40, 40, 40));
+        for (var i = 0; i < rows.Count; i++)
+        {
+            var y = capH + i * rowH;
+            var lines = Canvas.Wrap(rows[i].label, labelW - 2 * pad, 2).Take(3).ToList();
+            for (var l = 0; l < lines.Count; l++) canvas.Text(pad, y + cell / 2 - lines.Count * 9 + l * 18, lines[l], (0, 0, 0), 2);
+            for (var j = 0; j < rows[i].row.Count; j++)
+            {
+                var (img, score) = rows[i].row[j];
+                var x = labelW + j * (cell + pad);
+                canvas.Blit(img, x, y, scale);
+                if (!double.IsNaN(score))
+                {
+                    var col = score >= 0.8 ? ((byte)20, (byte)140, (byte)40) : score >= 0.6 ? ((byte)180, (byte)120, (byte)0) : ((byte)190, (byte)30, (byte)30);
+                    canvas.Text(x, y + cell + 3, $"judge {score.ToString("F2", CultureInfo.InvariantCulture)}", col);
+                }
+            }
+        }
+        return canvas.ToImage();
+    }
+
+    /// <summary>A line plot (one line and legend entry per series) with axes, ticks and a title.</summary>
+    public static RgbImage DrawCurves(IReadOnlyList<(string label, List<(int step, double score)> points)> series, string title)
+    {
+        const int W = 720, H = 440, left = 70, right = 200, top = 40, bottom = 50;
+        var canvas = new Canvas(W, H, (255, 255, 255));
+        var all = series.SelectMany(s => s.points).ToList();
+        if (all.Count == 0) return canvas.ToImage();
+        var xmax = Math.Max(1, all.Max(p => p.step));
+        var ylo = Math.Floor(all.Min(p => p.score) * 20 - 1) / 20;
+        var yhi = Math.Ceiling(all.Max(p => p.score) * 20 + 1) / 20;
+        double X(double s) => left + s / xmax * (W - left - right);
+        double Y(double v) => top + (yhi - v) / (yhi - ylo) * (H - top - bottom);
+        canvas.Text(left, 12, title, (0, 0, 0), 2);
+        var grey = ((byte)225, (byte)225, (byte)225);
+        for (var v = ylo; v <= yhi + 1e-9; v += 0.05)
+        {
+            canvas.Line(left, Y(v), W - right, Y(v), grey);
+            canvas.Text(left - 36, (int)Y(v) - 3, v.ToString("F2", CultureInfo.InvariantCulture), (60, 60, 60));
+        }
+        var xticks = series.SelectMany(s => s.points.Select(p => p.step)).Distinct().OrderBy(s => s).ToList();
+        foreach (var s in xticks)
+        {
+            canvas.Line(X(s), top, X(s), H - bottom, grey);
+            var label = s.ToString(CultureInfo.InvariantCulture);
+            canvas.Text((int)X(s) - Canvas.TextWidth(label) / 2, H - bottom + 6, label, (60, 60, 60));
+        }
+        canvas.Line(left, top, left, H - bottom, (0, 0, 0), 2);
+        canvas.Line(left, H - bottom, W - right, H - bottom, (0, 0, 0), 2);
+        canvas.Text((left + W - right) / 2 - 40, H - 20, "training step", (0, 0, 0));
+        for (var i = 0; i < series.Count; i++)
+        {
+            var col = Palette[i % Palette.Length];
+            var pts = series[i].points.OrderBy(p => p.step).ToList();
+            for (var k = 1; k < pts.Count; k++) canvas.Line(X(pts[k - 1].step), Y(pts[k - 1].score), X(pts[k].step), Y(pts[k].score), col, 3);
+            foreach (var p in pts) canvas.FillRect((int)X(p.step) - 3, (int)Y(p.score) - 3, 7, 7, col);
+            canvas.FillRect(W - right + 16, top + 10 + i * 22, 14, 10, col);
+            canvas.Text(W - right + 36, top + 11 + i * 22, series[i].label, (0, 0, 0));
+        }
+        return canvas.ToImage();
+    }
+}
