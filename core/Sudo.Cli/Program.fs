@@ -165,6 +165,21 @@ type TrainArgs =
             | Validation_Prompts_File _ -> "prompts sampled into output_dir/samples/step-N.png (fixed seeds)."
             | Validation_Steps _ -> "sample the validation prompts every N steps."
 
+type QuickstartArgs =
+    | Out of path: string
+    | Methods of names: string
+    | Steps of int
+    | Pairs of int
+    | Eval_Prompts of int
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Out _ -> "report folder (default runs/quickstart)."
+            | Methods _ -> "comma-separated methods (default sft,dpo,sudo; also dpo_shuffled, dpo_snr, spo)."
+            | Steps _ -> "training steps per method (default 300)."
+            | Pairs _ -> "train prompts turned into judge-labelled pairs (default 400)."
+            | Eval_Prompts _ -> "held-out prompts per split (default 48), each with 2 sampling seeds."
+
 type WorldArgs =
     | [<MainCommand; ExactlyOnce>] Action of action: string
     | Split of string
@@ -205,7 +220,7 @@ type WorldArgs =
             | Tie_Margin _ -> "pairs: judge gaps below this are ties, dropped in training (default 0.02)."
             | Model _ -> "eval: a pipeline folder to sample and judge."
             | Vae_Steps _ -> "base: VAE training steps (default 500)."
-            | Unet_Steps _ -> "base: UNet + text encoder training steps (default 2000)."
+            | Unet_Steps _ -> "base: UNet + text encoder training steps (default 1500)."
             | Split _ -> "prompts: train, validation or test (test holds unseen colour-shape combinations)."
             | N _ -> "prompts: how many (default 100); judge: images (default 300)."
             | Prompt _ -> "a shapes-world prompt, e.g. \"a small red circle left of a large blue square on a white background\"."
@@ -218,6 +233,7 @@ type WorldArgs =
 type CliArgs =
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
+    | [<CliPrefix(CliPrefix.None)>] Quickstart of ParseResults<QuickstartArgs>
     | [<CliPrefix(CliPrefix.None)>] Demo of ParseResults<DemoArgs>
     | [<CliPrefix(CliPrefix.None)>] Parity of ParseResults<ParityArgs>
     | [<CliPrefix(CliPrefix.None)>] Sample of ParseResults<SampleArgs>
@@ -230,6 +246,7 @@ type CliArgs =
             match a with
             | Info _ -> "libtorch version, build flavour, devices, threads and BLAS."
             | Bench _ -> "print speed figures as JSON (sudoml bench engine)."
+            | Quickstart _ -> "the main job: shapes-world base (shipped), judge-labelled pairs, SFT / Diffusion-DPO / SUDO through their recipes, evaluation; writes runs/quickstart/report.md, grid.png, curve.png."
             | Demo _ -> "a small real training run (conv net on a synthetic task)."
             | Parity _ -> "compare a component with golden outputs of the reference libraries."
             | Sample _ -> "text-to-image: PNGs, grid.png and images.jsonl."
@@ -352,6 +369,20 @@ let main argv =
             | other ->
                 eprintfn "sudoml world: unknown action '%s' (expected: judge, prompts, render, score, base, eval, pairs, study)" other
                 2
+        | Quickstart a ->
+            let envSeconds name = match System.Environment.GetEnvironmentVariable name with | null | "" -> System.Nullable() | v -> System.Nullable(float v)
+            let d = Sudo.Training.WorldStudyConfig()
+            let cfg =
+                Sudo.Training.WorldStudyConfig(
+                    output_dir = a.GetResult(QuickstartArgs.Out, defaultValue = "runs/quickstart"),
+                    methods = a.GetResult(QuickstartArgs.Methods, defaultValue = "sft,dpo,sudo").Split(',', System.StringSplitOptions.RemoveEmptyEntries),
+                    max_train_steps = a.GetResult(QuickstartArgs.Steps, defaultValue = d.max_train_steps),
+                    pair_prompts = a.GetResult(QuickstartArgs.Pairs, defaultValue = d.pair_prompts),
+                    eval_prompts = a.GetResult(QuickstartArgs.Eval_Prompts, defaultValue = d.eval_prompts),
+                    setup_seconds = envSeconds "SUDO_SETUP_SECONDS", build_seconds = envSeconds "SUDO_BUILD_SECONDS")
+            let r = Sudo.Training.WorldStudy.Run(cfg)
+            printfn "\n%s" r.markdown
+            0
         | Demo a -> Commands.demo (a.GetResult(DemoArgs.Steps, defaultValue = 300)) (a.GetResult(DemoArgs.Seed, defaultValue = 0L))
         | Parity a ->
             match a.TryGetResult ParityArgs.Model, a.TryGetResult ParityArgs.Io, a.TryGetResult ParityArgs.Tokenizer, a.TryGetResult ParityArgs.Cases with

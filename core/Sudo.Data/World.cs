@@ -132,7 +132,7 @@ public static partial class World
     /// <summary>Places the prompt's objects at random, non-touching positions that satisfy its relation.</summary>
     public static List<Placed> Layout(PromptSpec spec, int size, Random rng)
     {
-        for (var attempt = 0; attempt < 1000; attempt++)
+        for (var attempt = 0; attempt < 200_000; attempt++)
         {
             var placed = new List<Placed>();
             var objs = spec.IsRelation ? new[] { spec.a, spec.b! } : Enumerable.Repeat(spec.a, spec.count).ToArray();

@@ -30,6 +30,33 @@ public sealed class StepAwarePreferenceModel : nn.Module
         InitAdaLN(generator);
     }
 
+    /// <summary>Writes the whole model (CLIP towers + timestep embedder + adaLN) as model.safetensors with a
+    /// transformers CLIPConfig plus "step_aware": true and frequency_embedding_size in config.json.</summary>
+    public void save_pretrained(string folder)
+    {
+        var cfg = clip.config.ToJson();
+        cfg["step_aware"] = true;
+        cfg["frequency_embedding_size"] = frequency_embedding_size;
+        Checkpoints.Save(this, folder, "model", cfg);
+    }
+
+    /// <summary>True when <paramref name="folder"/> holds a saved step-aware model (not a plain CLIPModel).</summary>
+    public static bool IsStepAware(string folder)
+    {
+        var path = Path.Combine(folder, "config.json");
+        return File.Exists(path) && System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))?["step_aware"]?.GetValue<bool>() == true;
+    }
+
+    /// <summary>Loads a folder written by <see cref="save_pretrained"/>; a plain CLIPModel folder (PickScore) is wrapped
+    /// with fresh adaLN (shift = scale = 0, gate = 1), as SPO starts from its scorer.</summary>
+    public static StepAwarePreferenceModel from_pretrained(string folder, Device? device = null)
+    {
+        if (!IsStepAware(folder)) return new StepAwarePreferenceModel(CLIPModel.from_pretrained(folder, device: device));
+        var cfgPath = Path.Combine(folder, "config.json");
+        var fes = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(cfgPath))?["frequency_embedding_size"]?.GetValue<int>() ?? 256;
+        return Checkpoints.Load(folder, () => new StepAwarePreferenceModel(new CLIPModel(CLIPConfig.FromFile(cfgPath)), fes), "model", null, ScalarType.Float32, device);
+    }
+
     /// <summary>init_adaln_paras: t_embedder N(0, 0.02); adaLN weights 0 and biases giving shift = scale = 0,
     /// gate = 1; the pooled adaLN all zero.</summary>
     public void InitAdaLN(Generator? generator = null)

@@ -303,6 +303,20 @@ public sealed class SpoTrainer : IDisposable
         optimizer = new torch.optim.AdamW(lora.parameters(), learning_rate, weight_decay: 1e-4);
     }
 
+    /// <summary>The UNet with the LoRA merged, as a diffusers folder (weights unmerged again afterwards).</summary>
+    public void SaveMergedUnet(string folder)
+    {
+        lora.merge();
+        try
+        {
+            pipe.unet.save_pretrained(folder);
+        }
+        finally
+        {
+            lora.unmerge();
+        }
+    }
+
     /// <summary>One round: sample, then train on the kept pairs in minibatches. Returns per-step metrics.</summary>
     public List<Dictionary<string, double>> Round(IReadOnlyList<string> prompts, int train_batch_size = 2)
     {

@@ -453,6 +453,20 @@ public sealed class Trainer : IDisposable
         }
     }
 
+    /// <summary>output_dir/train_summary.json: method, steps, wall seconds, peak resident memory, threads.</summary>
+    public static void WriteSummary(string outputDir, string method, int steps, double seconds)
+    {
+        Directory.CreateDirectory(outputDir);
+        AtomicFile.WriteAllText(Path.Combine(outputDir, "train_summary.json"), new JsonObject
+        {
+            ["method"] = method,
+            ["steps"] = steps,
+            ["seconds"] = Math.Round(seconds, 1),
+            ["peak_rss_mb"] = Math.Round(PeakRssMegabytes(), 1),
+            ["torch_threads"] = get_num_threads(),
+        }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
     /// <summary>The process's peak resident set (VmHWM on Linux) in MB.</summary>
     public static double PeakRssMegabytes()
     {
@@ -567,14 +581,7 @@ public sealed class Trainer : IDisposable
                 foreach (var (p, e) in copy.parameters().Zip(_ema)) p.copy_(e);
             copy.save_pretrained(Path.Combine(config.output_dir, "unet_ema"));
         }
-        AtomicFile.WriteAllText(Path.Combine(config.output_dir, "train_summary.json"), new JsonObject
-        {
-            ["method"] = config.method,
-            ["steps"] = global_step,
-            ["seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 1),
-            ["peak_rss_mb"] = Math.Round(PeakRssMegabytes(), 1),
-            ["torch_threads"] = get_num_threads(),
-        }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        WriteSummary(config.output_dir, config.method, global_step, sw.Elapsed.TotalSeconds);
         log($"done: {global_step} steps in {sw.Elapsed.TotalSeconds:F1} s (peak RSS {PeakRssMegabytes():F0} MB); weights in {config.output_dir}");
     }
 

@@ -16,7 +16,7 @@ public sealed record WorldBaseConfig
     public int bpe_merges { get; init; } = 300;
     public int train_prompts { get; init; } = 3000;
     public int vae_steps { get; init; } = 500;
-    public int unet_steps { get; init; } = 2000;
+    public int unet_steps { get; init; } = 1500;
     public int batch_size { get; init; } = 32;
     public double vae_learning_rate { get; init; } = 1e-3;
     public double unet_learning_rate { get; init; } = 5e-4;

@@ -81,4 +81,27 @@ public static class WorldScorer
         var sl = spm.score(spm.preprocess(both.select(1, 1)), ids, t);
         return sw.gt(sl).to(ScalarType.Float32).mean().item();
     }
+
+    /// <summary>Agreement of the step-aware scorer on x̂₀ predicted by the base at timestep t from the noised winner and
+    /// loser (shared noise), the input SPO's sampler scores at that step.</summary>
+    public static double AgreementAt(StepAwarePreferenceModel spm, CLIPTokenizer tok, PairDataset pairs, IReadOnlyList<int> indices,
+        Sudo.Diffusion.StableDiffusionPipeline basePipe, int t, long seed = 0)
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        manual_seed(seed);
+        var res = spm.clip.config.vision_config.image_size;
+        using var gen = new Generator(0);
+        double correct = 0;
+        for (var s = 0; s < indices.Count; s += 32)
+        {
+            using var inner = NewDisposeScope();
+            var idx = indices.Skip(s).Take(32).ToList();
+            var both = stack(idx.Select(i => pairs.LoadPair(i, res, false, false, gen)).ToArray());
+            var (_, acc) = SpmTraining.Loss(spm, basePipe, both.select(1, 0), both.select(1, 1), idx.Select(i => pairs.Pairs[i].caption).ToList(), tok,
+                full([idx.Count], t, ScalarType.Int64));
+            correct += acc.item() * idx.Count;
+        }
+        return correct / indices.Count;
+    }
 }

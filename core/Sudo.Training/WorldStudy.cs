@@ -39,6 +39,23 @@ public sealed record WorldStudyConfig
     public int curve_prompts { get; init; } = 32;
     public int sample_steps { get; init; } = 20;
     public double guidance_scale { get; init; } = 3.0;
+    /// <summary>SPO: rounds of (prompts_per_round prompts sampled with a pool of k per step, then training on the kept pairs).</summary>
+    public int spo_rounds { get; init; } = 40;
+    public int spo_prompts_per_round { get; init; } = 4;
+    public double spo_learning_rate { get; init; } = 3e-4;
+    public int spo_lora_rank { get; init; } = 8;
+    public double spo_threshold { get; init; } = 0.1;
+    /// <summary>Scorer: clean PickScore-loss steps, then step-aware steps on x̂₀ at random t (as SPO's step-aware model).</summary>
+    public int scorer_steps { get; init; } = 600;
+    /// <summary>Extra scorer pairs rendered by the world (correct render vs one attribute corrupted), 0 for none.</summary>
+    public int scorer_render_pairs { get; init; } = 2000;
+    /// <summary>Held-out validation pairs (noiseless judge labels) on which scorer agreement is measured.</summary>
+    public int scorer_eval_pairs { get; init; } = 150;
+    /// <summary>Markdown lines added under the report's title.</summary>
+    public string? report_note { get; init; }
+    /// <summary>Seconds spent before the study by the launcher (system packages; build), reported in the timing line.</summary>
+    public double? setup_seconds { get; init; }
+    public double? build_seconds { get; init; }
     /// <summary>Folder holding recipes/ and scripts/; found from the working directory upwards when null.</summary>
     public string? repo_root { get; init; }
 }
@@ -58,6 +75,7 @@ public static class WorldStudy
         ["sudo"] = new("sudo", "SUDO", "recipes/sudo.fsx", [], "self-pairs from the winners, 0.5·DPO + 0.5·MSE"),
         ["dpo_shuffled"] = new("dpo_shuffled", "DPO (shuffled labels)", "recipes/diffusion_dpo.fsx", [], "control: labels permuted across pairs"),
         ["dpo_snr"] = new("dpo_snr", "DPO + SNR weight", "recipes/dpo_timestep_weighted.fsx", ["--gamma", "0.5"], "inline-variant recipe: w(t) = SNR(t)^0.5 / mean"),
+        ["spo"] = new("spo", "SPO", "recipes/spo.fsx", [], "online step-wise pairs chosen by the learned step-aware scorer, LoRA"),
     };
 
     public sealed record RunResult(string method, int seed, string folder, List<Judge.Result> validation, List<Judge.Result> test,
@@ -134,7 +152,7 @@ public static class WorldStudy
                 var spec = Methods[m];
                 var runDir = Path.Combine(outDir, "runs", $"{m}-seed{seed}");
                 var data = m == "dpo_shuffled" ? Path.Combine(outDir, "pairs_shuffled") : pairsDir;
-                var args = new List<string>
+                var args = m == "spo" ? SpoArgs(c, baseDir, EnsureScorer(pipe, outDir, pairsDir, c, log), Path.Combine(pairsDir, "prompts.txt"), runDir, seed) : new List<string>
                 {
                     "--model", baseDir, "--data", data, "--output_dir", runDir,
                     "--max_train_steps", $"{c.max_train_steps}", "--train_batch_size", $"{c.train_batch_size}",
@@ -186,6 +204,98 @@ public static class WorldStudy
         return new Report(outDir, baseVal, baseTest, runs, md);
     }
 
+    static List<string> SpoArgs(WorldStudyConfig c, string baseDir, string scorer, string prompts, string runDir, int seed) =>
+    [
+        "--model", baseDir, "--scorer", scorer, "--prompts", prompts, "--output_dir", runDir,
+        "--rounds", $"{c.spo_rounds}", "--prompts_per_round", $"{c.spo_prompts_per_round}", "--train_batch_size", "4",
+        "--learning_rate", c.spo_learning_rate.ToString("R", CultureInfo.InvariantCulture), "--lora_rank", $"{c.spo_lora_rank}",
+        "--threshold", c.spo_threshold.ToString("R", CultureInfo.InvariantCulture), "--guidance_scale", c.guidance_scale.ToString("R", CultureInfo.InvariantCulture),
+        "--checkpointing_rounds", $"{Math.Max(1, c.spo_rounds / 3)}", "--resolution", "32", "--seed", $"{seed}",
+    ];
+
+    /// <summary>The learned scorer for SPO, cached in output_dir/scorer: a tiny CLIPModel (world vocabulary) trained with
+    /// PickScore's loss on the study's pairs (plus rendered correct-vs-corrupted pairs when scorer_render_pairs &gt; 0),
+    /// then made step-aware on the base's x̂₀ at random t. Agreement with the judge on held-out validation pairs
+    /// (noiseless labels) goes to scorer/agreement.json.</summary>
+    public static string EnsureScorer(StableDiffusionPipeline pipe, string outDir, string pairsDir, WorldStudyConfig c, Action<string> log)
+    {
+        var dir = Path.Combine(outDir, "scorer");
+        var key = $"{File.ReadAllText(Path.Combine(pairsDir, "study_key.txt"))}|{c.scorer_steps}|{c.scorer_render_pairs}|{c.scorer_eval_pairs}";
+        var keyFile = Path.Combine(dir, "study_key.txt");
+        if (File.Exists(keyFile) && File.ReadAllText(keyFile) == key) return dir;
+        var sw = Stopwatch.StartNew();
+        var held = Path.Combine(outDir, "pairs_validation");
+        WorldPairs.Make(pipe, World.Prompts("validation", c.scorer_eval_pairs, 1), held, new WorldPairsConfig { label_noise = 0, tie_margin = c.tie_margin, seed = 7, steps = c.sample_steps, guidance_scale = c.guidance_scale });
+        var trainDir = c.scorer_render_pairs > 0 ? WriteRenderAugmented(pairsDir, Path.Combine(outDir, "pairs_scorer"), c.scorer_render_pairs) : pairsDir;
+        var train = PairDataset.Load(trainDir);
+        var test = PairDataset.Load(held);
+        var tok = pipe.components.tokenizer;
+        var all = Enumerable.Range(0, train.Pairs.Count).ToList();
+        var heldIdx = Enumerable.Range(0, test.Pairs.Count).ToList();
+        using var spm = new Sudo.Preference.StepAwarePreferenceModel(WorldScorer.NewClip(tok, pipe.unet.config.sample_size * pipe.vae_scale_factor));
+        var before = WorldScorer.Agreement(spm, tok, test, heldIdx);
+        WorldScorer.Train(spm, tok, train, all, c.scorer_steps, batch_size: 32, learning_rate: 3e-4, log_every: 100);
+        var plain = WorldScorer.Agreement(spm, tok, test, heldIdx);
+        WorldScorer.Train(spm, tok, train, all, c.scorer_steps / 3, batch_size: 16, learning_rate: 1e-4, basePipe: pipe, log_every: 100, seed: 1);
+        var stepAware = WorldScorer.Agreement(spm, tok, test, heldIdx);
+        var atT = new JsonObject();
+        foreach (var t in new[] { 250, 500, 750 }) atT[$"{t}"] = Math.Round(WorldScorer.AgreementAt(spm, tok, test, heldIdx, pipe, t), 4);
+        spm.save_pretrained(dir);
+        AtomicFile.WriteAllText(Path.Combine(dir, "agreement.json"), new JsonObject
+        {
+            ["held_out_pairs"] = test.Pairs.Count,
+            ["train_pairs"] = train.Pairs.Count,
+            ["untrained"] = Math.Round(before, 4),
+            ["plain_scorer_clean"] = Math.Round(plain, 4),
+            ["step_aware_clean"] = Math.Round(stepAware, 4),
+            ["step_aware_x0_at_t"] = atT,
+            ["seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 1),
+        }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        File.WriteAllText(keyFile, key);
+        log($"world study: scorer agreement with the judge on {test.Pairs.Count} held-out pairs: untrained {before:F3}, plain {plain:F3}, step-aware {stepAware:F3} (x̂₀ at t=250/500/750: {atT["250"]}/{atT["500"]}/{atT["750"]}); {sw.Elapsed.TotalSeconds:F0} s");
+        return dir;
+    }
+
+    /// <summary>The study's pairs plus n rendered pairs (a correct render preferred to a render with one attribute
+    /// corrupted), as one pair folder referencing the original images.</summary>
+    static string WriteRenderAugmented(string pairsDir, string folder, int n)
+    {
+        var rng = new Random(2024);
+        Directory.CreateDirectory(Path.Combine(folder, "renders"));
+        var rel = Path.GetRelativePath(folder, pairsDir);
+        var lines = File.ReadAllLines(Path.Combine(pairsDir, "pairs.jsonl")).Where(l => l.Length > 0).Select(l =>
+        {
+            var o = JsonNode.Parse(l)!.AsObject();
+            o["image_0"] = Path.Combine(rel, (string)o["image_0"]!);
+            o["image_1"] = Path.Combine(rel, (string)o["image_1"]!);
+            return o.ToJsonString();
+        }).ToList();
+        var prompts = World.Prompts("train", n, 5);
+        string[] kinds = ["color", "shape", "size", "background", "count", "relation"];
+        for (var i = 0; i < n; i++)
+        {
+            var spec = World.Parse(prompts[i]);
+            var kind = kinds[rng.Next(kinds.Length)];
+            if (kind == "relation" && !spec.IsRelation) kind = "count";
+            if (kind == "count" && spec.IsRelation) kind = "color";
+            var (bad, _) = JudgeEvaluation.Corrupt(spec, kind, rng);
+            var good = $"renders/{i:D5}_good.png";
+            var worse = $"renders/{i:D5}_bad.png";
+            ImageCodecs.Save(World.Render(spec.background, World.Layout(spec, 32, rng), 32), Path.Combine(folder, good));
+            ImageCodecs.Save(World.Render(bad.background, World.Layout(bad, 32, rng), 32), Path.Combine(folder, worse));
+            var swap = rng.Next(2) == 0;
+            lines.Add(new JsonObject
+            {
+                ["caption"] = prompts[i],
+                ["image_0"] = swap ? worse : good,
+                ["image_1"] = swap ? good : worse,
+                ["label_0"] = swap ? 0.0 : 1.0,
+            }.ToJsonString());
+        }
+        AtomicFile.WriteAllText(Path.Combine(folder, "pairs.jsonl"), string.Join("\n", lines) + "\n");
+        return folder;
+    }
+
     /// <summary>Runs `dotnet fsi recipe -- args` from the repository root with the console inherited (progress bars show).</summary>
     public static void RunRecipe(string root, string recipe, IReadOnlyList<string> args)
     {
@@ -235,11 +345,9 @@ public static class WorldStudy
     }
 
     /// <summary>Win rate against the base on the same prompt and seed (ties count one half).</summary>
-    public static double WinRate(IReadOnlyList<Judge.Result> method, IReadOnlyList<Judge.Result> baseline)
-    {
-        if (method.Count != baseline.Count) throw new ArgumentException($"win rate needs matched samples, got {method.Count} vs {baseline.Count}");
-        return method.Zip(baseline, (m, b) => Math.Abs(m.score - b.score) < 1e-9 ? 0.5 : m.score > b.score ? 1.0 : 0.0).Average();
-    }
+    public static double WinRate(IReadOnlyList<Judge.Result> method, IReadOnlyList<Judge.Result> baseline) =>
+        method.Count == baseline.Count ? Wins(method, baseline).Average()
+        : throw new ArgumentException($"win rate needs matched samples, got {method.Count} vs {baseline.Count}");
 
     /// <summary>Mean and 95% half-width: Student t over the values (training seeds), or normal over samples when one.</summary>
     public static (double mean, double half) MeanCi(IReadOnlyList<double> v)
@@ -268,6 +376,52 @@ public static class WorldStudy
         _ => 1.96,
     };
 
+    // ---------- table helpers (paper-repro) ----------
+
+    static List<Judge.Result> Split(RunResult r, string split) => split == "test" ? r.test : r.validation;
+    static List<Judge.Result> BaseSplit(Report rep, string split) => split == "test" ? rep.base_test : rep.base_validation;
+    static List<RunResult> RunsOf(Report rep, string method)
+    {
+        var rs = rep.runs.Where(r => r.method == method).OrderBy(r => r.seed).ToList();
+        return rs.Count > 0 ? rs : throw new ArgumentException($"the study has no runs of '{method}' (methods: {string.Join(", ", rep.runs.Select(r => r.method).Distinct())})");
+    }
+
+    /// <summary>Mean judge score on a split ("validation" or "test"): mean ± 95% interval over training seeds; "base" has no interval.</summary>
+    public static (double mean, double half) MeanScore(Report rep, string method, string split) =>
+        method == "base" ? (BaseSplit(rep, split).Average(r => r.score), double.NaN)
+        : Metric(RunsOf(rep, method), r => Split(r, split).Select(x => x.score).ToList());
+
+    /// <summary>Mean accuracy of one judge attribute over both held-out splits (per training seed, then mean ± interval).</summary>
+    public static (double mean, double half) MeanAttribute(Report rep, string method, string attribute) =>
+        method == "base" ? (AttributeMean(rep.base_validation.Concat(rep.base_test), attribute), double.NaN)
+        : Metric(RunsOf(rep, method), r => r.validation.Concat(r.test).Where(x => x.attributes.ContainsKey(attribute)).Select(x => x.attributes[attribute]).ToList());
+
+    /// <summary>Win rate of a method against the base on a split (same prompt and sampling seed), per training seed.</summary>
+    public static (double mean, double half) WinVsBase(Report rep, string method, string split) =>
+        Metric(RunsOf(rep, method), r => Wins(Split(r, split), BaseSplit(rep, split)));
+
+    /// <summary>Head-to-head win rate of a over b (same prompt, sampling seed and training seed).</summary>
+    public static (double mean, double half) HeadToHead(Report rep, string a, string b, string split)
+    {
+        var ra = RunsOf(rep, a);
+        var rb = RunsOf(rep, b).ToDictionary(r => r.seed);
+        var pairs = ra.Where(r => rb.ContainsKey(r.seed)).ToList();
+        if (pairs.Count >= 2) return MeanCi(pairs.Select(r => Wins(Split(r, split), Split(rb[r.seed], split)).Average()).ToList());
+        return Metric(pairs, r => Wins(Split(r, split), Split(rb[r.seed], split)));
+    }
+
+    /// <summary>Training wall seconds and peak memory of a method, averaged over its runs.</summary>
+    public static (double seconds, double peak_mb) Cost(Report rep, string method) =>
+        (RunsOf(rep, method).Average(r => r.train_seconds), RunsOf(rep, method).Average(r => r.peak_rss_mb));
+
+    static List<double> Wins(IReadOnlyList<Judge.Result> a, IReadOnlyList<Judge.Result> b) =>
+        a.Zip(b, (p, q) => Math.Abs(p.score - q.score) < 1e-9 ? 0.5 : p.score > q.score ? 1.0 : 0.0).ToList();
+
+    /// <summary>"m ± h" (or "m" without an interval); percent multiplies by 100 with one decimal.</summary>
+    public static string Cell((double mean, double half) x, bool percent = false) =>
+        percent ? (double.IsNaN(x.half) ? $"{(100 * x.mean).ToString("F1", CultureInfo.InvariantCulture)}%" : $"{(100 * x.mean).ToString("F1", CultureInfo.InvariantCulture)} ± {(100 * x.half).ToString("F1", CultureInfo.InvariantCulture)}%")
+        : Fmt(x);
+
     static string Fmt((double mean, double half) x, int digits = 3) =>
         double.IsNaN(x.half) ? x.mean.ToString($"F{digits}", CultureInfo.InvariantCulture)
         : $"{x.mean.ToString($"F{digits}", CultureInfo.InvariantCulture)} ± {x.half.ToString($"F{digits}", CultureInfo.InvariantCulture)}";
@@ -287,6 +441,7 @@ public static class WorldStudy
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
         sb.AppendLine("# Shapes-world method comparison\n");
+        if (c.report_note is { Length: > 0 } note) sb.AppendLine(note + "\n");
         var n = c.seeds.Length;
         sb.AppendLine(n >= 2
             ? $"Each cell: mean ± 95% interval over **{n} training seeds** ({string.Join(", ", c.seeds)}; Student t, {n - 1} df); each seed's value is the mean over {c.eval_prompts} held-out prompts × {c.eval_seeds} sampling seeds per split."
@@ -305,7 +460,6 @@ public static class WorldStudy
         {
             var rs = runs.Where(r => r.method == m).ToList();
             IReadOnlyList<double> Scores(List<Judge.Result> x) => x.Select(r => r.score).ToList();
-            IReadOnlyList<double> Wins(List<Judge.Result> x, List<Judge.Result> b) => x.Zip(b, (p, q) => Math.Abs(p.score - q.score) < 1e-9 ? 0.5 : p.score > q.score ? 1.0 : 0.0).ToList();
             IReadOnlyList<double> Attr(RunResult r, string a) => r.validation.Concat(r.test).Where(x => x.attributes.ContainsKey(a)).Select(x => x.attributes[a]).ToList();
             var attrs = new[] { "color", "shape", "size", "count", "relation" }.Select(a => Fmt(Metric(rs, r => Attr(r, a)))).ToArray();
             sb.AppendLine($"| {Methods[m].label} | {Fmt(Metric(rs, r => Scores(r.validation)))} | {Fmt(Metric(rs, r => Scores(r.test)))} | {Fmt(Metric(rs, r => Wins(r.validation, baseVal)))} | {Fmt(Metric(rs, r => Wins(r.test, baseTest)))} | "
@@ -322,6 +476,8 @@ public static class WorldStudy
         }
         sb.AppendLine($"\nBase: `{baseDir}`; pairs: `{pairsDir}` ({c.pair_prompts} train prompts × 2 base samples, label noise {c.label_noise.ToString(inv)}, tie margin {c.tie_margin.ToString(inv)}). "
             + $"Train s and peak MB come from each run's train_summary.json (peak resident memory of the recipe process); threads: torch {get_num_threads()}. Whole study {seconds:F0} s.");
+        if (c.build_seconds is double build)
+            sb.AppendLine($"\n**Time**: system packages {c.setup_seconds ?? 0:F0} s (apt; reported apart), build {build:F0} s, study {seconds:F0} s — **{build + seconds:F0} s ({(build + seconds) / 60:F1} min) from command to report**.");
         return sb.ToString();
     }
 

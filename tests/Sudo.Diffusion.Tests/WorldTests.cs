@@ -39,6 +39,24 @@ public class WorldTests
     }
 
     [Test]
+    public void TheTightestLayoutsFitAt32Pixels()
+    {
+        // Two large objects stacked vertically leave ~2 px of slack at 32 px: rare under rejection sampling, but
+        // every seed must find one (a failure here once stopped a base build at step 1,900).
+        foreach (var rel in World.Relations)
+        {
+            var spec = World.Parse($"a large green triangle {rel} a large purple square on a white background");
+            for (var seed = 0; seed < 200; seed++)
+            {
+                var placed = World.Layout(spec, 32, new Random(seed));
+                Assert.That(World.RelationHolds(rel, placed[0].cx, placed[0].cy, placed[1].cx, placed[1].cy, 32), Is.True);
+            }
+        }
+        var two = World.Parse("two large red circles on a black background");
+        for (var seed = 0; seed < 200; seed++) Assert.That(World.Layout(two, 32, new Random(seed)), Has.Count.EqualTo(2));
+    }
+
+    [Test]
     public void RendererIsExactInsideAntiAliasedAtEdgesAndDeterministic()
     {
         var img = World.Render("white", [new World.Placed(new World.ObjectSpec("red", "circle", "large"), 16, 16, 8)], 32);

@@ -68,4 +68,43 @@ public class WorldBaseTests
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
         }
     }
+
+    /// <summary>The shipped base (assets/world/base) was trained by `sudoml world base` with the settings in its
+    /// world_base.json; re-running the first steps of both phases must land on its recorded train_log.jsonl.</summary>
+    [Test]
+    public void ShippedBaseFirstStepsReproduceTheRecordedCurve()
+    {
+        var folder = Path.Combine(WorldStudy.FindRepoRoot(TestContext.CurrentContext.TestDirectory), "assets", "world", "base");
+        var meta = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "world_base.json")))!;
+        var cfg = System.Text.Json.JsonSerializer.Deserialize<WorldBaseConfig>(meta["config"]!.ToJsonString())!;
+        Assert.That(cfg.Key, Is.EqualTo((string)meta["key"]!), "world_base.json's settings give its key");
+        var log = File.ReadAllLines(Path.Combine(folder, "train_log.jsonl")).Select(l => System.Text.Json.Nodes.JsonNode.Parse(l)!).ToList();
+        double[] Recorded(string phase, int n) => log.Where(o => (string)o["phase"]! == phase).Take(n).Select(o => o["loss"]!.GetValue<double>()).ToArray();
+        Assert.That(log.Count(o => (string)o["phase"]! == "unet"), Is.EqualTo(cfg.unet_steps));
+
+        var threads = Sudo.Torch.torch.get_num_threads();
+        Sudo.Torch.torch.set_num_threads((int)meta["torch_threads"]!);
+        try
+        {
+            const int n = 6;
+            var prompts = World.Prompts("train", cfg.train_prompts, (int)cfg.seed);
+            var vaeLosses = new List<double>();
+            var (vae, _) = WorldBase.TrainVae(cfg, prompts, n, Sudo.Torch.Device.CPU, (_, l) => vaeLosses.Add(l));
+            vae.Dispose();
+            Assert.That(vaeLosses, Is.EqualTo(Recorded("vae", n)).Within(0.5).Percent, "VAE reconstruction MSE, steps 1–6");
+
+            // The UNet phase starts from the shipped VAE (stored in fp16, so its latents differ from training's in the 4th digit).
+            var tok = CLIPTokenizer.from_pretrained(Path.Combine(folder, "tokenizer"));
+            using var shippedVae = AutoencoderKL.from_pretrained(Path.Combine(folder, "vae"));
+            var unetLosses = new List<double>();
+            var (unet, te) = WorldBase.TrainUnet(cfg, prompts, tok, shippedVae, n, Sudo.Torch.Device.CPU, (_, l) => unetLosses.Add(l));
+            unet.Dispose();
+            te.Dispose();
+            Assert.That(unetLosses, Is.EqualTo(Recorded("unet", n)).Within(2).Percent, "UNet ε-loss, steps 1–6");
+        }
+        finally
+        {
+            Sudo.Torch.torch.set_num_threads(threads);
+        }
+    }
 }

@@ -1,0 +1,43 @@
+// The one toy study behind every paper-repro table: the shipped shapes-world base, judge-labelled pairs, each
+// method through its recipe with 3 training seeds, judged on held-out prompts. Runs are cached in
+// runs/paper-repro, so the three papers' scripts share them (the first one pays, the others reuse).
+#load "../scripts/_load.fsx"
+open System
+open System.IO
+open Sudo.Training
+
+let config =
+    WorldStudyConfig(
+        output_dir = "runs/paper-repro",
+        methods = [| "sft"; "dpo"; "sudo"; "dpo_shuffled"; "dpo_snr"; "spo" |],
+        seeds = [| 0; 1; 2 |],
+        max_train_steps = 300,
+        eval_prompts = 48,
+        eval_seeds = 2)
+
+let clock = Diagnostics.Stopwatch.StartNew()
+let report = WorldStudy.Run(config)
+
+let pct (x: struct (float * float)) = WorldStudy.Cell(x, true)
+let num (x: struct (float * float)) = WorldStudy.Cell(x)
+let splits = [ "validation", "held-out prompts, seen colour–shape pairs"; "test", "held-out prompts, unseen colour–shape pairs" ]
+let label m = if m = "base" then "base" else WorldStudy.Methods.[m].label
+
+/// The header every RESULTS.md shares: how the numbers were made and how to read the intervals.
+let preamble (script: string) =
+    sprintf """Regenerate: `dotnet fsi %s` from the repository root (runs the shared study in `paper-repro/_study.fsx`;
+cached runs are reused; the whole toy reproduction of the three papers took %.0f min of wall time here on 2 cores).
+
+Toy world: the shipped shapes-world base (`assets/world/base`), %d train prompts → judge-labelled pairs (label noise %.2f,
+ties dropped), every method %d steps × %d pairs (lr %g, β %g; SPO: %d rounds × %d prompts, LoRA r %d) through its recipe,
+**%d training seeds** (%s). Each seed is judged on %d held-out prompts per split × %d sampling seeds (the same prompts and seeds
+for every model). Cells are mean ± 95%% interval over the training seeds (Student t, %d df). Score = the world's judge
+(0.8·attribute checks + 0.2·quality), the toy analogue of the papers' reward models; win rate = share of (prompt, seed) where
+the image beats the other model's image on the judge (ties ½).
+"""     script (clock.Elapsed.TotalMinutes) config.pair_prompts config.label_noise config.max_train_steps config.train_batch_size
+        config.learning_rate config.beta_dpo config.spo_rounds config.spo_prompts_per_round config.spo_lora_rank
+        config.seeds.Length (String.Join(", ", config.seeds)) config.eval_prompts config.eval_seeds (config.seeds.Length - 1)
+
+let write (path: string) (text: string) =
+    Sudo.Torch.AtomicFile.WriteAllText(path, text)
+    printfn "wrote %s" path
