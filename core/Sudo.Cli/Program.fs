@@ -219,7 +219,7 @@ type WorldArgs =
             | Label_Noise _ -> "pairs: probability of flipping a label (default 0.1)."
             | Tie_Margin _ -> "pairs: judge gaps below this are ties, dropped in training (default 0.02)."
             | Model _ -> "eval: a pipeline folder to sample and judge."
-            | Vae_Steps _ -> "base: VAE training steps (default 500)."
+            | Vae_Steps _ -> "base: VAE training steps (default 1500)."
             | Unet_Steps _ -> "base: UNet + text encoder training steps (default 1500)."
             | Split _ -> "prompts: train, validation or test (test holds unseen colour-shape combinations)."
             | N _ -> "prompts: how many (default 100); judge: images (default 300)."

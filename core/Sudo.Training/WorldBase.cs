@@ -15,7 +15,7 @@ public sealed record WorldBaseConfig
     public int resolution { get; init; } = 32;
     public int bpe_merges { get; init; } = 300;
     public int train_prompts { get; init; } = 3000;
-    public int vae_steps { get; init; } = 500;
+    public int vae_steps { get; init; } = 1500;
     public int unet_steps { get; init; } = 1500;
     public int batch_size { get; init; } = 32;
     public double vae_learning_rate { get; init; } = 1e-3;
@@ -23,6 +23,8 @@ public sealed record WorldBaseConfig
     /// <summary>Captions replaced by "" this often (so classifier-free guidance works).</summary>
     public double caption_dropout { get; init; } = 0.1;
     public double vae_kl_weight { get; init; } = 1e-6;
+    /// <summary>Both phases decay their learning rate on a half cosine to this fraction of the start (over the configured steps).</summary>
+    public double final_lr_fraction { get; init; } = 0.05;
     public long seed { get; init; } = 0;
     public string device { get; init; } = "cpu";
     /// <summary>dtype of the written weights: "float16" halves the folder (the shipped base), loading casts back to fp32.</summary>
@@ -133,6 +135,10 @@ public static class WorldBase
         return folder;
     }
 
+    /// <summary>The learning rate after <paramref name="step"/> of <paramref name="total"/>: lr·(f + (1 − f)·½(1 + cos πs/T)).</summary>
+    public static double CosineLr(double lr, double finalFraction, int step, int total) =>
+        lr * (finalFraction + (1 - finalFraction) * 0.5 * (1 + Math.Cos(Math.PI * Math.Min(step, total) / total)));
+
     static Tensor RenderBatch(List<string> captions, int resolution, Random rng, Device device)
     {
         using var scope = NewDisposeScope();
@@ -177,6 +183,7 @@ public static class WorldBase
                 loss.backward();
                 opt.step();
                 onStep(step, recon.item());
+                opt.param_groups[0].lr = CosineLr(c.vae_learning_rate, c.final_lr_fraction, step, c.vae_steps);
             }
         using (no_grad())
         using (var scope = NewDisposeScope())
@@ -249,6 +256,7 @@ public static class WorldBase
             nn.utils.clip_grad_norm_(trainable, 1.0);
             opt.step();
             onStep(step, loss.item());
+            opt.param_groups[0].lr = CosineLr(c.unet_learning_rate, c.final_lr_fraction, step, c.unet_steps);
         }
         return (unet, te);
     }
