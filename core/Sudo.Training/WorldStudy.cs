@@ -193,7 +193,7 @@ public static class WorldStudy
         foreach (var t in baseWeights.Values) t.Dispose();
 
         // 5. Report.
-        var md = Markdown(c, baseDir, pairsDir, baseVal, baseTest, runs, sw.Elapsed.TotalSeconds);
+        var md = Markdown(c, root, baseDir, pairsDir, baseVal, baseTest, runs, sw.Elapsed.TotalSeconds);
         var truth = ("target (rendered)", gridPrompts.Select((p, i) => (World.Render(p, 32, i), double.NaN)).ToList());
         ImageCodecs.Save(DrawGrid(gridPrompts, grid.Prepend(truth).ToList()), Path.Combine(outDir, "grid.png"));
         ImageCodecs.Save(DrawCurves(runs.Where(r => r.seed == c.seeds[0]).Select(r => (Methods[r.method].label, r.curve)).ToList(),
@@ -220,7 +220,8 @@ public static class WorldStudy
     public static string EnsureScorer(StableDiffusionPipeline pipe, string outDir, string pairsDir, WorldStudyConfig c, Action<string> log)
     {
         var dir = Path.Combine(outDir, "scorer");
-        var key = $"{File.ReadAllText(Path.Combine(pairsDir, "study_key.txt"))}|{c.scorer_steps}|{c.scorer_render_pairs}|{c.scorer_eval_pairs}";
+        var pairsHash = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(Path.Combine(pairsDir, "pairs.jsonl"))))[..16];
+        var key = $"{pairsHash}|{c.scorer_steps}|{c.scorer_render_pairs}|{c.scorer_eval_pairs}|{c.sample_steps}|{c.guidance_scale}";
         var keyFile = Path.Combine(dir, "study_key.txt");
         if (File.Exists(keyFile) && File.ReadAllText(keyFile) == key) return dir;
         var sw = Stopwatch.StartNew();
@@ -436,7 +437,7 @@ public static class WorldStudy
         return (mean, 1.96 * sd / Math.Sqrt(v.Count));
     }
 
-    static string Markdown(WorldStudyConfig c, string baseDir, string pairsDir, List<Judge.Result> baseVal, List<Judge.Result> baseTest, List<RunResult> runs, double seconds)
+    static string Markdown(WorldStudyConfig c, string root, string baseDir, string pairsDir, List<Judge.Result> baseVal, List<Judge.Result> baseTest, List<RunResult> runs, double seconds)
     {
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
@@ -472,7 +473,7 @@ public static class WorldStudy
         foreach (var m in c.methods)
         {
             var r = runs.First(x => x.method == m);
-            sb.AppendLine($"- **{Methods[m].label}** — {Methods[m].note}:\n  `{r.command.Replace(Path.GetDirectoryName(baseDir)! + "/", "")}`");
+            sb.AppendLine($"- **{Methods[m].label}** — {Methods[m].note}:\n  `{r.command.Replace(root + "/", "")}`");
         }
         sb.AppendLine($"\nBase: `{baseDir}`; pairs: `{pairsDir}` ({c.pair_prompts} train prompts × 2 base samples, label noise {c.label_noise.ToString(inv)}, tie margin {c.tie_margin.ToString(inv)}). "
             + $"Train s and peak MB come from each run's train_summary.json (peak resident memory of the recipe process); threads: torch {get_num_threads()}. Whole study {seconds:F0} s.");

@@ -1,4 +1,4 @@
-// SPO (Liang et al., CVPR 2025), toy analogue of Table 2 (SD-1.5: SPO vs Diffusion-DPO vs base) and of the
+// SPO (Liang et al., arXiv 2406.04314; CVPR 2025), toy analogue of Table 2 (SD-1.5: SPO vs Diffusion-DPO vs base) and of the
 // training-cost comparison (§5.4), with the learned step-aware scorer's agreement. dotnet fsi paper-repro/spo/run.fsx
 #load "../_study.fsx"
 open System.IO

@@ -1,4 +1,4 @@
-// SUDO / Self-DPO (Peng et al., NeurIPS 2025), toy analogue of Table 2: average score and win rate against the base
+// SUDO / Self-DPO (Peng et al., arXiv 2504.14534; NeurIPS 2025), toy analogue of Table 2: average score and win rate against the base
 // for SFT, DPO and SUDO, plus SUDO head-to-head against SFT and DPO. dotnet fsi paper-repro/sudo/run.fsx
 #load "../_study.fsx"
 open _study
