@@ -177,8 +177,8 @@ type QuickstartArgs =
             | Out _ -> "report folder (default runs/quickstart)."
             | Methods _ -> "comma-separated methods (default sft,dpo,sudo; also dpo_shuffled, dpo_snr, spo)."
             | Steps _ -> "training steps per method (default 300)."
-            | Pairs _ -> "train prompts turned into judge-labelled pairs (default 400)."
-            | Eval_Prompts _ -> "held-out prompts per split (default 48), each with 2 sampling seeds."
+            | Pairs _ -> "train prompts turned into judge-labelled pairs (default 300)."
+            | Eval_Prompts _ -> "held-out prompts per split (default 40), each with 2 sampling seeds."
 
 type WorldArgs =
     | [<MainCommand; ExactlyOnce>] Action of action: string
@@ -377,8 +377,8 @@ let main argv =
                     output_dir = a.GetResult(QuickstartArgs.Out, defaultValue = "runs/quickstart"),
                     methods = a.GetResult(QuickstartArgs.Methods, defaultValue = "sft,dpo,sudo").Split(',', System.StringSplitOptions.RemoveEmptyEntries),
                     max_train_steps = a.GetResult(QuickstartArgs.Steps, defaultValue = d.max_train_steps),
-                    pair_prompts = a.GetResult(QuickstartArgs.Pairs, defaultValue = d.pair_prompts),
-                    eval_prompts = a.GetResult(QuickstartArgs.Eval_Prompts, defaultValue = d.eval_prompts),
+                    pair_prompts = a.GetResult(QuickstartArgs.Pairs, defaultValue = 300),
+                    eval_prompts = a.GetResult(QuickstartArgs.Eval_Prompts, defaultValue = 40),
                     setup_seconds = envSeconds "SUDO_SETUP_SECONDS", build_seconds = envSeconds "SUDO_BUILD_SECONDS")
             let r = Sudo.Training.WorldStudy.Run(cfg)
             printfn "\n%s" r.markdown

@@ -267,8 +267,8 @@ public static class WorldStudy
         var lines = File.ReadAllLines(Path.Combine(pairsDir, "pairs.jsonl")).Where(l => l.Length > 0).Select(l =>
         {
             var o = JsonNode.Parse(l)!.AsObject();
-            o["image_0"] = Path.Combine(rel, (string)o["image_0"]!);
-            o["image_1"] = Path.Combine(rel, (string)o["image_1"]!);
+            foreach (var k in new[] { "image_0", "image_1", "winner", "loser" })
+                if (o[k] is JsonValue v) o[k] = Path.Combine(rel, v.GetValue<string>());
             return o.ToJsonString();
         }).ToList();
         var prompts = World.Prompts("train", n, 5);
