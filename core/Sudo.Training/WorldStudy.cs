@@ -138,9 +138,9 @@ public static class WorldStudy
         double CurvePoint() => WorldBase.Evaluate(pipe, valPrompts.Take(c.curve_prompts).ToList(), 0, c.sample_steps, c.guidance_scale).Average(r => r.score);
 
         var t1 = sw.Elapsed.TotalSeconds;
-        var baseVal = Eval(valPrompts);
-        var baseTest = Eval(testPrompts);
-        var baseCurve = CurvePoint();
+        var evalKey = $"{c.eval_prompts}|{c.eval_seeds}|{c.curve_prompts}|{c.sample_steps}|{c.guidance_scale}";
+        var (baseVal, baseTest, baseCurvePts) = CachedEval(Path.Combine(outDir, "base_eval.json"), evalKey, () => (Eval(valPrompts), Eval(testPrompts), [(0, CurvePoint())]));
+        var baseCurve = baseCurvePts[0].score;
         var grid = new List<(string label, List<(RgbImage img, double score)> row)> { ("base", GridRow()) };
         log($"world study: base judged on {valPrompts.Count}+{testPrompts.Count} held-out prompts × {c.eval_seeds} seeds: validation {baseVal.Average(r => r.score):F4}, test {baseTest.Average(r => r.score):F4} ({sw.Elapsed.TotalSeconds - t1:F0} s)");
 
@@ -175,17 +175,23 @@ public static class WorldStudy
                     File.WriteAllText(argsPath, command);
                 }
                 var summary = JsonNode.Parse(File.ReadAllText(summaryPath))!;
-                var curve = new List<(int, double)> { (0, baseCurve) };
-                foreach (var ck in Directory.GetDirectories(runDir, "checkpoint-*").Select(d => (d, n: int.Parse(Path.GetFileName(d)["checkpoint-".Length..]))).OrderBy(x => x.n))
+                var (val, test, curve) = CachedEval(Path.Combine(runDir, "study_eval.json"), evalKey + "|" + command, () =>
                 {
-                    LoadUnet(pipe, Path.Combine(ck.d, "unet"));
-                    curve.Add((ck.n, CurvePoint()));
+                    var pts = new List<(int, double)> { (0, baseCurve) };
+                    foreach (var ck in Directory.GetDirectories(runDir, "checkpoint-*").Select(d => (d, n: int.Parse(Path.GetFileName(d)["checkpoint-".Length..]))).OrderBy(x => x.n))
+                    {
+                        LoadUnet(pipe, Path.Combine(ck.d, "unet"));
+                        pts.Add((ck.n, CurvePoint()));
+                    }
+                    LoadUnet(pipe, Path.Combine(runDir, "unet"));
+                    if (pts[^1].Item1 != c.max_train_steps) pts.Add((c.max_train_steps, CurvePoint()));
+                    return (Eval(valPrompts), Eval(testPrompts), pts);
+                });
+                if (seed == c.seeds[0])
+                {
+                    LoadUnet(pipe, Path.Combine(runDir, "unet"));
+                    grid.Add((spec.label, GridRow()));
                 }
-                LoadUnet(pipe, Path.Combine(runDir, "unet"));
-                if (curve[^1].Item1 != c.max_train_steps) curve.Add((c.max_train_steps, CurvePoint()));
-                var val = Eval(valPrompts);
-                var test = Eval(testPrompts);
-                if (seed == c.seeds[0]) grid.Add((spec.label, GridRow()));
                 runs.Add(new RunResult(m, seed, runDir, val, test, curve, summary["seconds"]!.GetValue<double>(), summary["peak_rss_mb"]!.GetValue<double>(), command));
                 log($"world study: {spec.label}, seed {seed}: validation {val.Average(r => r.score):F4}, test {test.Average(r => r.score):F4}");
                 using (no_grad()) pipe.unet.load_state_dict(baseWeights);
@@ -295,6 +301,34 @@ public static class WorldStudy
         }
         AtomicFile.WriteAllText(Path.Combine(folder, "pairs.jsonl"), string.Join("\n", lines) + "\n");
         return folder;
+    }
+
+    /// <summary>Judge results (validation, test, learning curve) from a cache file written with the same key, or computed and saved.</summary>
+    static (List<Judge.Result> val, List<Judge.Result> test, List<(int step, double score)> curve) CachedEval(string path, string key,
+        Func<(List<Judge.Result>, List<Judge.Result>, List<(int, double)>)> compute)
+    {
+        static JsonArray Save(List<Judge.Result> rs) => new(rs.Select(r => (JsonNode)new JsonObject
+        {
+            ["score"] = r.score,
+            ["quality"] = r.quality,
+            ["background"] = r.background,
+            ["attributes"] = new JsonObject(r.attributes.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
+        }).ToArray());
+        static List<Judge.Result> Load(JsonNode a) => a.AsArray().Select(o => new Judge.Result(
+            o!["attributes"]!.AsObject().ToDictionary(kv => kv.Key, kv => kv.Value!.GetValue<double>()),
+            o["quality"]!.GetValue<double>(), o["score"]!.GetValue<double>(), [], (string)o["background"]!)).ToList();
+        if (File.Exists(path) && JsonNode.Parse(File.ReadAllText(path)) is JsonObject cached && (string?)cached["key"] == key)
+            return (Load(cached["validation"]!), Load(cached["test"]!),
+                cached["curve"]!.AsArray().Select(p => (p![0]!.GetValue<int>(), p[1]!.GetValue<double>())).ToList());
+        var (val, test, curve) = compute();
+        AtomicFile.WriteAllText(path, new JsonObject
+        {
+            ["key"] = key,
+            ["validation"] = Save(val),
+            ["test"] = Save(test),
+            ["curve"] = new JsonArray(curve.Select(p => (JsonNode)new JsonArray(p.Item1, p.Item2)).ToArray()),
+        }.ToJsonString());
+        return (val, test, curve);
     }
 
     /// <summary>Runs `dotnet fsi recipe -- args` from the repository root with the console inherited (progress bars show).</summary>
