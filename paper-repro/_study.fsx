@@ -26,7 +26,8 @@ let label m = if m = "base" then "base" else WorldStudy.Methods.[m].label
 /// The header every RESULTS.md shares: how the numbers were made and how to read the intervals.
 let preamble (script: string) =
     sprintf """Regenerate: `dotnet fsi %s` from the repository root (runs the shared study in `paper-repro/_study.fsx`;
-cached runs are reused; the whole toy reproduction of the three papers took %.0f min of wall time here on 2 cores).
+cached runs and evaluations are reused; this script took %.0f min of wall time here on 2 cores; `bash paper-repro/run_all.sh`
+regenerates all three papers' tables, see paper-repro/README.md for its measured total).
 
 Toy world: the shipped shapes-world base (`assets/world/base`), %d train prompts → judge-labelled pairs (label noise %.2f,
 ties dropped), every method %d steps × %d pairs (lr %g, β %g; SPO: %d rounds × %d prompts, LoRA r %d) through its recipe,
@@ -37,6 +38,14 @@ the image beats the other model's image on the judge (ties ½).
 """     script (clock.Elapsed.TotalMinutes) config.pair_prompts config.label_noise config.max_train_steps config.train_batch_size
         config.learning_rate config.beta_dpo config.spo_rounds config.spo_prompts_per_round config.spo_lora_rank
         config.seeds.Length (String.Join(", ", config.seeds)) config.eval_prompts config.eval_seeds (config.seeds.Length - 1)
+
+/// Whether a win rate's 95% interval lies above, below or across 50%.
+let verdict (x: struct (float * float)) =
+    let struct (m, h) = x
+    if System.Double.IsNaN h then "one seed: no interval"
+    elif m - h > 0.5 then "above 50%"
+    elif m + h < 0.5 then "below 50%"
+    else "not distinguishable from 50%"
 
 let write (path: string) (text: string) =
     Sudo.Torch.AtomicFile.WriteAllText(path, text)

@@ -26,7 +26,8 @@ write "paper-repro/spo/RESULTS.md" (
 |---|---|---|---|---|---|
 """ + String.concat "\n" rows + """
 
-SPO vs Diffusion-DPO head-to-head: validation """ + pct (WorldStudy.HeadToHead(report, "spo", "dpo", "validation")) + ", test " + pct (WorldStudy.HeadToHead(report, "spo", "dpo", "test")) + """.
+SPO vs Diffusion-DPO head-to-head: validation """ + pct (WorldStudy.HeadToHead(report, "spo", "dpo", "validation")) + ", test " + pct (WorldStudy.HeadToHead(report, "spo", "dpo", "test")) + """
+(""" + verdict (WorldStudy.HeadToHead(report, "spo", "dpo", "test")) + """); SPO vs base on test: """ + verdict (WorldStudy.WinVsBase(report, "spo", "test")) + """.
 
 ## Training cost (measured, 2 CPU cores, per run)
 

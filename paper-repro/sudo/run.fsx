@@ -46,7 +46,9 @@ Per-attribute accuracy (both splits):
 | Self-DPO | 21.23 | 27.33 | 71.00 | 78.60 | 94.20 | 85.20 |
 
 (SDXL, same table: SFT hurts — 19.4% PickScore win rate — while DPO 72.6% and Self-DPO 60.8%.) The toy table asks the
-same question on the world: does SUDO, which never sees a human loser, match or beat DPO, and both beat SFT?
+same question on the world: does SUDO, which never sees a human loser, match or beat DPO, and both beat SFT? Measured
+(test split, 95% intervals over 3 training seeds): SUDO vs base """ + verdict (WorldStudy.WinVsBase(report, "sudo", "test")) + """, SUDO vs SFT """ + verdict (WorldStudy.HeadToHead(report, "sudo", "sft", "test")) + """,
+SUDO vs DPO """ + verdict (WorldStudy.HeadToHead(report, "sudo", "dpo", "test")) + """.
 
 ## Real-scale commands (GPU; not run here)
 
