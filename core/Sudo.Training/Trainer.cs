@@ -462,21 +462,9 @@ public sealed class Trainer : IDisposable
             ["method"] = method,
             ["steps"] = steps,
             ["seconds"] = Math.Round(seconds, 1),
-            ["peak_rss_mb"] = Math.Round(PeakRssMegabytes(), 1),
+            ["peak_rss_mb"] = Math.Round(UNetBench.PeakRssMb(), 1),
             ["torch_threads"] = get_num_threads(),
         }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-    }
-
-    /// <summary>The process's peak resident set (VmHWM on Linux) in MB.</summary>
-    public static double PeakRssMegabytes()
-    {
-        const string status = "/proc/self/status";
-        if (File.Exists(status))
-            foreach (var line in File.ReadLines(status))
-                if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
-                    return double.Parse(line["VmHWM:".Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) / 1024;
-        using var me = Process.GetCurrentProcess();
-        return me.PeakWorkingSet64 / 1048576.0;
     }
 
     public static string? LatestCheckpoint(string outputDir)
@@ -582,7 +570,7 @@ public sealed class Trainer : IDisposable
             copy.save_pretrained(Path.Combine(config.output_dir, "unet_ema"));
         }
         WriteSummary(config.output_dir, config.method, global_step, sw.Elapsed.TotalSeconds);
-        log($"done: {global_step} steps in {sw.Elapsed.TotalSeconds:F1} s (peak RSS {PeakRssMegabytes():F0} MB); weights in {config.output_dir}");
+        log($"done: {global_step} steps in {sw.Elapsed.TotalSeconds:F1} s (peak RSS {UNetBench.PeakRssMb():F0} MB); weights in {config.output_dir}");
     }
 
     public void Dispose()

@@ -346,7 +346,8 @@ public static class WorldStudy
         if (p.ExitCode != 0) throw new InvalidOperationException($"{recipe} exited with code {p.ExitCode} (dotnet fsi {recipe} -- {string.Join(" ", args)})");
     }
 
-    static void LoadUnet(StableDiffusionPipeline pipe, string folder)
+    /// <summary>Loads a diffusers UNet folder's weights into the pipeline's UNet (same config).</summary>
+    public static void LoadUnet(StableDiffusionPipeline pipe, string folder)
     {
         using var scope = NewDisposeScope();
         using var _ = no_grad();
@@ -489,18 +490,15 @@ public static class WorldStudy
             + "Win rate = share of (prompt, seed) where the method's image beats the base's on the judge (ties ½).\n");
         sb.AppendLine("| method | judge (validation) | judge (test, unseen) | win vs base (val) | win vs base (test) | colour | shape | size | count | relation | train s | peak MB |");
         sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|");
-        var baseAll = baseVal.Concat(baseTest).ToList();
-        string Row(string label, List<Judge.Result> val, List<Judge.Result> test, string winV, string winT, string[] attrs, string secs, string mb) =>
-            $"| {label} | {Fmt((val.Average(r => r.score), double.NaN))} | {Fmt((test.Average(r => r.score), double.NaN))} | {winV} | {winT} | {string.Join(" | ", attrs)} | {secs} | {mb} |";
-        sb.AppendLine(Row("base", baseVal, baseTest, "—", "—", new[] { "color", "shape", "size", "count", "relation" }.Select(a => AttributeMean(baseAll, a).ToString("F3", inv)).ToArray(), "—", "—"));
-        foreach (var m in c.methods)
+        // The same helpers as the paper-repro tables, so the report and RESULTS.md cannot disagree.
+        var rep = new Report("", baseVal, baseTest, runs, "");
+        string[] attrs = ["color", "shape", "size", "count", "relation"];
+        foreach (var m in c.methods.Prepend("base"))
         {
-            var rs = runs.Where(r => r.method == m).ToList();
-            IReadOnlyList<double> Scores(List<Judge.Result> x) => x.Select(r => r.score).ToList();
-            IReadOnlyList<double> Attr(RunResult r, string a) => r.validation.Concat(r.test).Where(x => x.attributes.ContainsKey(a)).Select(x => x.attributes[a]).ToList();
-            var attrs = new[] { "color", "shape", "size", "count", "relation" }.Select(a => Fmt(Metric(rs, r => Attr(r, a)))).ToArray();
-            sb.AppendLine($"| {Methods[m].label} | {Fmt(Metric(rs, r => Scores(r.validation)))} | {Fmt(Metric(rs, r => Scores(r.test)))} | {Fmt(Metric(rs, r => Wins(r.validation, baseVal)))} | {Fmt(Metric(rs, r => Wins(r.test, baseTest)))} | "
-                + $"{string.Join(" | ", attrs)} | {rs.Average(r => r.train_seconds):F0} | {rs.Average(r => r.peak_rss_mb):F0} |");
+            var (secs, mb) = m == "base" ? ("—", "—") : (Cost(rep, m).seconds.ToString("F0", inv), Cost(rep, m).peak_mb.ToString("F0", inv));
+            var wins = m == "base" ? "— | —" : $"{Fmt(WinVsBase(rep, m, "validation"))} | {Fmt(WinVsBase(rep, m, "test"))}";
+            sb.AppendLine($"| {(m == "base" ? "base" : Methods[m].label)} | {Fmt(MeanScore(rep, m, "validation"))} | {Fmt(MeanScore(rep, m, "test"))} | {wins} | "
+                + $"{string.Join(" | ", attrs.Select(a => Fmt(MeanAttribute(rep, m, a))))} | {secs} | {mb} |");
         }
         sb.AppendLine("\n![base vs methods](grid.png)\n");
         sb.AppendLine($"Grid: the first row is the prompt rendered by the world (the target); then the base and each method (training seed {c.seeds[0]}), sampling seed 0, judge score under each image. Columns 1–{c.grid_prompts / 2} are validation prompts, the rest test prompts (unseen combinations).\n");

@@ -7,12 +7,7 @@ namespace Sudo.Training.Tests;
 
 public class RecipeTests
 {
-    private static string RepoRoot()
-    {
-        var d = new DirectoryInfo(TestContext.CurrentContext.TestDirectory);
-        while (d != null && !File.Exists(Path.Combine(d.FullName, "scripts", "_load.fsx"))) d = d.Parent;
-        return d?.FullName ?? throw new DirectoryNotFoundException("repository root (scripts/_load.fsx) not found above the test folder");
-    }
+    private static string RepoRoot() => WorldStudy.FindRepoRoot(TestContext.CurrentContext.TestDirectory);
 
     [Test]
     public void OfflineRecipeRunsUnderFsiWithItsPackageDependencies()

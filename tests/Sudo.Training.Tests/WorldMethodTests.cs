@@ -87,9 +87,7 @@ public class WorldMethodTests
     static void AssertClearGain(string method, string run)
     {
         using var pipe = StableDiffusionPipeline.from_pretrained(_base, "ddim");
-        using (torch.no_grad())
-        using (var scope = torch.NewDisposeScope())
-            pipe.unet.load_state_dict(Checkpoints.ReadWeights(Checkpoints.FindWeights(Path.Combine(run, "unet"), "diffusion_pytorch_model")));
+        WorldStudy.LoadUnet(pipe, Path.Combine(run, "unet"));
         var (mean, t) = Paired(Scores(pipe), _baseScores);
         TestContext.Out.WriteLine($"{method}: judge {_baseScores.Average():F4} → {_baseScores.Average() + mean:F4} (paired t {t:F2}, n {_baseScores.Count})");
         Assert.That(t, Is.GreaterThan(3.0), $"{method}: mean gain {mean:F4}, paired t {t:F2}");
