@@ -4,6 +4,7 @@
 // LoRA rank 4, lr 6e-5. SDXL (SpoConfig.SDXL) uses k = 2, threshold 0.4 and 3 MSPO inner steps (inner_steps=3).
 // dotnet fsi recipes/spo.fsx -- --model <pipeline> --scorer <CLIPModel or step-aware folder> --prompts <file> [--rounds 10]
 // Without --scorer a tiny random CLIP scorer is used (exercises the code path; its preferences are noise).
+// --scorer world-judge scores x̂₀ with the shapes world's judge (the oracle a learned scorer approaches).
 #load "../scripts/_load.fsx"
 open _load
 open Sudo.Torch
@@ -22,8 +23,9 @@ let prompts =
     else (Sampling.ReadPrompts promptsFile).ToArray()
 torch.manual_seed (int64 (arg "seed" "0"))
 let pipe = StableDiffusionPipeline.from_pretrained(model, "ddim")
-let spm =
-    match arg "scorer" "" with
+let scorer = arg "scorer" ""
+let spm () =
+    match scorer with
     | "" ->
         new StepAwarePreferenceModel(
             new CLIPModel(CLIPConfig(text_config = CLIPTextConfig(vocab_size = 49408, hidden_size = 16, intermediate_size = 32, num_hidden_layers = 1, num_attention_heads = 2, hidden_act = "gelu", eos_token_id = 2),
@@ -35,8 +37,10 @@ let config =
               num_sample_each_step = int (arg "k" "4"), threshold = float (arg "threshold" "0.3"),
               guidance_scale = float (arg "guidance_scale" "5.0"),
               num_inner_step = int (arg "inner_steps" "0"), resolution = int (arg "resolution" "32"))
-let trainer = new SpoTrainer(pipe, spm, pipe.components.tokenizer, config, lora_rank = int (arg "lora_rank" "4"),
-                             learning_rate = float (arg "learning_rate" "6e-5"), seed = int64 (arg "seed" "0"))
+let rank, lr, seed = int (arg "lora_rank" "4"), float (arg "learning_rate" "6e-5"), int64 (arg "seed" "0")
+let trainer =
+    if scorer = "world-judge" then new SpoTrainer(pipe, WorldScorer.JudgeReward(), config, lora_rank = rank, learning_rate = lr, seed = seed)
+    else new SpoTrainer(pipe, spm (), pipe.components.tokenizer, config, lora_rank = rank, learning_rate = lr, seed = seed)
 let clock = System.Diagnostics.Stopwatch.StartNew()
 for r in 1 .. rounds do
     let batch = prompts |> Array.permute (fun i -> (i + r) % prompts.Length) |> Array.truncate (int (arg "prompts_per_round" "2"))

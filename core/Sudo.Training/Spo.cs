@@ -47,27 +47,57 @@ public sealed record SpoConfig
     public static SpoConfig SDXL => new() { num_sample_each_step = 2, threshold = 0.4, num_inner_step = 3, resolution = 1024 };
 }
 
-public sealed class SpoSampler(StableDiffusionPipeline pipe, StepAwarePreferenceModel spm, CLIPTokenizer scorerTokenizer, SpoConfig config)
-{
-    public StableDiffusionPipeline pipe { get; } = pipe;
-    public StepAwarePreferenceModel spm { get; } = spm;
-    public SpoConfig config { get; } = config;
-    public int candidates_scored { get; private set; }
+/// <summary>A step-aware reward: decoded x̂₀ images [N, 3, H, W] in [−1, 1], their prompts and the timestep they
+/// were predicted at (0 for final samples) → one logit per image. Pairs are kept when 2σ(s_best − s_worst) − 1 exceeds
+/// the threshold, as with the step-aware preference model's logits. Lets a recipe plug in any reward (an oracle,
+/// an aesthetic head on x̂₀) without a CLIP preference model.</summary>
+public delegate Tensor StepReward(Tensor images, IReadOnlyList<string> prompts, double t);
 
-    private readonly bool _vocabChecked = scorerTokenizer.vocab_size <= spm.clip.config.text_config.vocab_size ? true
-        : throw new ArgumentException($"the scorer's text model has vocab_size {spm.clip.config.text_config.vocab_size} but its tokenizer has "
-            + $"{scorerTokenizer.vocab_size} tokens: use the tokenizer the scorer was trained with (PickScore: CLIP's 49408)");
+public sealed class SpoSampler
+{
+    public StableDiffusionPipeline pipe { get; }
+    /// <summary>The step-aware preference model, or null when the sampler scores with a <see cref="StepReward"/>.</summary>
+    public StepAwarePreferenceModel? spm { get; }
+    public SpoConfig config { get; }
+    public int candidates_scored { get; private set; }
+    private readonly StepReward _reward;
+
+    public SpoSampler(StableDiffusionPipeline pipe, StepAwarePreferenceModel spm, CLIPTokenizer scorerTokenizer, SpoConfig config)
+        : this(pipe, config, SpmReward(spm, scorerTokenizer, pipe.device)) => this.spm = spm;
+
+    public SpoSampler(StableDiffusionPipeline pipe, SpoConfig config, StepReward reward)
+    {
+        this.pipe = pipe;
+        this.config = config;
+        _reward = reward;
+    }
+
+    private static StepReward SpmReward(StepAwarePreferenceModel spm, CLIPTokenizer tok, Device device)
+    {
+        if (tok.vocab_size > spm.clip.config.text_config.vocab_size)
+            throw new ArgumentException($"the scorer's text model has vocab_size {spm.clip.config.text_config.vocab_size} but its tokenizer has "
+                + $"{tok.vocab_size} tokens: use the tokenizer the scorer was trained with (PickScore: CLIP's 49408)");
+        return (images, prompts, t) =>
+        {
+            using var scope = NewDisposeScope();
+            var ids = tok.call(prompts.ToList(), tok.model_max_length, device).input_ids;
+            var ts = full([images.size(0)], t, ScalarType.Float32, images.device);
+            return scope.MoveToOuter(spm.score(spm.preprocess(images), ids, ts).to(ScalarType.Float32));
+        };
+    }
 
     private DDIMScheduler Ddim => pipe.scheduler as DDIMScheduler
         ?? throw new InvalidOperationException("SPO samples with DDIM (eta = 1): load the pipeline with scheduler \"ddim\"");
 
-    private Tensor Scores(Tensor latents, double t, Tensor ids, bool decodedLatentsAreFinal)
+    private Tensor Scores(Tensor latents, double t, IReadOnlyList<string> prompts, bool decodedLatentsAreFinal)
     {
         using var scope = NewDisposeScope();
         var images = pipe.vae.decode(pipe.vae.unscale_latents(latents));
-        var ts = full([latents.size(0)], decodedLatentsAreFinal ? 0.0 : t, ScalarType.Float32, latents.device);
         candidates_scored += (int)latents.size(0);
-        return scope.MoveToOuter(spm.score(spm.preprocess(images), ids, ts).to(ScalarType.Float32));
+        var s = _reward(images, prompts, decodedLatentsAreFinal ? 0.0 : t);
+        if (s.dim() != 1 || s.size(0) != latents.size(0))
+            throw new InvalidOperationException($"the step reward returned shape [{string.Join(", ", s.shape)}]; expected [{latents.size(0)}] (one logit per image)");
+        return scope.MoveToOuter(s.to(ScalarType.Float32));
     }
 
     /// <summary>Samples one chain per prompt (one generator per prompt) and returns the kept step pairs.</summary>
@@ -81,7 +111,6 @@ public sealed class SpoSampler(StableDiffusionPipeline pipe, StepAwarePreference
         using var _ = no_grad();
         var b = prompts.Count;
         var embeds = Embeds(prompts);
-        var ids = scorerTokenizer.call(prompts, scorerTokenizer.model_max_length, pipe.device).input_ids;
         ddim.set_timesteps(config.num_inference_steps);
         var ts = ddim.TimestepValues;
         var seg = config.num_inner_step + 1;
@@ -93,7 +122,7 @@ public sealed class SpoSampler(StableDiffusionPipeline pipe, StepAwarePreference
 
         // The pool's rows are [candidate j of prompt p] at j·b + p.
         var embedsK = Repeat(embeds, k);
-        var idsK = ids.repeat(k, 1);
+        var promptsK = Enumerable.Range(0, k).SelectMany(_ => prompts).ToList();
         var noiseK = new NoiseSource(Enumerable.Range(0, k).SelectMany(_ => generators).ToArray());
         Tensor Tk(double t, long n) => full([n], (long)t, ScalarType.Int64, pipe.device);
         Tensor Branch(Tensor eps, double t, Tensor xt) =>
@@ -123,11 +152,11 @@ public sealed class SpoSampler(StableDiffusionPipeline pipe, StepAwarePreference
             {
                 epsPool = pipe.predict_noise(pool, Tk(ts[i], k * b), embedsK, config.guidance_scale);
                 var x0 = ddim.step(epsPool, Tk(ts[i], k * b), pool, 0, NoiseSource.Default).pred_original_sample!;
-                scores = Scores(x0, ts[i], idsK, false);
+                scores = Scores(x0, ts[i], promptsK, false);
             }
             else
             {
-                scores = Scores(pool, 0, idsK, true);
+                scores = Scores(pool, 0, promptsK, true);
             }
             var s = scores.view(k, b);
             var (best, bestIdx) = s.max(0);
@@ -289,6 +318,19 @@ public sealed class SpoTrainer : IDisposable
     /// config), weight decay 1e-4; gradient clipping 1.0 that really clips (upstream's clips nothing).</summary>
     public SpoTrainer(StableDiffusionPipeline pipe, StepAwarePreferenceModel spm, CLIPTokenizer scorerTokenizer, SpoConfig config,
         int lora_rank = 4, double learning_rate = 6e-5, double max_grad_norm = 1.0, long seed = 0)
+        : this(pipe, config, () => { spm.requires_grad_(false).eval(); return new SpoSampler(pipe, spm, scorerTokenizer, config); }, lora_rank, learning_rate, max_grad_norm, seed)
+    {
+    }
+
+    /// <summary>SPO with any step-aware reward in place of the preference model (see <see cref="StepReward"/>).</summary>
+    public SpoTrainer(StableDiffusionPipeline pipe, StepReward reward, SpoConfig config,
+        int lora_rank = 4, double learning_rate = 6e-5, double max_grad_norm = 1.0, long seed = 0)
+        : this(pipe, config, () => new SpoSampler(pipe, config, reward), lora_rank, learning_rate, max_grad_norm, seed)
+    {
+    }
+
+    private SpoTrainer(StableDiffusionPipeline pipe, SpoConfig config, Func<SpoSampler> sampler,
+        int lora_rank, double learning_rate, double max_grad_norm, long seed)
     {
         this.pipe = pipe;
         this.config = config;
@@ -297,9 +339,8 @@ public sealed class SpoTrainer : IDisposable
         pipe.unet.requires_grad_(false);
         pipe.vae.requires_grad_(false);
         pipe.components.text_encoder.requires_grad_(false);
-        spm.requires_grad_(false).eval();
         lora = Lora.Attach(pipe.unet, new LoraConfig(lora_rank, lora_rank), _rng);
-        sampler = new SpoSampler(pipe, spm, scorerTokenizer, config);
+        this.sampler = sampler();
         optimizer = new torch.optim.AdamW(lora.parameters(), learning_rate, weight_decay: 1e-4);
     }
 

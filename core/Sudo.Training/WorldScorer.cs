@@ -1,3 +1,4 @@
+using Sudo.Data;
 using Sudo.Models;
 using Sudo.Preference;
 using Sudo.Torch;
@@ -11,6 +12,21 @@ namespace Sudo.Training;
 /// its decoded x̂₀ at random t (SPO's step-aware variant). Agreement is measured on held-out pairs.</summary>
 public static class WorldScorer
 {
+    /// <summary>The world's oracle for SPO: the judge's score of each decoded x̂₀ against its prompt, times
+    /// <paramref name="scale"/> as a logit (scale 10: a judge gap of 0.02 passes SPO's threshold 0.1). The judge
+    /// reads x̂₀ at every t, so this is the ceiling a learned step-aware scorer can approach.</summary>
+    public static StepReward JudgeReward(double scale = 10) => (images, prompts, t) =>
+    {
+        using var cpu = images.detach().to(Device.CPU).to(ScalarType.Float32);
+        var scores = new float[prompts.Count];
+        for (var i = 0; i < prompts.Count; i++)
+        {
+            using var img = cpu[i];
+            scores[i] = (float)(scale * Judge.Score(Images.FromTensor(img), prompts[i]).score);
+        }
+        return torch.tensor(scores).to(images.device);
+    };
+
     public static CLIPModel NewClip(CLIPTokenizer tok, int resolution, long seed = 0)
     {
         manual_seed(seed);
