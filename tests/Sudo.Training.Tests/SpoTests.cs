@@ -88,6 +88,44 @@ public class SpoTests
     }
 
     [Test]
+    public void StepRewardPicksBestAndWorstAndSeesPromptsInPoolOrder()
+    {
+        // A plugged-in reward (brightness of the decoded x̂₀) replaces the preference model: the kept final-step pair's
+        // winner decodes brighter than its loser, and the reward sees the pool's prompts in row order [candidate j of prompt p].
+        using var pipe = StableDiffusionPipeline.from_pretrained(Shared.Require("golden", "pipe_sd15"), "ddim");
+        var cfg = new SpoConfig { num_inference_steps = 4, divert_start_step = 1, num_sample_each_step = 3, threshold = -1, resolution = 32 };
+        var calls = new List<(string[] prompts, double t)>();
+        var sampler = new SpoSampler(pipe, cfg, (images, ps, t) =>
+        {
+            calls.Add((ps.ToArray(), t));
+            return images.mean([1, 2, 3]) * 1000.0;
+        });
+        string[] prompts = ["a red fox", "a blue bird"];
+        var pairs = sampler.Sample(prompts, [new Generator(1), new Generator(2)]);
+        try
+        {
+            var ts = ((DDIMScheduler)pipe.scheduler).TimestepValues;
+            Assert.That(calls.Select(c => c.t), Is.EqualTo(new[] { ts[2], ts[3], 0.0 }), "x̂₀ at the next step's t, final samples at 0");
+            foreach (var c in calls) Assert.That(c.prompts, Is.EqualTo(prompts.Concat(prompts).Concat(prompts)));
+            using var scope = NewDisposeScope();
+            using var _ = no_grad();
+            foreach (var last in pairs.Where(p => p.t == (long)ts[^1]))
+            {
+                double Bright(Tensor z) => pipe.vae.decode(pipe.vae.unscale_latents(z)).mean().to(ScalarType.Float64).item<double>();
+                Assert.That(Bright(last.x_w), Is.GreaterThan(Bright(last.x_l)), last.prompt);
+            }
+            Assert.That(pairs.Count(p => p.t == (long)ts[^1]), Is.EqualTo(2));
+        }
+        finally
+        {
+            foreach (var p in pairs) p.Dispose();
+        }
+        var bad = new SpoSampler(pipe, cfg, (images, ps, t) => zeros([2]));
+        var e = Assert.Throws<InvalidOperationException>(() => bad.Sample(prompts, [new Generator(1), new Generator(2)]));
+        Assert.That(e!.Message, Does.Contain("expected [6]"));
+    }
+
+    [Test]
     public void MspoSegmentsOnSdxl()
     {
         // SDXL preset's MSPO: after branching, each candidate runs num_inner_step more single steps before scoring;

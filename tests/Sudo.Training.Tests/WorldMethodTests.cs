@@ -122,20 +122,19 @@ public class WorldMethodTests
         Assert.That(t, Is.GreaterThan(3.0), $"{method}: mean gain {mean:F4}, paired t {t:F2}");
     }
 
-    /// <summary>SPO through recipes/spo.fsx with the study's learned step-aware scorer (trained here on the pairs plus
-    /// rendered correct-vs-corrupted pairs), on the same training prompts.</summary>
-    [Test, Explicit("pending: an oracle step-aware scorer")]
+    /// <summary>SPO through recipes/spo.fsx with the world's judge as the step-aware scorer (<c>--scorer world-judge</c>:
+    /// the oracle on x̂₀ that a learned scorer can only approach), on the same training prompts.</summary>
+    [Test]
+    [Explicit("Not reliable yet, even with the oracle scorer (measured 2026-11-22 in-process, 8 prompts × 16 seeds, CFG 3): 40 rounds × 4 prompts, "
+        + "LoRA r 4, lr 3e-4 gave +0.038 (t 3.1), +0.014 (t 1.1) and −0.002 (t −0.1) over training seeds 0/1/2; lr 2e-4 +0.030 (t 2.6); "
+        + "lr 5e-4 or 1e-3 −0.05…−0.09; 20 rounds × 8 prompts −0.005/+0.006/+0.028. Run with --filter FullyQualifiedName~WorldMethodTests.")]
     public void SpoRaisesTheJudgeScoreOnItsTrainingPrompts()
     {
-        var cfg = new WorldStudyConfig { scorer_steps = 150, scorer_render_pairs = 400, scorer_eval_pairs = 16, sample_steps = SampleSteps, spo_threshold = 0.05 };
-        string scorer;
-        using (var pipe = StableDiffusionPipeline.from_pretrained(_base, "ddim"))
-            scorer = WorldStudy.EnsureScorer(pipe, _dir, Path.Combine(_dir, "ranked"), cfg, TestContext.Out.WriteLine);
         var run = Path.Combine(_dir, "spo");
         WorldStudy.RunRecipe(_root, "recipes/spo.fsx",
         [
-            "--model", _base, "--scorer", scorer, "--prompts", Path.Combine(_dir, "prompts.txt"), "--output_dir", run, "--rounds", "8",
-            "--prompts_per_round", "4", "--train_batch_size", "4", "--learning_rate", "3e-4", "--lora_rank", "8", "--threshold", "0.05",
+            "--model", _base, "--scorer", "world-judge", "--prompts", Path.Combine(_dir, "prompts.txt"), "--output_dir", run, "--rounds", "40",
+            "--prompts_per_round", "4", "--train_batch_size", "4", "--learning_rate", "3e-4", "--lora_rank", "4", "--threshold", "0.1",
             "--guidance_scale", "3", "--steps", $"{SampleSteps}", "--divert_start_step", "2", "--resolution", "32", "--seed", "0",
         ]);
         AssertClearGain("spo", run, 3.0);
