@@ -160,7 +160,7 @@ type TrainArgs =
             | Ema_Decay _ -> "keep an EMA of the trained weights with this decay (saved as unet_ema/)."
             | Choice_Model _ -> "AI feedback: a CLIPModel folder (PickScore/HPS-like) whose preferences replace the labels."
             | Prompts_File _ -> "spo: a text file of prompts (one per line; ../shared/prompts has the papers' sets)."
-            | Scorer _ -> "spo: the CLIPModel folder the step-aware preference model starts from (e.g. PickScore)."
+            | Scorer _ -> "spo: the CLIPModel folder the step-aware preference model starts from (e.g. PickScore), or world-judge (the shapes world's judge on x̂₀)."
             | Spo_Threshold _ -> "spo: keep a pair when the softmax score gap exceeds this (default 0.3 SD-1.5, 0.4 SDXL)."
             | Validation_Prompts_File _ -> "prompts sampled into output_dir/samples/step-N.png (fixed seeds)."
             | Validation_Steps _ -> "sample the validation prompts every N steps."
@@ -263,21 +263,23 @@ let trainSpo (a: ParseResults<TrainArgs>) =
     let scorerFolder =
         match a.TryGetResult Scorer with
         | Some s -> s
-        | None -> raise (ArgumentException "--method spo needs --scorer <CLIPModel folder> (PickScore-like) for the step-aware preference model")
+        | None -> raise (ArgumentException "--method spo needs --scorer <CLIPModel folder> (PickScore-like) for the step-aware preference model, or --scorer world-judge (the shapes world's oracle)")
     let out = a.GetResult(Output_Dir, defaultValue = "sd-model-finetuned")
     let steps = a.GetResult(Max_Train_Steps, defaultValue = 2000)
     let batch = a.GetResult(Train_Batch_Size, defaultValue = 2)
     let device = Sudo.Torch.Device.Parse(a.GetResult(Train_Device, defaultValue = "cpu"))
     use pipe = Sudo.Diffusion.StableDiffusionPipeline.from_pretrained(a.GetResult Pretrained_Model, "ddim", Sudo.Torch.ScalarType.Float32, device, cache_dir = (a.TryGetResult Cache_Dir |> Option.toObj))
-    use spm = new Sudo.Preference.StepAwarePreferenceModel(Sudo.Models.CLIPModel.from_pretrained(scorerFolder))
     let res = a.GetResult(Resolution, defaultValue = pipe.unet.config.sample_size * pipe.vae_scale_factor)
     // SPO's per-model defaults (SDXL: k = 2, threshold 0.4, MSPO inner steps); flags override resolution and threshold.
     let preset = if pipe.IsSDXL then Sudo.Training.SpoConfig.SDXL else Sudo.Training.SpoConfig.SD15
     let cfg = Sudo.Training.SpoConfig(num_inference_steps = preset.num_inference_steps, divert_start_step = preset.divert_start_step,
                                       num_sample_each_step = preset.num_sample_each_step, num_inner_step = preset.num_inner_step,
                                       resolution = res, threshold = a.GetResult(Spo_Threshold, defaultValue = preset.threshold))
-    use trainer = new Sudo.Training.SpoTrainer(pipe, spm, pipe.components.tokenizer, cfg, lora_rank = a.GetResult(Lora_Rank, defaultValue = 4),
-                                               learning_rate = a.GetResult(TrainArgs.Learning_Rate, defaultValue = 6e-5), seed = a.GetResult(Train_Seed, defaultValue = 0L))
+    let rank, lr, seed = a.GetResult(Lora_Rank, defaultValue = 4), a.GetResult(TrainArgs.Learning_Rate, defaultValue = 6e-5), a.GetResult(Train_Seed, defaultValue = 0L)
+    use spm = if scorerFolder = "world-judge" then null else new Sudo.Preference.StepAwarePreferenceModel(Sudo.Models.CLIPModel.from_pretrained(scorerFolder))
+    use trainer =
+        if isNull spm then new Sudo.Training.SpoTrainer(pipe, Sudo.Training.WorldScorer.JudgeReward(), cfg, lora_rank = rank, learning_rate = lr, seed = seed)
+        else new Sudo.Training.SpoTrainer(pipe, spm, pipe.components.tokenizer, cfg, lora_rank = rank, learning_rate = lr, seed = seed)
     printfn "spo: %d prompts, DDIM %d steps eta %.1f CFG %.1f, k = %d, inner steps %d, threshold %.2f, LoRA rank %d; %d optimizer steps" prompts.Count cfg.num_inference_steps cfg.eta cfg.guidance_scale cfg.num_sample_each_step cfg.num_inner_step cfg.threshold (a.GetResult(Lora_Rank, defaultValue = 4)) steps
     let resume = a.GetResult(Resume_From_Checkpoint, defaultValue = "latest") <> "none"
     trainer.Train(prompts, steps, out, batch, checkpointing_steps = a.GetResult(Checkpointing_Steps, defaultValue = 500), resume = resume)

@@ -409,7 +409,9 @@ public sealed class SpoTrainer : IDisposable
 
     /// <summary>Trains to <paramref name="max_train_steps"/> optimizer steps, drawing prompts_per_round prompts per
     /// round from <paramref name="prompts"/> with the trainer's generator; checkpoints (LoRA, optimizer, RNG,
-    /// step) every checkpointing_steps into output_dir/checkpoint-N atomically and resumes from the latest.</summary>
+    /// step) every checkpointing_steps into output_dir/checkpoint-N atomically and resumes from the latest. Rounds are
+    /// trained whole (every kept pair of a round is used), so the run ends at the first round boundary at or past
+    /// max_train_steps and checkpoints fall on round boundaries — which keeps resuming exact.</summary>
     public void Train(IReadOnlyList<string> prompts, int max_train_steps, string output_dir, int train_batch_size = 2, int prompts_per_round = 2,
         int checkpointing_steps = 0, bool resume = true, Action<string>? log = null, int max_empty_rounds = 20)
     {

@@ -69,7 +69,7 @@ public sealed class TrainingProgress
     private string Line(int step, IReadOnlyDictionary<string, double> m)
     {
         var rate = (step - _start) / Math.Max(1e-9, _sw.Elapsed.TotalSeconds);
-        var eta = (_total - step) / Math.Max(1e-9, rate);
+        var eta = Math.Max(0, _total - step) / Math.Max(1e-9, rate);
         var parts = new List<string> { _task == null ? $"step {step,6}/{_total}" : $"{step}/{_total}" };
         void Add(string key, string label, string format)
         {
