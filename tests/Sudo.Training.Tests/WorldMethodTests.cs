@@ -83,8 +83,8 @@ public class WorldMethodTests
     }
 
     /// <summary>Judge scores on the training prompts with sampling seeds 10.. (the training data used 50..).</summary>
-    static List<double> Scores(StableDiffusionPipeline pipe, double guidance) =>
-        Enumerable.Range(10, EvalSeeds).SelectMany(s => WorldBase.Evaluate(pipe, _prompts, s, SampleSteps, guidance)).Select(r => r.score).ToList();
+    static List<double> Scores(StableDiffusionPipeline pipe, double guidance, int seeds = EvalSeeds) =>
+        Enumerable.Range(10, seeds).SelectMany(s => WorldBase.Evaluate(pipe, _prompts, s, SampleSteps, guidance)).Select(r => r.score).ToList();
 
     static (double mean, double t) Paired(List<double> after, List<double> before)
     {
@@ -112,33 +112,38 @@ public class WorldMethodTests
     }
 
     /// <summary>Judges the run's UNet on the training prompts and requires a paired t above 3 against the base.</summary>
-    static void AssertClearGain(string method, string run, double guidance)
+    static void AssertClearGain(string method, string run, double guidance, List<double>? baseScores = null)
     {
         using var pipe = StableDiffusionPipeline.from_pretrained(_base, "ddim");
         WorldStudy.LoadUnet(pipe, Path.Combine(run, "unet"));
-        var before = _baseScores[guidance];
-        var (mean, t) = Paired(Scores(pipe, guidance), before);
+        var before = baseScores ?? _baseScores[guidance];
+        var (mean, t) = Paired(Scores(pipe, guidance, before.Count / Prompts), before);
         TestContext.Out.WriteLine($"{method} (CFG {guidance}): judge {before.Average():F4} → {before.Average() + mean:F4} (paired t {t:F2}, n {before.Count})");
         Assert.That(t, Is.GreaterThan(3.0), $"{method}: mean gain {mean:F4}, paired t {t:F2}");
     }
 
     /// <summary>SPO through recipes/spo.fsx with the world's judge as the step-aware scorer (<c>--scorer world-judge</c>:
-    /// the oracle on x̂₀ that a learned scorer can only approach), on the same training prompts.</summary>
+    /// the oracle on x̂₀ that a learned scorer can only approach), on the same training prompts. SPO's per-step pairs
+    /// differ only in the injected DDIM noise, so its gain per minute is smaller than the offline methods': measured
+    /// in-process (2026-11-22, 16 sampling seeds) with these settings +0.029 / +0.021 / +0.040 for training seeds
+    /// 0 / 1 / 2 (lr 1e-4: +0.016 / +0.032 / +0.022; lr 2e-4 or 2.5e-4 collapses on some seeds, branching from step 2 or
+    /// 4 instead of 0 gains less). The sign is consistent, so this test judges 48 sampling seeds (384 pairs); through
+    /// the recipe, seed 0 measured +0.020 (t 2.69): still short of a clear margin, hence explicit.</summary>
     [Test]
-    [Explicit("Not reliable yet, even with the oracle scorer (measured 2026-11-22 in-process, 8 prompts × 16 seeds, CFG 3, training seeds 0/1/2): "
-        + "these settings (24 rounds × 4 prompts, k 8, batch 2, LoRA r 4, lr 1.5e-4) gave +0.025 (t 2.9), +0.014 (t 1.5), +0.026 (t 2.9); "
-        + "lr 2.5e-4 +0.022, −0.059, −0.054 (collapse); k 4, 40 rounds, batch 4, lr 3e-4 +0.038 (t 3.1), +0.014, −0.002; 16 rounds × 8 prompts, "
-        + "k 8, batch 8 +0.010, +0.004, +0.025. The window between no gain and collapse is narrow at this scale. "
-        + "Run with --filter FullyQualifiedName~WorldMethodTests.")]
+    [Explicit("SPO's micro gain is consistently positive but small (+0.016…+0.040 over six runs): through the recipe +0.020, paired t 2.69 "
+        + "over 384 pairs (2026-11-22); a clear t > 3 needs about 100 sampling seeds or a longer run. Run with --filter FullyQualifiedName~WorldMethodTests.")]
     public void SpoRaisesTheJudgeScoreOnItsTrainingPrompts()
     {
         var run = Path.Combine(_dir, "spo");
         WorldStudy.RunRecipe(_root, "recipes/spo.fsx",
         [
-            "--model", _base, "--scorer", "world-judge", "--prompts", Path.Combine(_dir, "prompts.txt"), "--output_dir", run, "--rounds", "24",
+            "--model", _base, "--scorer", "world-judge", "--prompts", Path.Combine(_dir, "prompts.txt"), "--output_dir", run, "--rounds", "20",
             "--prompts_per_round", "4", "--k", "8", "--train_batch_size", "2", "--learning_rate", "1.5e-4", "--lora_rank", "4", "--threshold", "0.1",
-            "--guidance_scale", "3", "--steps", $"{SampleSteps}", "--divert_start_step", "2", "--resolution", "32", "--seed", "0",
+            "--guidance_scale", "3", "--steps", $"{SampleSteps}", "--divert_start_step", "0", "--resolution", "32", "--seed", "0",
         ]);
-        AssertClearGain("spo", run, 3.0);
+        List<double> baseScores;
+        using (var pipe = StableDiffusionPipeline.from_pretrained(_base, "ddim"))
+            baseScores = Scores(pipe, 3.0, 2 * EvalSeeds);
+        AssertClearGain("spo", run, 3.0, baseScores);
     }
 }
