@@ -318,18 +318,17 @@ public sealed class SpoTrainer : IDisposable
     /// config), weight decay 1e-4; gradient clipping 1.0 that really clips (upstream's clips nothing).</summary>
     public SpoTrainer(StableDiffusionPipeline pipe, StepAwarePreferenceModel spm, CLIPTokenizer scorerTokenizer, SpoConfig config,
         int lora_rank = 4, double learning_rate = 6e-5, double max_grad_norm = 1.0, long seed = 0)
-        : this(pipe, config, () => { spm.requires_grad_(false).eval(); return new SpoSampler(pipe, spm, scorerTokenizer, config); }, lora_rank, learning_rate, max_grad_norm, seed)
-    {
-    }
+        : this(pipe, config, new SpoSampler(pipe, spm, scorerTokenizer, config), lora_rank, learning_rate, max_grad_norm, seed) =>
+        spm.requires_grad_(false).eval();
 
     /// <summary>SPO with any step-aware reward in place of the preference model (see <see cref="StepReward"/>).</summary>
     public SpoTrainer(StableDiffusionPipeline pipe, StepReward reward, SpoConfig config,
         int lora_rank = 4, double learning_rate = 6e-5, double max_grad_norm = 1.0, long seed = 0)
-        : this(pipe, config, () => new SpoSampler(pipe, config, reward), lora_rank, learning_rate, max_grad_norm, seed)
+        : this(pipe, config, new SpoSampler(pipe, config, reward), lora_rank, learning_rate, max_grad_norm, seed)
     {
     }
 
-    private SpoTrainer(StableDiffusionPipeline pipe, SpoConfig config, Func<SpoSampler> sampler,
+    private SpoTrainer(StableDiffusionPipeline pipe, SpoConfig config, SpoSampler sampler,
         int lora_rank, double learning_rate, double max_grad_norm, long seed)
     {
         this.pipe = pipe;
@@ -340,7 +339,7 @@ public sealed class SpoTrainer : IDisposable
         pipe.vae.requires_grad_(false);
         pipe.components.text_encoder.requires_grad_(false);
         lora = Lora.Attach(pipe.unet, new LoraConfig(lora_rank, lora_rank), _rng);
-        this.sampler = sampler();
+        this.sampler = sampler;
         optimizer = new torch.optim.AdamW(lora.parameters(), learning_rate, weight_decay: 1e-4);
     }
 
