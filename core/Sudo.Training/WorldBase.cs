@@ -261,9 +261,11 @@ public static class WorldBase
         return (unet, te);
     }
 
-    /// <summary>Samples each prompt with fixed seeds (DDIM, CFG) and returns the judge's results in order.</summary>
+    /// <summary>Samples each prompt with fixed seeds (the pipeline's scheduler, CFG; prompt i of the list uses generator
+    /// seed·100003 + i) in batches of 16 and returns the judge's results in order. <paramref name="eta"/> is DDIM's
+    /// η: 0 (deterministic, the default) or 1 (the stochastic sampler SPO trains).</summary>
     public static List<Judge.Result> Evaluate(StableDiffusionPipeline pipe, IReadOnlyList<string> prompts, int seed = 0, int steps = 20, double guidance = 3.0,
-        List<RgbImage>? images = null)
+        List<RgbImage>? images = null, double eta = 0)
     {
         var results = new List<Judge.Result>();
         var res = pipe.unet.config.sample_size * pipe.vae_scale_factor;
@@ -279,6 +281,7 @@ public static class WorldBase
                 width = res,
                 num_inference_steps = steps,
                 guidance_scale = guidance,
+                eta = eta,
                 generators = gens,
             });
             foreach (var g in gens) g.Dispose();

@@ -39,6 +39,10 @@ public sealed record WorldStudyConfig
     public int curve_prompts { get; init; } = 32;
     public int sample_steps { get; init; } = 20;
     public double guidance_scale { get; init; } = 3.0;
+    /// <summary>Every model is judged a second time on the same held-out prompts and seeds at this guidance scale
+    /// (default 1: no classifier-free guidance, where SUDO's learned guidance shows); null skips it. Its splits are
+    /// named "validation@cfg1" and "test@cfg1" in the table helpers.</summary>
+    public double? second_guidance_scale { get; init; } = 1.0;
     /// <summary>SPO: rounds of (prompts_per_round prompts sampled with a pool of k per step, then training on the kept pairs);
     /// LoRA rank 4 and lr 6e-5 as SPO's SD-1.5 config (r 8 at 3e-4 collapsed the world base with its 0.60-agreement scorer);
     /// threshold below SPO's 0.3 because the world's scorer separates candidates less sharply than PickScore.</summary>
@@ -80,10 +84,21 @@ public static class WorldStudy
         ["spo"] = new("spo", "SPO", "recipes/spo.fsx", [], "online step-wise pairs chosen by the learned step-aware scorer, LoRA"),
     };
 
+    /// <summary>One training run's judge results: the held-out splits at the study's guidance scale, and in
+    /// <paramref name="second"/> the same splits at the second guidance scale (keys "validation@cfgG", "test@cfgG").</summary>
     public sealed record RunResult(string method, int seed, string folder, List<Judge.Result> validation, List<Judge.Result> test,
-        List<(int step, double score)> curve, double train_seconds, double peak_rss_mb, string command);
+        List<(int step, double score)> curve, double train_seconds, double peak_rss_mb, string command,
+        IReadOnlyDictionary<string, List<Judge.Result>>? second = null);
 
-    public sealed record Report(string folder, List<Judge.Result> base_validation, List<Judge.Result> base_test, List<RunResult> runs, string markdown);
+    public sealed record Report(string folder, List<Judge.Result> base_validation, List<Judge.Result> base_test, List<RunResult> runs, string markdown,
+        IReadOnlyDictionary<string, List<Judge.Result>>? base_second = null);
+
+    /// <summary>The split names of the second guidance scale: "validation@cfg1" and "test@cfg1" for scale 1.</summary>
+    public static (string validation, string test) SecondSplits(double scale)
+    {
+        var g = scale.ToString("R", CultureInfo.InvariantCulture);
+        return ($"validation@cfg{g}", $"test@cfg{g}");
+    }
 
     public static string FindRepoRoot(string? hint = null)
     {
@@ -128,8 +143,20 @@ public static class WorldStudy
         // 3. Evaluation prompts: held-out validation (seen combinations) and test (unseen combinations).
         var valPrompts = World.Prompts("validation", c.eval_prompts, 0);
         var testPrompts = World.Prompts("test", c.eval_prompts, 0);
-        List<Judge.Result> Eval(IReadOnlyList<string> prompts, List<RgbImage>? images = null) =>
-            Enumerable.Range(0, c.eval_seeds).SelectMany(s => WorldBase.Evaluate(pipe, prompts, s, c.sample_steps, c.guidance_scale, s == 0 ? images : null)).ToList();
+        List<Judge.Result> Eval(IReadOnlyList<string> prompts, List<RgbImage>? images = null, double? guidance = null) =>
+            Enumerable.Range(0, c.eval_seeds).SelectMany(s => WorldBase.Evaluate(pipe, prompts, s, c.sample_steps, guidance ?? c.guidance_scale, s == 0 ? images : null)).ToList();
+        // The second guidance scale: both splits, cached next to the main evaluation under their own key.
+        IReadOnlyDictionary<string, List<Judge.Result>>? Second(string cacheFile, string key, string? unet = null)
+        {
+            if (c.second_guidance_scale is not double g2) return null;
+            var (v, t, _) = CachedEval(cacheFile, $"{key}|second {g2.ToString("R", CultureInfo.InvariantCulture)}", () =>
+            {
+                if (unet != null) LoadUnet(pipe, unet);
+                return (Eval(valPrompts, guidance: g2), Eval(testPrompts, guidance: g2), []);
+            });
+            var names = SecondSplits(g2);
+            return new Dictionary<string, List<Judge.Result>> { [names.validation] = v, [names.test] = t };
+        }
         var gridPrompts = valPrompts.Take(c.grid_prompts / 2).Concat(testPrompts.Take(c.grid_prompts - c.grid_prompts / 2)).ToList();
         List<(RgbImage img, double score)> GridRow()
         {
@@ -143,6 +170,7 @@ public static class WorldStudy
         var evalKey = $"{c.eval_prompts}|{c.eval_seeds}|{c.curve_prompts}|{c.sample_steps}|{c.guidance_scale}";
         var (baseVal, baseTest, baseCurvePts) = CachedEval(Path.Combine(outDir, "base_eval.json"), evalKey, () => (Eval(valPrompts), Eval(testPrompts), [(0, CurvePoint())]));
         var baseCurve = baseCurvePts[0].score;
+        var baseSecond = Second(Path.Combine(outDir, "base_eval_second.json"), evalKey);
         var grid = new List<(string label, List<(RgbImage img, double score)> row)> { ("base", GridRow()) };
         log($"world study: base judged on {valPrompts.Count}+{testPrompts.Count} held-out prompts × {c.eval_seeds} seeds: validation {baseVal.Average(r => r.score):F4}, test {baseTest.Average(r => r.score):F4} ({sw.Elapsed.TotalSeconds - t1:F0} s)");
 
@@ -194,22 +222,23 @@ public static class WorldStudy
                     LoadUnet(pipe, Path.Combine(runDir, "unet"));
                     grid.Add((spec.label, GridRow()));
                 }
-                runs.Add(new RunResult(m, seed, runDir, val, test, curve, summary["seconds"]!.GetValue<double>(), summary["peak_rss_mb"]!.GetValue<double>(), command));
+                var second = Second(Path.Combine(runDir, "study_eval_second.json"), evalKey + "|" + command, Path.Combine(runDir, "unet"));
+                runs.Add(new RunResult(m, seed, runDir, val, test, curve, summary["seconds"]!.GetValue<double>(), summary["peak_rss_mb"]!.GetValue<double>(), command, second));
                 log($"world study: {spec.label}, seed {seed}: validation {val.Average(r => r.score):F4}, test {test.Average(r => r.score):F4}");
                 using (no_grad()) pipe.unet.load_state_dict(baseWeights);
             }
         foreach (var t in baseWeights.Values) t.Dispose();
 
         // 5. Report.
-        var md = Markdown(c, root, baseDir, pairsDir, baseVal, baseTest, runs, sw.Elapsed.TotalSeconds);
+        var md = Markdown(c, root, baseDir, pairsDir, new Report(outDir, baseVal, baseTest, runs, "", baseSecond), sw.Elapsed.TotalSeconds);
         var truth = ("target (rendered)", gridPrompts.Select((p, i) => (World.Render(p, 32, i), double.NaN)).ToList());
         ImageCodecs.Save(DrawGrid(gridPrompts, grid.Prepend(truth).ToList()), Path.Combine(outDir, "grid.png"));
         ImageCodecs.Save(DrawCurves(runs.Where(r => r.seed == c.seeds[0]).Select(r => (Methods[r.method].label, r.curve)).ToList(),
             $"mean judge score on {c.curve_prompts} validation prompts"), Path.Combine(outDir, "curve.png"));
         AtomicFile.WriteAllText(Path.Combine(outDir, "report.md"), md);
-        AtomicFile.WriteAllText(Path.Combine(outDir, "results.json"), ResultsJson(c, baseVal, baseTest, runs).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        AtomicFile.WriteAllText(Path.Combine(outDir, "results.json"), ResultsJson(c, baseVal, baseTest, runs, baseSecond).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         log($"world study: report {Path.Combine(outDir, "report.md")} (grid.png, curve.png, results.json) after {sw.Elapsed.TotalSeconds:F0} s");
-        return new Report(outDir, baseVal, baseTest, runs, md);
+        return new Report(outDir, baseVal, baseTest, runs, md, baseSecond);
     }
 
     static List<string> SpoArgs(WorldStudyConfig c, string baseDir, string scorer, string prompts, string runDir, int seed) =>
@@ -416,8 +445,24 @@ public static class WorldStudy
 
     // ---------- table helpers (paper-repro) ----------
 
-    static List<Judge.Result> Split(RunResult r, string split) => split == "test" ? r.test : r.validation;
-    static List<Judge.Result> BaseSplit(Report rep, string split) => split == "test" ? rep.base_test : rep.base_validation;
+    static List<Judge.Result> Split(RunResult r, string split) => split switch
+    {
+        "validation" => r.validation,
+        "test" => r.test,
+        _ => SecondSplit(r.second, split),
+    };
+
+    static List<Judge.Result> BaseSplit(Report rep, string split) => split switch
+    {
+        "validation" => rep.base_validation,
+        "test" => rep.base_test,
+        _ => SecondSplit(rep.base_second, split),
+    };
+
+    static List<Judge.Result> SecondSplit(IReadOnlyDictionary<string, List<Judge.Result>>? second, string split) =>
+        second != null && second.TryGetValue(split, out var rs) ? rs
+        : throw new ArgumentException($"unknown split '{split}': expected \"validation\", \"test\""
+            + (second == null ? " (the study was run without a second guidance scale)" : $" or one of {string.Join(", ", second.Keys.Select(k => $"\"{k}\""))}"));
     static List<RunResult> RunsOf(Report rep, string method)
     {
         var rs = rep.runs.Where(r => r.method == method).OrderBy(r => r.seed).ToList();
@@ -474,8 +519,9 @@ public static class WorldStudy
         return (mean, 1.96 * sd / Math.Sqrt(v.Count));
     }
 
-    static string Markdown(WorldStudyConfig c, string root, string baseDir, string pairsDir, List<Judge.Result> baseVal, List<Judge.Result> baseTest, List<RunResult> runs, double seconds)
+    static string Markdown(WorldStudyConfig c, string root, string baseDir, string pairsDir, Report rep, double seconds)
     {
+        var runs = rep.runs;
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
         sb.AppendLine("# Shapes-world method comparison\n");
@@ -491,7 +537,6 @@ public static class WorldStudy
         sb.AppendLine("| method | judge (validation) | judge (test, unseen) | win vs base (val) | win vs base (test) | colour | shape | size | count | relation | train s | peak MB |");
         sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|");
         // The same helpers as the paper-repro tables, so the report and RESULTS.md cannot disagree.
-        var rep = new Report("", baseVal, baseTest, runs, "");
         string[] attrs = ["color", "shape", "size", "count", "relation"];
         foreach (var m in c.methods.Prepend("base"))
         {
@@ -499,6 +544,18 @@ public static class WorldStudy
             var wins = m == "base" ? "— | —" : $"{Fmt(WinVsBase(rep, m, "validation"))} | {Fmt(WinVsBase(rep, m, "test"))}";
             sb.AppendLine($"| {(m == "base" ? "base" : Methods[m].label)} | {Fmt(MeanScore(rep, m, "validation"))} | {Fmt(MeanScore(rep, m, "test"))} | {wins} | "
                 + $"{string.Join(" | ", attrs.Select(a => Fmt(MeanAttribute(rep, m, a))))} | {secs} | {mb} |");
+        }
+        if (c.second_guidance_scale is double g2 && rep.base_second != null)
+        {
+            var (v2, t2) = SecondSplits(g2);
+            sb.AppendLine($"\nThe same models, prompts and seeds judged at **CFG {g2.ToString(inv)}**{(g2 == 1 ? " (no classifier-free guidance: what the model learned without the sampler's help; SUDO's self-pairs act as a learned guidance and show here)" : "")}:\n");
+            sb.AppendLine("| method | judge (validation) | judge (test, unseen) | win vs base (val) | win vs base (test) |");
+            sb.AppendLine("|---|---|---|---|---|");
+            foreach (var m in c.methods.Prepend("base"))
+            {
+                var wins = m == "base" ? "— | —" : $"{Fmt(WinVsBase(rep, m, v2))} | {Fmt(WinVsBase(rep, m, t2))}";
+                sb.AppendLine($"| {(m == "base" ? "base" : Methods[m].label)} | {Fmt(MeanScore(rep, m, v2))} | {Fmt(MeanScore(rep, m, t2))} | {wins} |");
+            }
         }
         sb.AppendLine("\n![base vs methods](grid.png)\n");
         sb.AppendLine($"Grid: the first row is the prompt rendered by the world (the target); then the base and each method (training seed {c.seeds[0]}), sampling seed 0, judge score under each image. Columns 1–{c.grid_prompts / 2} are validation prompts, the rest test prompts (unseen combinations).\n");
@@ -516,18 +573,25 @@ public static class WorldStudy
         return sb.ToString();
     }
 
-    static JsonObject ResultsJson(WorldStudyConfig c, List<Judge.Result> baseVal, List<Judge.Result> baseTest, List<RunResult> runs)
+    static JsonObject ResultsJson(WorldStudyConfig c, List<Judge.Result> baseVal, List<Judge.Result> baseTest, List<RunResult> runs,
+        IReadOnlyDictionary<string, List<Judge.Result>>? baseSecond)
     {
-        JsonObject Summ(List<Judge.Result> val, List<Judge.Result> test)
+        JsonObject Summ(List<Judge.Result> val, List<Judge.Result> test, IReadOnlyDictionary<string, List<Judge.Result>>? second)
         {
             var o = new JsonObject { ["judge_validation"] = val.Average(r => r.score), ["judge_test"] = test.Average(r => r.score) };
             foreach (var a in Attributes) o[a] = AttributeMean(val.Concat(test), a);
+            if (second != null)
+                foreach (var (split, rs) in second)
+                {
+                    o[$"judge_{split}"] = rs.Average(r => r.score);
+                    if (baseSecond != null && !ReferenceEquals(second, baseSecond)) o[$"win_rate_{split}"] = WinRate(rs, baseSecond[split]);
+                }
             return o;
         }
         var arr = new JsonArray();
         foreach (var r in runs)
         {
-            var o = Summ(r.validation, r.test);
+            var o = Summ(r.validation, r.test, r.second);
             o["method"] = r.method;
             o["seed"] = r.seed;
             o["win_rate_validation"] = WinRate(r.validation, baseVal);
@@ -541,7 +605,7 @@ public static class WorldStudy
         return new JsonObject
         {
             ["config"] = JsonNode.Parse(JsonSerializer.Serialize(c)),
-            ["base"] = Summ(baseVal, baseTest),
+            ["base"] = Summ(baseVal, baseTest, baseSecond),
             ["runs"] = arr,
         };
     }

@@ -11,6 +11,15 @@ let table =
         for m in methods ->
             sprintf "| %s | %s | %s | %s |" (if m = "sft" then sprintf "%s (%s)" split what else "") (label m)
                 (num (WorldStudy.MeanScore(report, m, split))) (pct (WorldStudy.WinVsBase(report, m, split))) ]
+// The same models, prompts and seeds sampled without classifier-free guidance (the study's second guidance scale):
+// SUDO's self-pairs teach the text conditioning the way CFG does, so its effect shows most here.
+let unguided =
+    [ for split, what in splits do
+        let s = split + "@cfg1"
+        yield sprintf "| %s (avg judge) | base | %s | — |" split (num (WorldStudy.MeanScore(report, "base", s)))
+        for m in methods ->
+            sprintf "| %s | %s | %s | %s |" (if m = "sft" then sprintf "%s (%s)" split what else "") (label m)
+                (num (WorldStudy.MeanScore(report, m, s))) (pct (WorldStudy.WinVsBase(report, m, s))) ]
 let h2h =
     [ for split, _ in splits ->
         sprintf "| %s | %s | %s |" split (pct (WorldStudy.HeadToHead(report, "sudo", "sft", split))) (pct (WorldStudy.HeadToHead(report, "sudo", "dpo", split))) ]
@@ -26,11 +35,18 @@ write "paper-repro/sudo/RESULTS.md" (
 |---|---|---|---|
 """ + String.concat "\n" table + """
 
-| split | SUDO vs SFT | SUDO vs DPO |
+| split (CFG 3) | SUDO vs SFT | SUDO vs DPO |
 |---|---|---|
 """ + String.concat "\n" h2h + """
 
-Per-attribute accuracy (both splits):
+Judged **without classifier-free guidance** (CFG 1; same models, prompts and seeds; the base at CFG 3 scores
+""" + num (WorldStudy.MeanScore(report, "base", "test")) + """ on the test split):
+
+| set | method | avg judge (CFG 1) | win vs base (CFG 1) |
+|---|---|---|---|
+""" + String.concat "\n" unguided + """
+
+Per-attribute accuracy (CFG 3, both splits):
 
 | model | colour | shape | size | count | relation |
 |---|---|---|---|---|---|
@@ -48,7 +64,7 @@ Per-attribute accuracy (both splits):
 (SDXL, same table: SFT hurts — 19.4% PickScore win rate — while DPO 72.6% and Self-DPO 60.8%.) The toy table asks the
 same question on the world: does SUDO, which never sees a human loser, match or beat DPO, and both beat SFT? Measured
 (test split, 95% intervals over 3 training seeds): SUDO vs base """ + verdict (WorldStudy.WinVsBase(report, "sudo", "test")) + """, SUDO vs SFT """ + verdict (WorldStudy.HeadToHead(report, "sudo", "sft", "test")) + """,
-SUDO vs DPO """ + verdict (WorldStudy.HeadToHead(report, "sudo", "dpo", "test")) + """.
+SUDO vs DPO """ + verdict (WorldStudy.HeadToHead(report, "sudo", "dpo", "test")) + """; without guidance (CFG 1), SUDO vs base """ + verdict (WorldStudy.WinVsBase(report, "sudo", "test@cfg1")) + """.
 
 ## Real-scale commands (GPU; not run here)
 

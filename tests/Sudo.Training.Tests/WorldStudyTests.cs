@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using NUnit.Framework;
 using Sudo.Data;
+using Sudo.Diffusion;
 
 namespace Sudo.Training.Tests;
 
@@ -72,11 +73,26 @@ public class WorldStudyTests
             Assert.That(rep.runs.All(r => r.validation.Count == 3 && r.test.Count == 3), Is.True);
             Assert.That(rep.runs[0].curve.Select(p => p.step), Is.EqualTo(new[] { 0, 2, 4 }), "base, checkpoint-2, checkpoint-4");
 
+            // The second guidance scale (CFG 1): the same prompts and seeds, sampled without guidance.
+            Assert.That(rep.base_second!.Keys, Is.EquivalentTo(new[] { "validation@cfg1", "test@cfg1" }));
+            Assert.That(rep.runs.All(r => r.second!["validation@cfg1"].Count == 3 && r.second["test@cfg1"].Count == 3), Is.True);
+            using (var basePipe = StableDiffusionPipeline.from_pretrained(Path.Combine(root, "assets", "world", "base"), "ddim"))
+            {
+                var direct = WorldBase.Evaluate(basePipe, World.Prompts("validation", 3, 0), 0, 3, 1.0).Select(r => r.score);
+                Assert.That(rep.base_second["validation@cfg1"].Select(r => r.score), Is.EqualTo(direct).Within(1e-9), "base at CFG 1 = direct sampling at guidance 1");
+                var cfg3 = WorldBase.Evaluate(basePipe, World.Prompts("validation", 3, 0), 0, 3, 3.0).Select(r => r.score);
+                Assert.That(rep.base_validation.Select(r => r.score), Is.EqualTo(cfg3).Within(1e-9), "main split at the study's CFG 3");
+            }
+            Assert.That(WorldStudy.MeanScore(rep, "dpo", "test@cfg1").mean, Is.EqualTo(rep.runs[0].second!["test@cfg1"].Average(r => r.score)).Within(1e-12));
+            Assert.That(() => WorldStudy.MeanScore(rep, "dpo", "test@cfg2"), Throws.ArgumentException.With.Message.Contains("unknown split 'test@cfg2'").And.Message.Contains("\"test@cfg1\""));
+
             var md = File.ReadAllText(Path.Combine(dir, "report.md"));
             Assert.That(md, Does.Contain("| base |").And.Contain("| Diffusion-DPO |").And.Contain("| DPO (shuffled labels) |").And.Contain("![base vs methods](grid.png)"));
             Assert.That(md, Does.Contain("dotnet fsi recipes/diffusion_dpo.fsx -- --model"));
             var tableRows = md.Split('\n').Count(l => l.StartsWith("| ") && l.Count(ch => ch == '|') == 13);
             Assert.That(tableRows, Is.EqualTo(4), "header + base + 2 methods, 12 columns each");
+            Assert.That(md, Does.Contain("judged at **CFG 1**"));
+            Assert.That(md.Split('\n').Count(l => l.StartsWith("| ") && l.Count(ch => ch == '|') == 6), Is.EqualTo(4), "CFG-1 table: header + base + 2 methods, 5 columns each");
 
             var grid = ImageCodecs.Load(Path.Combine(dir, "grid.png"));
             Assert.That(grid.Width, Is.EqualTo(184 + 4 * (128 + 8) + 8), "label column + 4 prompts × (4×32 px + padding)");
@@ -91,6 +107,7 @@ public class WorldStudyTests
                 Assert.That(r!["win_rate_validation"]!.GetValue<double>(), Is.InRange(0.0, 1.0));
                 Assert.That(r["peak_rss_mb"]!.GetValue<double>(), Is.GreaterThan(50));
                 Assert.That(r["curve"]!.AsArray(), Has.Count.EqualTo(3));
+                Assert.That(r["win_rate_test@cfg1"]!.GetValue<double>(), Is.InRange(0.0, 1.0));
             }
             // The shuffled control trains on the same images with permuted labels.
             var orig = File.ReadAllLines(Path.Combine(dir, "pairs", "pairs.jsonl")).Select(l => JsonNode.Parse(l)!["label_0"]!.GetValue<double>()).OrderBy(x => x);
