@@ -530,7 +530,7 @@ public static class WorldStudy
         sb.AppendLine(n >= 2
             ? $"Each cell: mean ± 95% interval over **{n} training seeds** ({string.Join(", ", c.seeds)}; Student t, {n - 1} df); each seed's value is the mean over {c.eval_prompts} held-out prompts × {c.eval_seeds} sampling seeds per split."
             : $"One training seed ({c.seeds[0]}): ± is a 95% interval over the {c.eval_prompts} held-out prompts × {c.eval_seeds} sampling seeds (sampling noise only; the paper-repro tables use ≥ 3 training seeds).");
-        sb.AppendLine($"Same base, pairs and budget for every method: {c.max_train_steps} steps × {c.train_batch_size} pairs, lr {c.learning_rate.ToString(inv)}, warmup {c.lr_warmup_steps}, β {c.beta_dpo.ToString(inv)}; "
+        sb.AppendLine($"Same base, pairs and budget for every method: {c.max_train_steps} steps × {c.train_batch_size} pairs, lr {c.learning_rate.ToString(inv).ToLowerInvariant()}, warmup {c.lr_warmup_steps}, β {c.beta_dpo.ToString(inv)}; "
             + $"sampling DDIM {c.sample_steps}, CFG {c.guidance_scale.ToString(inv)}. Judge score = 0.8·mean(attribute checks) + 0.2·quality. "
             + "Validation = held-out prompts with colour–shape pairs seen in training; test = pairs never seen (red square, blue circle, purple triangle). "
             + "Win rate = share of (prompt, seed) where the method's image beats the base's on the judge (ties ½).\n");
