@@ -158,6 +158,6 @@ public static class SampleBench
         Once();
         var times = Enumerable.Range(0, reps).Select(_ => Once()).OrderBy(t => t).ToArray();
         var med = times[times.Length / 2];
-        return new SampleBenchResult(med, med / 4, Sudo.Models.UNetBench.PeakRssMb());
+        return new SampleBenchResult(med, med / 4, Sudo.Torch.ProcessMemory.PeakRssMb());
     }
 }

@@ -55,18 +55,6 @@ public static class UNetBench
             using var ac = autocast(Device.CPU);
             unet.forward(x, t, ctx);
         });
-        return new UNetBenchResult(fwd, fwdBwd, bf16, PeakRssMb());
-    }
-
-    /// <summary>The process's peak resident set in MB: VmHWM on Linux, the runtime's peak working set elsewhere.</summary>
-    public static double PeakRssMb()
-    {
-        const string status = "/proc/self/status";
-        if (File.Exists(status))
-            foreach (var line in File.ReadLines(status))
-                if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
-                    return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0;
-        using var me = System.Diagnostics.Process.GetCurrentProcess();
-        return me.PeakWorkingSet64 / 1048576.0;
+        return new UNetBenchResult(fwd, fwdBwd, bf16, ProcessMemory.PeakRssMb());
     }
 }

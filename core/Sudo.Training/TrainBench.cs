@@ -83,6 +83,6 @@ public static class TrainBench
             loss.backward();
             opt.step();
         });
-        return new TrainBenchResult(dpo, dpoBf16, spo, UNetBench.PeakRssMb());
+        return new TrainBenchResult(dpo, dpoBf16, spo, ProcessMemory.PeakRssMb());
     }
 }

@@ -462,7 +462,7 @@ public sealed class Trainer : IDisposable
             ["method"] = method,
             ["steps"] = steps,
             ["seconds"] = Math.Round(seconds, 1),
-            ["peak_rss_mb"] = Math.Round(UNetBench.PeakRssMb(), 1),
+            ["peak_rss_mb"] = Math.Round(ProcessMemory.PeakRssMb(), 1),
             ["torch_threads"] = get_num_threads(),
         }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
@@ -570,7 +570,7 @@ public sealed class Trainer : IDisposable
             copy.save_pretrained(Path.Combine(config.output_dir, "unet_ema"));
         }
         WriteSummary(config.output_dir, config.method, global_step, sw.Elapsed.TotalSeconds);
-        log($"done: {global_step} steps in {sw.Elapsed.TotalSeconds:F1} s (peak RSS {UNetBench.PeakRssMb():F0} MB); weights in {config.output_dir}");
+        log($"done: {global_step} steps in {sw.Elapsed.TotalSeconds:F1} s (peak RSS {ProcessMemory.PeakRssMb():F0} MB); weights in {config.output_dir}");
     }
 
     public void Dispose()
