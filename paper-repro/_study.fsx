@@ -13,7 +13,9 @@ let config =
         seeds = [| 0; 1; 2 |],
         max_train_steps = 300,
         eval_prompts = 48,
-        eval_seeds = 2)
+        eval_seeds = 2,
+        // CFG 1 shows SUDO's learned guidance; DDIM η = 1 is the sampler SPO trains (micro runs: its gain stays there).
+        extra_samplers = [| StudySampler("cfg1", 1.0); StudySampler("eta1", 3.0, eta = 1.0) |])
 
 let clock = Diagnostics.Stopwatch.StartNew()
 let report = WorldStudy.Run(config)

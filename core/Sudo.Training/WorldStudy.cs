@@ -39,10 +39,10 @@ public sealed record WorldStudyConfig
     public int curve_prompts { get; init; } = 32;
     public int sample_steps { get; init; } = 20;
     public double guidance_scale { get; init; } = 3.0;
-    /// <summary>Every model is judged a second time on the same held-out prompts and seeds at this guidance scale
-    /// (default 1: no classifier-free guidance, where SUDO's learned guidance shows); null skips it. Its splits are
-    /// named "validation@cfg1" and "test@cfg1" in the table helpers.</summary>
-    public double? second_guidance_scale { get; init; } = 1.0;
+    /// <summary>Samplers every model is judged with again, on the same held-out prompts and seeds; each adds the splits
+    /// "validation@name" and "test@name" to the table helpers. Default: CFG 1 ("cfg1": no classifier-free guidance,
+    /// where SUDO's learned guidance shows). Empty for none.</summary>
+    public StudySampler[] extra_samplers { get; init; } = [new("cfg1", 1.0)];
     /// <summary>SPO: rounds of (prompts_per_round prompts sampled with a pool of k per step, then training on the kept pairs);
     /// LoRA rank 4 and lr 6e-5 as SPO's SD-1.5 config (r 8 at 3e-4 collapsed the world base with its 0.60-agreement scorer);
     /// threshold below SPO's 0.3 because the world's scorer separates candidates less sharply than PickScore.</summary>
@@ -66,6 +66,12 @@ public sealed record WorldStudyConfig
     public string? repo_root { get; init; }
 }
 
+/// <summary>A sampler setting the study judges every model with besides its main one (DDIM, CFG guidance_scale, η eta).</summary>
+public sealed record StudySampler(string name, double guidance_scale, double eta = 0)
+{
+    public string Describe() => $"CFG {guidance_scale.ToString(CultureInfo.InvariantCulture)}" + (eta != 0 ? $", DDIM η = {eta.ToString(CultureInfo.InvariantCulture)}" : "");
+}
+
 /// <summary>One method of the comparison: the recipe a GPU user runs, with its extra arguments.</summary>
 public sealed record WorldMethod(string name, string label, string recipe, string[] extra_args, string note);
 
@@ -84,21 +90,14 @@ public static class WorldStudy
         ["spo"] = new("spo", "SPO", "recipes/spo.fsx", [], "online step-wise pairs chosen by the learned step-aware scorer, LoRA"),
     };
 
-    /// <summary>One training run's judge results: the held-out splits at the study's guidance scale, and in
-    /// <paramref name="second"/> the same splits at the second guidance scale (keys "validation@cfgG", "test@cfgG").</summary>
+    /// <summary>One training run's judge results: the held-out splits with the study's sampler, and in
+    /// <paramref name="extra"/> the same splits with each extra sampler (keys "validation@name", "test@name").</summary>
     public sealed record RunResult(string method, int seed, string folder, List<Judge.Result> validation, List<Judge.Result> test,
         List<(int step, double score)> curve, double train_seconds, double peak_rss_mb, string command,
-        IReadOnlyDictionary<string, List<Judge.Result>>? second = null);
+        IReadOnlyDictionary<string, List<Judge.Result>>? extra = null);
 
     public sealed record Report(string folder, List<Judge.Result> base_validation, List<Judge.Result> base_test, List<RunResult> runs, string markdown,
-        IReadOnlyDictionary<string, List<Judge.Result>>? base_second = null);
-
-    /// <summary>The split names of the second guidance scale: "validation@cfg1" and "test@cfg1" for scale 1.</summary>
-    public static (string validation, string test) SecondSplits(double scale)
-    {
-        var g = scale.ToString("R", CultureInfo.InvariantCulture);
-        return ($"validation@cfg{g}", $"test@cfg{g}");
-    }
+        IReadOnlyDictionary<string, List<Judge.Result>>? base_extra = null);
 
     public static string FindRepoRoot(string? hint = null)
     {
@@ -114,6 +113,11 @@ public static class WorldStudy
         foreach (var m in c.methods)
             if (!Methods.ContainsKey(m)) throw new ArgumentException($"unknown method '{m}' (expected one of: {string.Join(", ", Methods.Keys)})");
         if (c.seeds.Length == 0) throw new ArgumentException("seeds: give at least one training seed");
+        foreach (var x in c.extra_samplers)
+            if (x.name.Length == 0 || !x.name.All(ch => char.IsAsciiLetterOrDigit(ch) || ch is '_' or '-'))
+                throw new ArgumentException($"extra_samplers: name '{x.name}' must be letters, digits, '_' or '-' (it names splits and cache files)");
+        if (c.extra_samplers.Select(x => x.name).Distinct().Count() != c.extra_samplers.Length)
+            throw new ArgumentException($"extra_samplers: names must be unique (got {string.Join(", ", c.extra_samplers.Select(x => x.name))})");
         var root = FindRepoRoot(c.repo_root);
         var outDir = Path.GetFullPath(c.output_dir);
         Directory.CreateDirectory(outDir);
@@ -143,19 +147,27 @@ public static class WorldStudy
         // 3. Evaluation prompts: held-out validation (seen combinations) and test (unseen combinations).
         var valPrompts = World.Prompts("validation", c.eval_prompts, 0);
         var testPrompts = World.Prompts("test", c.eval_prompts, 0);
-        List<Judge.Result> Eval(IReadOnlyList<string> prompts, List<RgbImage>? images = null, double? guidance = null) =>
-            Enumerable.Range(0, c.eval_seeds).SelectMany(s => WorldBase.Evaluate(pipe, prompts, s, c.sample_steps, guidance ?? c.guidance_scale, s == 0 ? images : null)).ToList();
-        // The second guidance scale: both splits, cached next to the main evaluation under their own key.
-        IReadOnlyDictionary<string, List<Judge.Result>>? Second(string cacheFile, string key, string? unet = null)
+        List<Judge.Result> Eval(IReadOnlyList<string> prompts, List<RgbImage>? images = null, StudySampler? sampler = null) =>
+            Enumerable.Range(0, c.eval_seeds).SelectMany(s => WorldBase.Evaluate(pipe, prompts, s, c.sample_steps, sampler?.guidance_scale ?? c.guidance_scale,
+                s == 0 ? images : null, sampler?.eta ?? 0)).ToList();
+        // The extra samplers: both splits each, cached next to the main evaluation (<prefix>_<name>.json) under their own
+        // key; unet is loaded only when something has to be sampled.
+        IReadOnlyDictionary<string, List<Judge.Result>> Extra(string folder, string cachePrefix, string key, string? unet = null)
         {
-            if (c.second_guidance_scale is not double g2) return null;
-            var (v, t, _) = CachedEval(cacheFile, $"{key}|second {g2.ToString("R", CultureInfo.InvariantCulture)}", () =>
+            var d = new Dictionary<string, List<Judge.Result>>();
+            var loaded = false;
+            foreach (var x in c.extra_samplers)
             {
-                if (unet != null) LoadUnet(pipe, unet);
-                return (Eval(valPrompts, guidance: g2), Eval(testPrompts, guidance: g2), []);
-            });
-            var names = SecondSplits(g2);
-            return new Dictionary<string, List<Judge.Result>> { [names.validation] = v, [names.test] = t };
+                var (v, t, _) = CachedEval(Path.Combine(folder, $"{cachePrefix}_{x.name}.json"), string.Create(CultureInfo.InvariantCulture, $"{key}|{x.name} CFG {x.guidance_scale:R} eta {x.eta:R}"), () =>
+                {
+                    if (unet != null && !loaded) LoadUnet(pipe, unet);
+                    loaded = true;
+                    return (Eval(valPrompts, sampler: x), Eval(testPrompts, sampler: x), []);
+                });
+                d[$"validation@{x.name}"] = v;
+                d[$"test@{x.name}"] = t;
+            }
+            return d;
         }
         var gridPrompts = valPrompts.Take(c.grid_prompts / 2).Concat(testPrompts.Take(c.grid_prompts - c.grid_prompts / 2)).ToList();
         List<(RgbImage img, double score)> GridRow()
@@ -170,7 +182,7 @@ public static class WorldStudy
         var evalKey = $"{c.eval_prompts}|{c.eval_seeds}|{c.curve_prompts}|{c.sample_steps}|{c.guidance_scale}";
         var (baseVal, baseTest, baseCurvePts) = CachedEval(Path.Combine(outDir, "base_eval.json"), evalKey, () => (Eval(valPrompts), Eval(testPrompts), [(0, CurvePoint())]));
         var baseCurve = baseCurvePts[0].score;
-        var baseSecond = Second(Path.Combine(outDir, "base_eval_second.json"), evalKey);
+        var baseExtra = Extra(outDir, "base_eval", evalKey);
         var grid = new List<(string label, List<(RgbImage img, double score)> row)> { ("base", GridRow()) };
         log($"world study: base judged on {valPrompts.Count}+{testPrompts.Count} held-out prompts × {c.eval_seeds} seeds: validation {baseVal.Average(r => r.score):F4}, test {baseTest.Average(r => r.score):F4} ({sw.Elapsed.TotalSeconds - t1:F0} s)");
 
@@ -222,23 +234,23 @@ public static class WorldStudy
                     LoadUnet(pipe, Path.Combine(runDir, "unet"));
                     grid.Add((spec.label, GridRow()));
                 }
-                var second = Second(Path.Combine(runDir, "study_eval_second.json"), evalKey + "|" + command, Path.Combine(runDir, "unet"));
-                runs.Add(new RunResult(m, seed, runDir, val, test, curve, summary["seconds"]!.GetValue<double>(), summary["peak_rss_mb"]!.GetValue<double>(), command, second));
+                var extra = Extra(runDir, "study_eval", evalKey + "|" + command, Path.Combine(runDir, "unet"));
+                runs.Add(new RunResult(m, seed, runDir, val, test, curve, summary["seconds"]!.GetValue<double>(), summary["peak_rss_mb"]!.GetValue<double>(), command, extra));
                 log($"world study: {spec.label}, seed {seed}: validation {val.Average(r => r.score):F4}, test {test.Average(r => r.score):F4}");
                 using (no_grad()) pipe.unet.load_state_dict(baseWeights);
             }
         foreach (var t in baseWeights.Values) t.Dispose();
 
         // 5. Report.
-        var md = Markdown(c, root, baseDir, pairsDir, new Report(outDir, baseVal, baseTest, runs, "", baseSecond), sw.Elapsed.TotalSeconds);
+        var md = Markdown(c, root, baseDir, pairsDir, new Report(outDir, baseVal, baseTest, runs, "", baseExtra), sw.Elapsed.TotalSeconds);
         var truth = ("target (rendered)", gridPrompts.Select((p, i) => (World.Render(p, 32, i), double.NaN)).ToList());
         ImageCodecs.Save(DrawGrid(gridPrompts, grid.Prepend(truth).ToList()), Path.Combine(outDir, "grid.png"));
         ImageCodecs.Save(DrawCurves(runs.Where(r => r.seed == c.seeds[0]).Select(r => (Methods[r.method].label, r.curve)).ToList(),
             $"mean judge score on {c.curve_prompts} validation prompts"), Path.Combine(outDir, "curve.png"));
         AtomicFile.WriteAllText(Path.Combine(outDir, "report.md"), md);
-        AtomicFile.WriteAllText(Path.Combine(outDir, "results.json"), ResultsJson(c, baseVal, baseTest, runs, baseSecond).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        AtomicFile.WriteAllText(Path.Combine(outDir, "results.json"), ResultsJson(c, baseVal, baseTest, runs, baseExtra).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         log($"world study: report {Path.Combine(outDir, "report.md")} (grid.png, curve.png, results.json) after {sw.Elapsed.TotalSeconds:F0} s");
-        return new Report(outDir, baseVal, baseTest, runs, md, baseSecond);
+        return new Report(outDir, baseVal, baseTest, runs, md, baseExtra);
     }
 
     static List<string> SpoArgs(WorldStudyConfig c, string baseDir, string scorer, string prompts, string runDir, int seed) =>
@@ -449,20 +461,20 @@ public static class WorldStudy
     {
         "validation" => r.validation,
         "test" => r.test,
-        _ => SecondSplit(r.second, split),
+        _ => ExtraSplit(r.extra, split),
     };
 
     static List<Judge.Result> BaseSplit(Report rep, string split) => split switch
     {
         "validation" => rep.base_validation,
         "test" => rep.base_test,
-        _ => SecondSplit(rep.base_second, split),
+        _ => ExtraSplit(rep.base_extra, split),
     };
 
-    static List<Judge.Result> SecondSplit(IReadOnlyDictionary<string, List<Judge.Result>>? second, string split) =>
-        second != null && second.TryGetValue(split, out var rs) ? rs
+    static List<Judge.Result> ExtraSplit(IReadOnlyDictionary<string, List<Judge.Result>>? extra, string split) =>
+        extra != null && extra.TryGetValue(split, out var rs) ? rs
         : throw new ArgumentException($"unknown split '{split}': expected \"validation\", \"test\""
-            + (second == null ? " (the study was run without a second guidance scale)" : $" or one of {string.Join(", ", second.Keys.Select(k => $"\"{k}\""))}"));
+            + (extra is not { Count: > 0 } ? " (the study was run without extra samplers)" : $" or one of {string.Join(", ", extra.Keys.Select(k => $"\"{k}\""))}"));
     static List<RunResult> RunsOf(Report rep, string method)
     {
         var rs = rep.runs.Where(r => r.method == method).OrderBy(r => r.seed).ToList();
@@ -545,10 +557,12 @@ public static class WorldStudy
             sb.AppendLine($"| {(m == "base" ? "base" : Methods[m].label)} | {Fmt(MeanScore(rep, m, "validation"))} | {Fmt(MeanScore(rep, m, "test"))} | {wins} | "
                 + $"{string.Join(" | ", attrs.Select(a => Fmt(MeanAttribute(rep, m, a))))} | {secs} | {mb} |");
         }
-        if (c.second_guidance_scale is double g2 && rep.base_second != null)
+        foreach (var x in c.extra_samplers)
         {
-            var (v2, t2) = SecondSplits(g2);
-            sb.AppendLine($"\nThe same models, prompts and seeds judged at **CFG {g2.ToString(inv)}**{(g2 == 1 ? " (no classifier-free guidance: what the model learned without the sampler's help; SUDO's self-pairs act as a learned guidance and show here)" : "")}:\n");
+            var (v2, t2) = ($"validation@{x.name}", $"test@{x.name}");
+            var why = x.guidance_scale == 1 && x.eta == 0 ? " (no classifier-free guidance: what the model learned without the sampler's help; SUDO's self-pairs act as a learned guidance and show here)"
+                : x.eta == 1 ? " (the stochastic sampler SPO's chains use and its training optimizes)" : "";
+            sb.AppendLine($"\nThe same models, prompts and seeds judged with **{x.Describe()}**{why}:\n");
             sb.AppendLine("| method | judge (validation) | judge (test, unseen) | win vs base (val) | win vs base (test) |");
             sb.AppendLine("|---|---|---|---|---|");
             foreach (var m in c.methods.Prepend("base"))
@@ -574,24 +588,24 @@ public static class WorldStudy
     }
 
     static JsonObject ResultsJson(WorldStudyConfig c, List<Judge.Result> baseVal, List<Judge.Result> baseTest, List<RunResult> runs,
-        IReadOnlyDictionary<string, List<Judge.Result>>? baseSecond)
+        IReadOnlyDictionary<string, List<Judge.Result>> baseExtra)
     {
-        JsonObject Summ(List<Judge.Result> val, List<Judge.Result> test, IReadOnlyDictionary<string, List<Judge.Result>>? second)
+        JsonObject Summ(List<Judge.Result> val, List<Judge.Result> test, IReadOnlyDictionary<string, List<Judge.Result>>? extra)
         {
             var o = new JsonObject { ["judge_validation"] = val.Average(r => r.score), ["judge_test"] = test.Average(r => r.score) };
             foreach (var a in Attributes) o[a] = AttributeMean(val.Concat(test), a);
-            if (second != null)
-                foreach (var (split, rs) in second)
+            if (extra != null)
+                foreach (var (split, rs) in extra)
                 {
                     o[$"judge_{split}"] = rs.Average(r => r.score);
-                    if (baseSecond != null && !ReferenceEquals(second, baseSecond)) o[$"win_rate_{split}"] = WinRate(rs, baseSecond[split]);
+                    if (!ReferenceEquals(extra, baseExtra)) o[$"win_rate_{split}"] = WinRate(rs, baseExtra[split]);
                 }
             return o;
         }
         var arr = new JsonArray();
         foreach (var r in runs)
         {
-            var o = Summ(r.validation, r.test, r.second);
+            var o = Summ(r.validation, r.test, r.extra);
             o["method"] = r.method;
             o["seed"] = r.seed;
             o["win_rate_validation"] = WinRate(r.validation, baseVal);
@@ -605,7 +619,7 @@ public static class WorldStudy
         return new JsonObject
         {
             ["config"] = JsonNode.Parse(JsonSerializer.Serialize(c)),
-            ["base"] = Summ(baseVal, baseTest, baseSecond),
+            ["base"] = Summ(baseVal, baseTest, baseExtra),
             ["runs"] = arr,
         };
     }

@@ -17,38 +17,13 @@ let cost =
         let struct (s, mb) = WorldStudy.Cost(report, m)
         sprintf "| %s | %.0f s | %.0f MB |" (label m) s mb ]
 // SPO trains the stochastic DDIM η = 1 sampler of its chains; the table above (like the paper) samples with η = 0. The
-// micro runs (tests/Sudo.Training.Tests/WorldMethodTests.cs) found SPO's gain stays in the η = 1 sampler, so the base and
-// the SPO runs are judged here once more with η = 1 on the same held-out prompts and seeds (cached in spo_eta1.json).
-let eta1 =
-    let runs = report.runs |> Seq.filter (fun r -> r.method = "spo") |> Seq.sortBy (fun r -> r.seed) |> Seq.toList
-    let key = String.concat "\n" [ for r in runs -> r.command ] + sprintf "|%d|%d|%d|%g" config.eval_prompts config.eval_seeds config.sample_steps config.guidance_scale
-    let cache = Path.Combine(config.output_dir, "spo_eta1.json")
-    let parse (a: System.Text.Json.Nodes.JsonNode) = [ for x in a.AsArray() -> x.GetValue<float>() ]
-    match (if File.Exists cache then Some(System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText cache)) else None) with
-    | Some c when string c.["key"] = key -> parse c.["base"], [ for r in c.["runs"].AsArray() -> parse r ]
-    | _ ->
-        use pipe = Sudo.Diffusion.StableDiffusionPipeline.from_pretrained(Path.GetFullPath config.base_model, "ddim")
-        let prompts = [ yield! Sudo.Data.World.Prompts("validation", config.eval_prompts, 0); yield! Sudo.Data.World.Prompts("test", config.eval_prompts, 0) ]
-        let judge () =
-            [ for s in 0 .. config.eval_seeds - 1 do
-                for r in WorldBase.Evaluate(pipe, prompts, s, config.sample_steps, config.guidance_scale, eta = 1.0) -> r.score ]
-        let baseScores = judge ()
-        let runScores = [ for r in runs -> WorldStudy.LoadUnet(pipe, Path.Combine(r.folder, "unet")); judge () ]
-        let arr (v: float list) = System.Text.Json.Nodes.JsonArray([| for x in v -> System.Text.Json.Nodes.JsonValue.Create x :> System.Text.Json.Nodes.JsonNode |])
-        let o = System.Text.Json.Nodes.JsonObject()
-        o.["key"] <- System.Text.Json.Nodes.JsonValue.Create key
-        o.["base"] <- arr baseScores
-        o.["runs"] <- System.Text.Json.Nodes.JsonArray([| for v in runScores -> arr v :> System.Text.Json.Nodes.JsonNode |])
-        Sudo.Torch.AtomicFile.WriteAllText(cache, o.ToJsonString())
-        baseScores, runScores
-let eta1Wins =
-    let baseScores, runScores = eta1
-    [ for v in runScores -> List.map2 (fun a b -> if abs (a - b) < 1e-9 then 0.5 elif a > b then 1.0 else 0.0) v baseScores |> List.average ]
-let eta1Verdict = verdict (WorldStudy.MeanCi(ResizeArray eta1Wins))
-let eta1Row =
-    let baseScores, runScores = eta1
-    let ci (v: float list) = WorldStudy.MeanCi(ResizeArray v)
-    sprintf "| %.3f | %s | %s |" (List.average baseScores) (num (ci [ for v in runScores -> List.average v ])) (pct (ci eta1Wins))
+// micro runs (tests/Sudo.Training.Tests/WorldMethodTests.cs) found SPO's gain stays in the η = 1 sampler, so the study
+// also judges every model with η = 1 (its "eta1" sampler, _study.fsx).
+let eta1Rows =
+    [ for m in [ "base"; "dpo"; "spo" ] ->
+        let cells = [ for split, _ in splits -> num (WorldStudy.MeanScore(report, m, split + "@eta1")) ]
+        let wins = [ for split, _ in splits -> if m = "base" then "—" else pct (WorldStudy.WinVsBase(report, m, split + "@eta1")) ]
+        sprintf "| %s | %s | %s |" (label m) (String.concat " | " cells) (String.concat " | " wins) ]
 let scorerSeconds = System.Text.Json.Nodes.JsonNode.Parse(agreement).["seconds"].GetValue<float>()
 
 write "paper-repro/spo/RESULTS.md" (
@@ -62,15 +37,15 @@ write "paper-repro/spo/RESULTS.md" (
 SPO vs Diffusion-DPO head-to-head: validation """ + pct (WorldStudy.HeadToHead(report, "spo", "dpo", "validation")) + ", test " + pct (WorldStudy.HeadToHead(report, "spo", "dpo", "test")) + """
 (""" + verdict (WorldStudy.HeadToHead(report, "spo", "dpo", "test")) + """); SPO vs base on test: """ + verdict (WorldStudy.WinVsBase(report, "spo", "test")) + """.
 
-Judged with SPO's own sampler (DDIM **η = 1**, as in its training chains; same prompts, seeds and CFG, both splits
-together): the micro runs found SPO's gain there and not at η = 0 (`paper-repro/README.md`).
+Judged with SPO's own sampler (DDIM **η = 1**, as in its training chains; same prompts, seeds and CFG): the micro runs
+found SPO's gain there and not at η = 0 (`paper-repro/README.md`).
 
-| base (η = 1) | SPO (η = 1) | SPO win vs base (η = 1) |
-|---|---|---|
-""" + eta1Row + """
+| method (η = 1) | judge (validation) | judge (test, unseen) | win vs base (validation) | win vs base (test) |
+|---|---|---|---|---|
+""" + String.concat "\n" eta1Rows + """
 
 With the learned step-aware scorer (its agreement with the judge on x̂₀ at t is in the JSON below) SPO's win rate at
-η = 1 is """ + eta1Verdict + """. In the micro runs, the oracle scorer (the judge itself on x̂₀) did raise the η = 1
+η = 1 on the test split is """ + verdict (WorldStudy.WinVsBase(report, "spo", "test@eta1")) + """. In the micro runs, the oracle scorer (the judge itself on x̂₀) did raise the η = 1
 score on the training prompts (+0.014…+0.019 per 20-round run). The study's SPO differs from those runs in the scorer
 (learned, near chance on x̂₀ at t > 0), its settings (SPO's lr 6e-5, k 4, branching at step 4) and the prompts it is
 judged on (held out here); the scorer's near-chance agreement is the likeliest reason it does not move.

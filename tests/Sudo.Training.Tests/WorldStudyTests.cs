@@ -66,6 +66,7 @@ public class WorldStudyTests
                 grid_prompts = 4,
                 curve_prompts = 3,
                 sample_steps = 3,
+                extra_samplers = [new("cfg1", 1.0), new("eta1", 3.0, eta: 1.0)],
             };
             var log = new List<string>();
             var rep = WorldStudy.Run(cfg, log.Add);
@@ -73,17 +74,21 @@ public class WorldStudyTests
             Assert.That(rep.runs.All(r => r.validation.Count == 3 && r.test.Count == 3), Is.True);
             Assert.That(rep.runs[0].curve.Select(p => p.step), Is.EqualTo(new[] { 0, 2, 4 }), "base, checkpoint-2, checkpoint-4");
 
-            // The second guidance scale (CFG 1): the same prompts and seeds, sampled without guidance.
-            Assert.That(rep.base_second!.Keys, Is.EquivalentTo(new[] { "validation@cfg1", "test@cfg1" }));
-            Assert.That(rep.runs.All(r => r.second!["validation@cfg1"].Count == 3 && r.second["test@cfg1"].Count == 3), Is.True);
+            // The extra samplers (CFG 1; CFG 3 with DDIM η = 1): the same prompts and seeds, sampled with each.
+            Assert.That(rep.base_extra!.Keys, Is.EquivalentTo(new[] { "validation@cfg1", "test@cfg1", "validation@eta1", "test@eta1" }));
+            Assert.That(rep.runs.All(r => r.extra!.Values.All(v => v.Count == 3)), Is.True);
             using (var basePipe = StableDiffusionPipeline.from_pretrained(Path.Combine(root, "assets", "world", "base"), "ddim"))
             {
-                var direct = WorldBase.Evaluate(basePipe, World.Prompts("validation", 3, 0), 0, 3, 1.0).Select(r => r.score);
-                Assert.That(rep.base_second["validation@cfg1"].Select(r => r.score), Is.EqualTo(direct).Within(1e-9), "base at CFG 1 = direct sampling at guidance 1");
-                var cfg3 = WorldBase.Evaluate(basePipe, World.Prompts("validation", 3, 0), 0, 3, 3.0).Select(r => r.score);
+                var val = World.Prompts("validation", 3, 0);
+                var direct = WorldBase.Evaluate(basePipe, val, 0, 3, 1.0).Select(r => r.score);
+                Assert.That(rep.base_extra["validation@cfg1"].Select(r => r.score), Is.EqualTo(direct).Within(1e-9), "base at CFG 1 = direct sampling at guidance 1");
+                var eta1 = WorldBase.Evaluate(basePipe, val, 0, 3, 3.0, eta: 1.0).Select(r => r.score);
+                Assert.That(rep.base_extra["validation@eta1"].Select(r => r.score), Is.EqualTo(eta1).Within(1e-9), "base with η = 1 = direct sampling with η = 1");
+                var cfg3 = WorldBase.Evaluate(basePipe, val, 0, 3, 3.0).Select(r => r.score);
                 Assert.That(rep.base_validation.Select(r => r.score), Is.EqualTo(cfg3).Within(1e-9), "main split at the study's CFG 3");
+                Assert.That(eta1, Is.Not.EqualTo(cfg3), "η = 1 injects noise: the samples differ from η = 0");
             }
-            Assert.That(WorldStudy.MeanScore(rep, "dpo", "test@cfg1").mean, Is.EqualTo(rep.runs[0].second!["test@cfg1"].Average(r => r.score)).Within(1e-12));
+            Assert.That(WorldStudy.MeanScore(rep, "dpo", "test@cfg1").mean, Is.EqualTo(rep.runs[0].extra!["test@cfg1"].Average(r => r.score)).Within(1e-12));
             Assert.That(() => WorldStudy.MeanScore(rep, "dpo", "test@cfg2"), Throws.ArgumentException.With.Message.Contains("unknown split 'test@cfg2'").And.Message.Contains("\"test@cfg1\""));
 
             var md = File.ReadAllText(Path.Combine(dir, "report.md"));
@@ -91,8 +96,8 @@ public class WorldStudyTests
             Assert.That(md, Does.Contain("dotnet fsi recipes/diffusion_dpo.fsx -- --model"));
             var tableRows = md.Split('\n').Count(l => l.StartsWith("| ") && l.Count(ch => ch == '|') == 13);
             Assert.That(tableRows, Is.EqualTo(4), "header + base + 2 methods, 12 columns each");
-            Assert.That(md, Does.Contain("judged at **CFG 1**"));
-            Assert.That(md.Split('\n').Count(l => l.StartsWith("| ") && l.Count(ch => ch == '|') == 6), Is.EqualTo(4), "CFG-1 table: header + base + 2 methods, 5 columns each");
+            Assert.That(md, Does.Contain("judged with **CFG 1**").And.Contain("judged with **CFG 3, DDIM η = 1**"));
+            Assert.That(md.Split('\n').Count(l => l.StartsWith("| ") && l.Count(ch => ch == '|') == 6), Is.EqualTo(8), "two extra-sampler tables: header + base + 2 methods, 5 columns each");
 
             var grid = ImageCodecs.Load(Path.Combine(dir, "grid.png"));
             Assert.That(grid.Width, Is.EqualTo(184 + 4 * (128 + 8) + 8), "label column + 4 prompts × (4×32 px + padding)");
@@ -108,6 +113,7 @@ public class WorldStudyTests
                 Assert.That(r["peak_rss_mb"]!.GetValue<double>(), Is.GreaterThan(50));
                 Assert.That(r["curve"]!.AsArray(), Has.Count.EqualTo(3));
                 Assert.That(r["win_rate_test@cfg1"]!.GetValue<double>(), Is.InRange(0.0, 1.0));
+                Assert.That(r["win_rate_validation@eta1"]!.GetValue<double>(), Is.InRange(0.0, 1.0));
             }
             // The shuffled control trains on the same images with permuted labels.
             var orig = File.ReadAllLines(Path.Combine(dir, "pairs", "pairs.jsonl")).Select(l => JsonNode.Parse(l)!["label_0"]!.GetValue<double>()).OrderBy(x => x);
@@ -118,6 +124,10 @@ public class WorldStudyTests
             log.Clear();
             WorldStudy.Run(cfg, log.Add);
             Assert.That(log.Count(l => l.Contains("reusing")), Is.EqualTo(2), string.Join("\n", log));
+            Assert.That(() => WorldStudy.Run(cfg with { extra_samplers = [new("../x", 1.0)] }, log.Add),
+                Throws.ArgumentException.With.Message.Contains("name '../x' must be letters, digits"));
+            Assert.That(() => WorldStudy.Run(cfg with { extra_samplers = [new("g", 1.0), new("g", 2.0)] }, log.Add),
+                Throws.ArgumentException.With.Message.Contains("names must be unique"));
         }
         finally
         {
