@@ -39,6 +39,7 @@ let offlineConfig (methodName: string) (outputDir: string) =
         sdxl = (arg "sdxl" "false" = "true"),
         lora_rank = int (arg "lora_rank" "0"),
         mixed_precision = arg "mixed_precision" "no",
+        allow_slow_bf16 = (arg "allow_slow_bf16" "false" = "true"),
         checkpointing_steps = int (arg "checkpointing_steps" "100"),
         sudo_derangement = (arg "sudo_derangement" "false" = "true"),
         resolution = (match arg "resolution" "" with "" -> System.Nullable() | r -> System.Nullable(int r)),

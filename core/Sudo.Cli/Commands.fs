@@ -23,6 +23,20 @@ let info (asJson: bool) =
             else "compiled, no device available"
         printfn "devices        cpu%s" (if i.CudaAvailable then sprintf ", cuda:0..%d" (i.CudaDevices - 1) else "")
         printfn "cuda           %s" cuda
+        for d in i.CudaDeviceList do
+            printfn "  cuda:%d        %s, compute capability %s%s, %.1f GiB" d.Index d.Name d.ComputeCapability
+                (if d.NativeBf16 then " (native bf16)" else " (no native bf16: use fp16)") (float d.TotalMemoryBytes / 1073741824.0)
+        printfn "cpu            %s (%s)" i.Cpu.Model i.Cpu.Vendor
+        printfn "cpu features   %s" i.Cpu.Summary
+        let bf16 =
+            if i.Cpu.NativeBf16 then "native (avx512_bf16 or amx_bf16)"
+            elif i.Cpu.OneDnnBf16 then "emulated by oneDNN on AVX-512 (no avx512_bf16/amx_bf16)"
+            else "no bf16 kernels (no avx512bw/vl/dq): bf16 runs in a scalar loop, far slower than fp32"
+        let probe = Precision.ProbeBf16()
+        let measured =
+            if not (isNull probe.bf16_error) then sprintf "fails here: %s" probe.bf16_error
+            else sprintf "measured %.2f× the fp32 time (linear + conv probe)%s" probe.slowdown (if probe.slowdown > Precision.SlowBf16Factor then ": bf16 requests are refused without --allow_slow_bf16" else "")
+        printfn "cpu bf16       %s; %s" bf16 measured
         printfn "threads        torch intra-op %d, BLAS %d (SUDO_TORCH_THREADS / SUDO_BLAS_THREADS override), %d cores" i.TorchThreads i.BlasThreads Environment.ProcessorCount
         let spins =
             Library.ThreadPoolEnvironment.Keys

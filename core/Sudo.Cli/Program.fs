@@ -65,6 +65,7 @@ type SampleArgs =
     | Dtype of name: string
     | Device of name: string
     | Batch_Size of int
+    | [<CustomCommandLine("--allow_slow_bf16"); AltCommandLine("--allow-slow-bf16")>] Sample_Allow_Slow_Bf16
     | [<Mandatory>] Out of dir: string
     interface IArgParserTemplate with
         member a.Usage =
@@ -84,6 +85,7 @@ type SampleArgs =
             | Dtype _ -> "float32 or bfloat16 (fp16 only on CUDA)."
             | Device _ -> "cpu or cuda:N (default cpu)."
             | Batch_Size _ -> "images denoised together (default 4; never changes an image)."
+            | Sample_Allow_Slow_Bf16 -> "run --dtype bf16 on a CPU even where a probe measures it slower than fp32 (refused otherwise)."
             | Out _ -> "output folder."
 
 type TrainArgs =
@@ -112,6 +114,7 @@ type TrainArgs =
     | [<CustomCommandLine("--gradient_checkpointing")>] Gradient_Checkpointing
     | [<CustomCommandLine("--dataloader_num_workers")>] Dataloader_Num_Workers of int
     | [<CustomCommandLine("--mixed_precision")>] Mixed_Precision of string
+    | [<CustomCommandLine("--allow_slow_bf16")>] Allow_Slow_Bf16
     | [<CustomCommandLine("--proportion_empty_prompts")>] Proportion_Empty_Prompts of float
     | [<CustomCommandLine("--lora_rank")>] Lora_Rank of int
     | [<CustomCommandLine("--sudo_derangement")>] Sudo_Derangement
@@ -151,7 +154,8 @@ type TrainArgs =
             | No_Hflip -> "no random horizontal flip."
             | Gradient_Checkpointing -> "recompute UNet blocks in backward."
             | Dataloader_Num_Workers _ -> "accepted for compatibility; images are decoded in the training thread."
-            | Mixed_Precision _ -> "no or bf16 (fp16 needs CUDA)."
+            | Mixed_Precision _ -> "no or bf16 (fp16 needs CUDA); bf16 on a CPU without bf16 kernels is refused unless --allow_slow_bf16."
+            | Allow_Slow_Bf16 -> "run bf16 on a CPU even where a probe measures it slower than fp32 (a warning instead of an error)."
             | Proportion_Empty_Prompts _ -> "caption dropout probability (default 0.2)."
             | Lora_Rank _ -> "train LoRA adapters of this rank instead of the full UNet (reference = adapters off)."
             | Sudo_Derangement -> "SUDO: never pair a winner with itself (upstream allows it)."
@@ -420,7 +424,8 @@ let main argv =
                     eta = a.GetResult(Eta, defaultValue = 0.0),
                     dtype = a.GetResult(Dtype, defaultValue = "float32"),
                     device = a.GetResult(Device, defaultValue = "cpu"),
-                    batch_size = a.GetResult(Batch_Size, defaultValue = 4))
+                    batch_size = a.GetResult(Batch_Size, defaultValue = 4),
+                    allow_slow_bf16 = a.Contains Sample_Allow_Slow_Bf16)
             Commands.sample settings
         | Train a ->
             let methodName =
@@ -462,6 +467,7 @@ let main argv =
                     no_hflip = a.Contains No_Hflip,
                     gradient_checkpointing = a.Contains Gradient_Checkpointing,
                     mixed_precision = a.GetResult(Mixed_Precision, defaultValue = "no"),
+                    allow_slow_bf16 = a.Contains Allow_Slow_Bf16,
                     proportion_empty_prompts = a.GetResult(Proportion_Empty_Prompts, defaultValue = 0.2),
                     lora_rank = a.GetResult(Lora_Rank, defaultValue = 0),
                     sudo_derangement = a.Contains Sudo_Derangement,

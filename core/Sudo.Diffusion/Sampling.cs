@@ -23,6 +23,8 @@ public sealed record SampleSettings
     public double eta { get; init; }
     public string dtype { get; init; } = "float32";
     public string device { get; init; } = "cpu";
+    /// <summary>Run bf16 on a CPU even where the probe measures it slower than fp32 (Precision.Judge).</summary>
+    public bool allow_slow_bf16 { get; init; }
     /// <summary>Images denoised together (does not change any image).</summary>
     public int batch_size { get; init; } = 4;
     public required string out_dir { get; init; }
@@ -48,6 +50,7 @@ public static class Sampling
         if (s.images_per_prompt < 1 || s.batch_size < 1 || s.steps < 1) throw new ArgumentException("images per prompt, batch size and steps must be ≥ 1");
         var device = Device.Parse(s.device);
         var dtype = ParseDtype(s.dtype, device);
+        if (dtype == ScalarType.BFloat16) Precision.RequireUsableBf16(device, s.allow_slow_bf16, "--dtype bf16");
         using var pipe = StableDiffusionPipeline.from_pretrained(s.model, s.scheduler, dtype, device);
         Directory.CreateDirectory(s.out_dir);
         var jobs = s.prompts.SelectMany((p, pi) => Enumerable.Range(0, s.images_per_prompt).Select(k => (prompt: p, index: pi * s.images_per_prompt + k))).ToList();

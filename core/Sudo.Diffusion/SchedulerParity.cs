@@ -9,6 +9,9 @@ namespace Sudo.Diffusion;
 
 public static class SchedulerParity
 {
+    /// <summary>params.json keys that describe the file and change no computation.</summary>
+    private static readonly string[] Informational = ["set", "item", "versions", "note", "notes", "description"];
+
     public static ParityReport Run(string ioPath, string? paramsPath = null, double? tolerance = null)
     {
         var factor = tolerance ?? Parity.Tolerances["scheduler"];
@@ -26,15 +29,27 @@ public static class SchedulerParity
         }
         Tensor In(string k) => io.get(k);
         SchedulerConfig Cfg(string k) => SchedulerConfig.FromJson((p[k] as JsonObject) ?? throw new InvalidDataException($"{paramsPath}: no {k}"), $"{paramsPath}:{k}");
-        var n1 = p["num_inference_steps"]?["n1"]?.GetValue<int>() ?? 20;
-        var n2 = p["num_inference_steps"]?["n2"]?.GetValue<int>() ?? 50;
+        // Every case comes from the file: step counts, trajectory length, the fake model, the single-step timesteps.
+        var known = new HashSet<string>(StringComparer.Ordinal) { "num_inference_steps", "n_traj", "fake_model", "ddim_case_timesteps" };
+        var unknown = p.Select(kv => kv.Key).Where(k => !known.Contains(k) && !k.EndsWith("_config", StringComparison.Ordinal) && !Informational.Contains(k)).ToList();
+        if (unknown.Count > 0)
+            throw new InvalidDataException($"{paramsPath}: the scheduler harness does not understand {string.Join(", ", unknown.Select(k => $"'{k}'"))} " +
+                $"(it reads num_inference_steps.n1/n2, n_traj, fake_model, ddim_case_timesteps and *_config; {string.Join(", ", Informational)} are informational)");
+        int Int(JsonNode? n, string what) => n is JsonValue v && v.TryGetValue<int>(out var i) ? i
+            : throw new InvalidDataException($"{paramsPath}: {what} must be an integer, got {n?.ToJsonString() ?? "nothing"}");
+        var steps = p["num_inference_steps"] as JsonObject ?? throw new InvalidDataException($"{paramsPath}: no num_inference_steps object (expected {{\"n1\": .., \"n2\": ..}})");
+        var schedules = steps.Select(kv => (tag: kv.Key, n: Int(kv.Value, $"num_inference_steps.{kv.Key}"))).ToList();
+        if (!steps.ContainsKey("n1")) throw new InvalidDataException($"{paramsPath}: num_inference_steps has no n1 (the schedule of the single-step cases)");
+        var n1 = Int(steps["n1"], "num_inference_steps.n1");
+        var fakeSource = p["fake_model"] is JsonValue fv && fv.TryGetValue<string>(out var fs) ? fs : null;
+        var fake = fakeSource is null ? null : FakeModel.Parse(fakeSource, $"{paramsPath}: fake_model");
 
         using var ddim = new DDIMScheduler(Cfg("ddim_config"));
         using var ddpm = new DDPMScheduler(Cfg("ddpm_config"));
         Cmp("betas", ddim.schedule.betas);
         Cmp("alphas_cumprod", ddim.schedule.alphas_cumprod);
         Cmp("ddim_final_alpha_cumprod", scalar_tensor((double)ddim.final_alpha_cumprod, float32));
-        foreach (var (n, tag) in new[] { (n1, "n1"), (n2, "n2") })
+        foreach (var (tag, n) in schedules)
         {
             ddim.set_timesteps(n);
             ddpm.set_timesteps(n);
@@ -50,6 +65,7 @@ public static class SchedulerParity
         ddpm.set_timesteps(n1);
         using var ddimV = new DDIMScheduler(Cfg("ddim_config") with { prediction_type = "v_prediction" });
         ddimV.set_timesteps(n1);
+        var caseTimesteps = new List<long>();
         for (var k = 0; io.Contains($"ddim_case{k}_sample"); k++)
         {
             var c = $"ddim_case{k}_";
@@ -57,6 +73,7 @@ public static class SchedulerParity
             var mo = In(c + "model_output");
             var z = In(c + "variance_noise");
             var t = In(c + "timestep").item<long>();
+            caseTimesteps.Add(t);
             var prevT = ddim.PrevTimestep(t);
             Cmp(c + "prev_timestep", scalar_tensor(prevT));
             var variance = ddim.get_variance(t, prevT);
@@ -73,13 +90,25 @@ public static class SchedulerParity
             Cmp(c + "ddpm_prev_sample", ddpm.step(mo, t, x, 0, new NoiseSource(noise: z)).prev_sample);
         }
 
-        var nTraj = p["n_traj"]?.GetValue<int>() ?? 10;
-        foreach (var (key, _) in p)
+        if (p["ddim_case_timesteps"] is JsonArray listed)
         {
-            if (!key.EndsWith("_config", StringComparison.Ordinal)) continue;
-            var name = key[..^"_config".Length];
-            if (name is "ddim" or "ddpm" or "sd15_scheduler" || !io.Contains(name + "_samples")) continue;
-            using var s = Scheduler.FromConfig(Cfg(key));
+            var want = listed.Select((n, i) => (long)Int(n, $"ddim_case_timesteps[{i}]")).ToList();
+            if (!want.SequenceEqual(caseTimesteps))
+                throw new InvalidDataException($"{paramsPath}: ddim_case_timesteps [{string.Join(", ", want)}] but {ioPath} holds single-step cases at [{string.Join(", ", caseTimesteps)}]");
+        }
+
+        var trajectories = p.Where(kv => kv.Key.EndsWith("_config", StringComparison.Ordinal) && kv.Key is not ("ddim_config" or "ddpm_config" or "sd15_scheduler_config"))
+            .Select(kv => kv.Key[..^"_config".Length]).ToList();
+        if (trajectories.Any(n => io.Contains(n + "_samples")))
+        {
+            if (!io.Contains("traj_latent0")) throw new InvalidDataException($"{ioPath}: trajectories recorded but no traj_latent0 (their starting latent)");
+            if (fake is null) throw new InvalidDataException($"{paramsPath}: trajectories recorded but no fake_model string (the model that produced their model outputs)");
+        }
+        var nTraj = trajectories.Any(n => io.Contains(n + "_samples")) ? Int(p["n_traj"], "n_traj") : 0;
+        foreach (var name in trajectories)
+        {
+            if (!io.Contains(name + "_samples")) continue;
+            using var s = Scheduler.FromConfig(Cfg(name + "_config"));
             s.set_timesteps(nTraj);
             Cmp(name + "_timesteps", s.timesteps);
             if (s is EulerDiscreteScheduler e) Cmp(name + "_sigmas", tensor(e.sigmas));
@@ -93,8 +122,7 @@ public static class SchedulerParity
             foreach (var t in s.TimestepValues)
             {
                 var xin = s.scale_model_input(xs, t);
-                // The golden files' fake model: 0.1·scale_model_input(x, t) + 0.05·t/1000.
-                var mo = xin * 0.1 + 0.05 * t / 1000.0;
+                var mo = fake!.Evaluate(s, xs, t);
                 xs = s.step(mo, t, xs).prev_sample;
                 inputs.Add(xin);
                 outputs.Add(mo);

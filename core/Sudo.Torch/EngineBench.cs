@@ -9,7 +9,8 @@ public sealed record EngineBenchResult(
     double matmul_bf16_gflops,
     double conv_fwd_bwd_ms,
     int torch_threads,
-    int blas_threads);
+    int blas_threads,
+    IReadOnlyDictionary<string, object> cpu_features);
 
 public static class EngineBench
 {
@@ -22,7 +23,19 @@ public static class EngineBench
             MatmulGflops(ScalarType.BFloat16, matmulReps),
             ConvFwdBwdMs(convReps),
             torch.get_num_threads(),
-            torch.get_blas_threads());
+            torch.get_blas_threads(),
+            CpuFeatureReport());
+    }
+
+    /// <summary>The CPU model, each feature that matters (CpuInfo.Reported) and the measured bf16/fp32 time ratio.</summary>
+    public static IReadOnlyDictionary<string, object> CpuFeatureReport()
+    {
+        var cpu = CpuFeatures.Detect();
+        var d = new Dictionary<string, object> { ["model"] = cpu.Model };
+        foreach (var (f, has) in cpu.Features) d[f] = has;
+        var probe = Precision.ProbeBf16();
+        d["bf16_slowdown"] = double.IsFinite(probe.slowdown) ? Math.Round(probe.slowdown, 2) : -1;
+        return d;
     }
 
     /// <summary>Median over 5 rounds of the per-call time of a 4-element add (result disposed each time).</summary>

@@ -17,7 +17,9 @@ public sealed record LibraryInfo(
     int BlasThreads,
     string Blas,
     bool FusedAttention,
-    string ParallelInfo)
+    string ParallelInfo,
+    CpuInfo Cpu,
+    IReadOnlyList<CudaDeviceInfo> CudaDeviceList)
 {
     public string Flavour => CudaCompiled ? "CUDA" : "CPU";
 }
@@ -190,7 +192,9 @@ public static unsafe partial class Library
             Native.sudo_blas_get_num_threads(),
             Native.Str(Native.sudo_blas_info()),
             Native.sudo_sdpa_fused_available() != 0,
-            Native.Str(Native.sudo_parallel_info()));
+            Native.Str(Native.sudo_parallel_info()),
+            CpuFeatures.Detect(),
+            CudaDevices.List());
     }
 
     public static string NativePath

@@ -41,6 +41,9 @@ public sealed record TrainConfig
     public bool gradient_checkpointing { get; init; }
     /// <summary>"no" or "bf16" on CPU (fp16 needs CUDA).</summary>
     public string mixed_precision { get; init; } = "no";
+    /// <summary>Run bf16 (mixed precision or the bf16 reference) on a CPU even where the probe measures it slower than
+    /// fp32; without it such a run is refused with the measured slow-down (Precision.Judge).</summary>
+    public bool allow_slow_bf16 { get; init; }
     public double proportion_empty_prompts { get; init; } = 0.2;
     public double adam_beta1 { get; init; } = 0.9;
     public double adam_beta2 { get; init; } = 0.999;
@@ -125,6 +128,9 @@ public sealed class Trainer : IDisposable
         config.Validate();
         this.config = config;
         var device = Device.Parse(config.device);
+        // Before any loading: a bf16 request on a CPU without bf16 kernels is refused (or warned about) now, not after hours.
+        if (config.mixed_precision == "bf16") Precision.RequireUsableBf16(device, config.allow_slow_bf16, "--mixed_precision bf16");
+        if (config.reference_bf16) Precision.RequireUsableBf16(device, config.allow_slow_bf16, "--reference_bf16");
         manual_seed(config.seed);
         _rng = new Generator(config.seed);
         var loaded = PairDataset.Load(config.dataset_name);

@@ -145,11 +145,20 @@ public class FunctionalTests
         var vs = randn([1, 1, 4, 8], g, float64);
         var c = F.scaled_dot_product_attention(qs, ks, vs, is_causal: true);
         Check.Close(c[0, 0, 0], vs[0, 0, 0], 1e-12, "causal row 0");
-        // bf16 inputs: scores normalised in fp32, result in bf16 and close to the fp32 answer.
-        var q32 = q.@float();
-        var b = F.scaled_dot_product_attention(q32.bfloat16(), k.@float().bfloat16(), v.@float().bfloat16());
+        // bf16 inputs: scores normalised in fp32, result in bf16, within a bound derived element by element from
+        // bf16's unit roundoff u (Tolerance.DotProduct: γ_n = n·u/(1 − n·u)):
+        //   scores  |Δs_ij| ≤ δ_ij = γ_(d+4)·(|q_i|·|k_j|)/√d          (rounded q and k, d-term dot product, the scale, rounding)
+        //   softmax p̂_ij/p_ij ∈ [e^(−2δ_i), e^(2δ_i)], δ_i = max_j δ_ij  (a shift of every score by at most δ_i), then rounded (1 + u)
+        //   output  |Δo_i| ≤ [(1 + γ_(n+3))·e^(2δ_i)·(1 + u)² − 1]·Σ_j p_ij|v_j|   (rounded v, n-term sum, output rounding)
+        var b = F.scaled_dot_product_attention(q.@float().bfloat16(), k.@float().bfloat16(), v.@float().bfloat16());
         Assert.That(b.dtype, Is.EqualTo(ScalarType.BFloat16));
-        Check.Close(b.@float(), reference.@float(), 0.05, "sdpa bf16");
+        long d = q.size(-1), n = k.size(-2);
+        var u = Tolerance.UnitRoundoff(ScalarType.BFloat16);
+        var delta = Tolerance.DotProduct(ScalarType.BFloat16, d + 1, q.abs().matmul(k.abs().transpose(-2, -1)) / Math.Sqrt(d)).amax([-1], keepdim: true);
+        var gamma = Tolerance.DotProduct(ScalarType.BFloat16, n, ones([1], float64)).item();
+        var p = (q.matmul(k.transpose(-2, -1)) / Math.Sqrt(d)).softmax(-1);
+        var bound = ((delta * 2).exp() * ((1 + gamma) * (1 + u) * (1 + u)) - 1) * p.matmul(v.abs());
+        Check.CloseElementwise(b, reference, bound, "sdpa bf16");
     }
 
     private static Tensor Rand(long[] shape, long seed)

@@ -65,8 +65,11 @@ public class SmokeTests
         using var doc = JsonDocument.Parse(JsonSerializer.Serialize(r));
         Assert.That(doc.RootElement.EnumerateObject().Select(p => p.Name), Is.EqualTo(new[]
         {
-            "op_overhead_us", "matmul_gflops", "matmul_bf16_gflops", "conv_fwd_bwd_ms", "torch_threads", "blas_threads",
+            "op_overhead_us", "matmul_gflops", "matmul_bf16_gflops", "conv_fwd_bwd_ms", "torch_threads", "blas_threads", "cpu_features",
         }));
+        var cpu = doc.RootElement.GetProperty("cpu_features");
+        Assert.That(cpu.EnumerateObject().Select(p => p.Name), Is.EqualTo(new[] { "model" }.Concat(CpuInfo.Reported).Append("bf16_slowdown")));
+        Assert.That(cpu.GetProperty("avx2").GetBoolean(), Is.EqualTo(CpuFeatures.Detect().Has("avx2")));
         Assert.That(r.matmul_gflops, Is.GreaterThan(0));
         Assert.That(r.torch_threads, Is.EqualTo(torch.get_num_threads()));
     }

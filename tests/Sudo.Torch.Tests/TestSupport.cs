@@ -35,6 +35,17 @@ public static class Shared
 
 public static class Check
 {
+    /// <summary>Asserts |a − b| ≤ tol element by element (tol broadcast to the shape) and prints the worst ratio.</summary>
+    public static void CloseElementwise(Tensor actual, Tensor expected, Tensor tol, string what = "")
+    {
+        Assert.That(actual.shape, Is.EqualTo(expected.shape), $"{what}: shape");
+        using var scope = torch.NewDisposeScope();
+        var err = actual.to(ScalarType.Float64).sub(expected.to(ScalarType.Float64)).abs();
+        var ratio = (err / tol.to(ScalarType.Float64).clamp_min(1e-300)).max().item();
+        TestContext.Out.WriteLine($"{what}: max |Δ| = {err.max().item():G3}, worst |Δ|/bound = {ratio:G3}");
+        Assert.That(ratio, Is.LessThanOrEqualTo(1.0), $"{what}: an element exceeds its bound by {ratio:G3}×");
+    }
+
     /// <summary>Asserts max |a − b| ≤ tol and prints the max error.</summary>
     public static double Close(Tensor actual, Tensor expected, double tol, string what = "")
     {
@@ -84,6 +95,41 @@ public static class Check
         TestContext.Out.WriteLine($"gradcheck {what}: max rel err {maxErr:G3}");
         Assert.That(maxErr, Is.LessThanOrEqualTo(tol), $"gradcheck {what}");
     }
+}
+
+/// <summary>Tolerances derived from the arithmetic, so that a check holds on every CPU whose kernels round
+/// correctly, whatever their blocking, vector width or accumulation order, and still fails on a wrong result.</summary>
+public static class Tolerance
+{
+    /// <summary>Unit roundoff u of a dtype (round to nearest, p significand bits: u = 2^−p): bf16 2^−8, fp16 2^−11,
+    /// fp32 2^−24, fp64 2^−53.</summary>
+    public static double UnitRoundoff(ScalarType dtype) => dtype switch
+    {
+        ScalarType.BFloat16 => Math.Pow(2, -8),
+        ScalarType.Float16 => Math.Pow(2, -11),
+        ScalarType.Float32 => Math.Pow(2, -24),
+        ScalarType.Float64 => Math.Pow(2, -53),
+        _ => throw new ArgumentException($"no unit roundoff for {dtype}"),
+    };
+
+    /// <summary>Deterministic first-order bound of a dot product of length <paramref name="k"/> whose operands are
+    /// rounded to <paramref name="dtype"/>, accumulated in it (the worst case: a kernel accumulating in fp32 does
+    /// better) and whose result is rounded once more: |Δ| ≤ γ_(k+3)·Σ|a||b| with γ_n = n·u/(1 − n·u) (Higham,
+    /// Accuracy and Stability of Numerical Algorithms, 2nd ed., §3.1: two operand roundings, k − 1 additions and a
+    /// multiply per term, one output rounding). <paramref name="absDot"/> is Σ|a||b| for each output element.</summary>
+    public static Tensor DotProduct(ScalarType dtype, long k, Tensor absDot)
+    {
+        var nu = (k + 3) * UnitRoundoff(dtype);
+        if (nu >= 1) throw new ArgumentException($"a dot product of length {k} in {dtype} has no first-order bound (n·u = {nu})");
+        return absDot * (nu / (1 - nu));
+    }
+
+    /// <summary>Probabilistic bound for a computation whose result passes through <paramref name="roundings"/>
+    /// independent roundings to <paramref name="dtype"/> (Higham &amp; Mary, "A new approach to probabilistic rounding
+    /// error analysis", SIAM J. Sci. Comput. 41(5), 2019: |Δ| ≤ λ·√n·u·|x| with probability at least
+    /// 1 − 2·exp(−λ²(1 − u)²/2); λ = 5 makes that 1 − 7.5e-6), times the result's magnitude.</summary>
+    public static double Probabilistic(ScalarType dtype, long roundings, double magnitude, double lambda = 5) =>
+        lambda * Math.Sqrt(roundings) * UnitRoundoff(dtype) * magnitude;
 }
 
 /// <summary>Devices the tests run on: cpu always, cuda when this machine has one.</summary>
