@@ -44,5 +44,6 @@ let offlineConfig (methodName: string) (outputDir: string) =
         sudo_derangement = (arg "sudo_derangement" "false" = "true"),
         resolution = (match arg "resolution" "" with "" -> System.Nullable() | r -> System.Nullable(int r)),
         no_hflip = (arg "no_hflip" "false" = "true"),
+        cache_latents = (arg "cache_latents" "false" = "true"),
         proportion_empty_prompts = float (arg "proportion_empty_prompts" "0.2"),
         seed = int64 (arg "seed" "0"))

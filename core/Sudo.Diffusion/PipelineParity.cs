@@ -10,6 +10,14 @@ namespace Sudo.Diffusion;
 
 public static class PipelineParity
 {
+    /// <summary>What a run of cfg.runs may say; absent settings take diffusers' __call__ defaults (guidance 7.5,
+    /// 50 steps, η 0, one image per prompt). latents_seed only documents how in_&lt;name&gt;_latents was drawn.</summary>
+    private static readonly string[] RunKeys =
+    [
+        "name", "prompt", "negative_prompt", "num_images_per_prompt", "guidance_scale", "guidance_rescale", "num_inference_steps", "eta",
+        "height", "width", "seeds", "latents_seed", "original_size", "crops_coords_top_left", "target_size",
+    ];
+
     public static ParityReport Run(string folder, string ioPath, double? latentTolerance = null, double? imageTolerance = null)
     {
         var latTol = latentTolerance ?? Parity.Tolerances["pipeline_latents"];
@@ -24,8 +32,14 @@ public static class PipelineParity
         var rows = new List<ParityRow>();
         foreach (var runNode in runs)
         {
-            var run = runNode!.AsObject();
-            var name = run["name"]!.GetValue<string>();
+            var run = runNode as JsonObject ?? throw new InvalidDataException($"{paramsPath}: cfg.runs holds a non-object");
+            var name = run["name"]?.GetValue<string>() ?? throw new InvalidDataException($"{paramsPath}: a run without a name");
+            var unknown = run.Select(kv => kv.Key).Except(RunKeys).ToList();
+            if (unknown.Count > 0)
+                throw new InvalidDataException($"{paramsPath}: run '{name}': the pipeline harness does not understand {string.Join(", ", unknown)} (it knows {string.Join(", ", RunKeys)})");
+            if (run["seeds"] is JsonArray listedSeeds && io.Contains($"in_{name}_seeds")
+                && !listedSeeds.Select(x => x!.GetValue<long>()).SequenceEqual(io.get($"in_{name}_seeds").ToArray<long>()))
+                throw new InvalidDataException($"{paramsPath}: run '{name}': seeds disagree with in_{name}_seeds of {ioPath}");
             using var scope = NewDisposeScope();
             List<string> Strs(string k) => (run[k] as JsonArray)?.Select(x => x!.GetValue<string>()).ToList() ?? [];
             (int, int)? Pair(string k) => run[k] is JsonArray a ? (a[0]!.GetValue<int>(), a[1]!.GetValue<int>()) : null;
@@ -40,6 +54,7 @@ public static class PipelineParity
                 guidance_scale = run["guidance_scale"]?.GetValue<double>() ?? 7.5,
                 num_inference_steps = run["num_inference_steps"]?.GetValue<int>() ?? 50,
                 eta = run["eta"]?.GetValue<double>() ?? 0,
+                guidance_rescale = run["guidance_rescale"]?.GetValue<double>() ?? 0,
                 height = run["height"]?.GetValue<int>(),
                 width = run["width"]?.GetValue<int>(),
                 latents = io.Contains($"in_{name}_latents") ? io.get($"in_{name}_latents") : null,

@@ -374,17 +374,34 @@ public static class WorldStudy
         return (val, test, curve);
     }
 
-    /// <summary>Runs `dotnet fsi recipe -- args` from the repository root with the console inherited (progress bars show).</summary>
-    public static void RunRecipe(string root, string recipe, IReadOnlyList<string> args)
+    /// <summary>Runs `dotnet fsi recipe -- args` from the repository root, with the console inherited (progress bars
+    /// show) or, given <paramref name="logFile"/>, its output written there (for runs side by side); extra
+    /// <paramref name="environment"/> variables (e.g. SUDO_TORCH_THREADS) are set for the child only.</summary>
+    public static void RunRecipe(string root, string recipe, IReadOnlyList<string> args, IReadOnlyDictionary<string, string>? environment = null, string? logFile = null)
     {
-        var psi = new ProcessStartInfo("dotnet") { WorkingDirectory = root, UseShellExecute = false };
+        var psi = new ProcessStartInfo("dotnet") { WorkingDirectory = root, UseShellExecute = false, RedirectStandardOutput = logFile != null, RedirectStandardError = logFile != null };
         psi.ArgumentList.Add("fsi");
         psi.ArgumentList.Add(recipe);
         psi.ArgumentList.Add("--");
         foreach (var a in args) psi.ArgumentList.Add(a);
+        foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
         using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start dotnet fsi");
-        p.WaitForExit();
-        if (p.ExitCode != 0) throw new InvalidOperationException($"{recipe} exited with code {p.ExitCode} (dotnet fsi {recipe} -- {string.Join(" ", args)})");
+        if (logFile != null)
+        {
+            using var log = new StreamWriter(logFile);
+            var gate = new object();
+            p.OutputDataReceived += (_, e) => { if (e.Data != null) lock (gate) log.WriteLine(e.Data); };
+            p.ErrorDataReceived += (_, e) => { if (e.Data != null) lock (gate) log.WriteLine(e.Data); };
+            p.BeginOutputReadLine();
+            p.BeginErrorReadLine();
+            p.WaitForExit();
+        }
+        else p.WaitForExit();
+        if (p.ExitCode != 0)
+        {
+            var tail = logFile != null && File.Exists(logFile) ? "\n" + string.Join("\n", File.ReadLines(logFile).TakeLast(30)) : "";
+            throw new InvalidOperationException($"{recipe} exited with code {p.ExitCode} (dotnet fsi {recipe} -- {string.Join(" ", args)}){tail}");
+        }
     }
 
     /// <summary>Loads a diffusers UNet folder's weights into the pipeline's UNet (same config).</summary>

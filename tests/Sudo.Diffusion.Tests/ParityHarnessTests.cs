@@ -9,28 +9,17 @@ using static Sudo.Torch.torch;
 namespace Sudo.Diffusion.Tests;
 
 /// <summary>The scheduler harness reads its cases from the golden file: a changed params.json changes what it computes.</summary>
-public class ParityHarnessTests
+public class ParityHarnessTests : TempFolderTest
 {
-    private string _tmp = "";
-
-    [SetUp]
-    public void MakeTmp() => Directory.CreateDirectory(_tmp = Path.Combine(Path.GetTempPath(), $"sudo-harness-{Guid.NewGuid():N}"));
-
-    [TearDown]
-    public void RemoveTmp()
-    {
-        if (Directory.Exists(_tmp)) Directory.Delete(_tmp, true);
-    }
-
     /// <summary>A copy of the shared schedulers item whose params.json is edited, the recorded outputs left as they are.</summary>
     private string EditedCopy(Action<JsonObject> edit)
     {
         var src = Shared.Require("golden", "schedulers");
-        File.Copy(Path.Combine(src, "io.safetensors"), Path.Combine(_tmp, "io.safetensors"));
+        File.Copy(Path.Combine(src, "io.safetensors"), Path.Combine(Tmp, "io.safetensors"));
         var p = SchedulerConfig.ParsePythonJson(File.ReadAllText(Path.Combine(src, "params.json")))!.AsObject();
         edit(p);
-        File.WriteAllText(Path.Combine(_tmp, "params.json"), p.ToJsonString());
-        return Path.Combine(_tmp, "io.safetensors");
+        File.WriteAllText(Path.Combine(Tmp, "params.json"), p.ToJsonString());
+        return Path.Combine(Tmp, "io.safetensors");
     }
 
     [Test]
@@ -80,16 +69,16 @@ public class ParityHarnessTests
         var unknownName = EditedCopy(p => p["fake_model"] = "model_output = 0.1 * unet(x, t)");
         var e = Assert.Throws<InvalidDataException>(() => SchedulerParity.Run(unknownName))!;
         Assert.That(e.Message, Does.Contain("unknown name 'unet'").And.Contain("fake_model"));
-        File.Delete(Path.Combine(_tmp, "io.safetensors"));
+        File.Delete(Path.Combine(Tmp, "io.safetensors"));
         var power = EditedCopy(p => p["fake_model"] = "x ** 2");
         Assert.That(Assert.Throws<InvalidDataException>(() => SchedulerParity.Run(power))!.Message, Does.Contain("'**'"));
-        File.Delete(Path.Combine(_tmp, "io.safetensors"));
+        File.Delete(Path.Combine(Tmp, "io.safetensors"));
         var unknownKey = EditedCopy(p => p["guidance"] = 3);
         Assert.That(Assert.Throws<InvalidDataException>(() => SchedulerParity.Run(unknownKey))!.Message, Does.Contain("'guidance'"));
-        File.Delete(Path.Combine(_tmp, "io.safetensors"));
+        File.Delete(Path.Combine(Tmp, "io.safetensors"));
         var noSteps = EditedCopy(p => p.Remove("num_inference_steps"));
         Assert.That(Assert.Throws<InvalidDataException>(() => SchedulerParity.Run(noSteps))!.Message, Does.Contain("num_inference_steps"));
-        File.Delete(Path.Combine(_tmp, "io.safetensors"));
+        File.Delete(Path.Combine(Tmp, "io.safetensors"));
         var noFake = EditedCopy(p => p.Remove("fake_model"));
         Assert.That(Assert.Throws<InvalidDataException>(() => SchedulerParity.Run(noFake))!.Message, Does.Contain("fake_model"));
     }

@@ -97,6 +97,21 @@ public static class Check
     }
 }
 
+/// <summary>Base of tests that need a fresh folder: <see cref="Tmp"/> exists during each test and is removed after it.</summary>
+public abstract class TempFolderTest
+{
+    protected string Tmp { get; private set; } = "";
+
+    [SetUp]
+    public void MakeTempFolder() => Directory.CreateDirectory(Tmp = Path.Combine(Path.GetTempPath(), $"sudo-{GetType().Name}-{Guid.NewGuid():N}"));
+
+    [TearDown]
+    public void RemoveTempFolder()
+    {
+        if (Directory.Exists(Tmp)) Directory.Delete(Tmp, true);
+    }
+}
+
 /// <summary>Tolerances derived from the arithmetic, so that a check holds on every CPU whose kernels round
 /// correctly, whatever their blocking, vector width or accumulation order, and still fails on a wrong result.</summary>
 public static class Tolerance

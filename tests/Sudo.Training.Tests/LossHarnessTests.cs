@@ -10,25 +10,14 @@ namespace Sudo.Preference.Tests;
 
 /// <summary>The losses harness reads β, the SUDO weights, the SPO settings and the list of checked gradients from the
 /// golden file: an edited copy (outputs unchanged) must change what it computes.</summary>
-public class LossHarnessTests
+public class LossHarnessTests : TempFolderTest
 {
-    private string _tmp = "";
-
-    [SetUp]
-    public void MakeTmp() => Directory.CreateDirectory(_tmp = Path.Combine(Path.GetTempPath(), $"sudo-loss-harness-{Guid.NewGuid():N}"));
-
-    [TearDown]
-    public void RemoveTmp()
-    {
-        if (Directory.Exists(_tmp)) Directory.Delete(_tmp, true);
-    }
-
     /// <summary>A copy of the losses item in a fresh folder: params.json edited (its UNet paths made absolute), tensors
     /// renamed or dropped by <paramref name="editTensors"/>.</summary>
     private string Copy(Action<JsonObject> editParams, Action<Dictionary<string, Tensor>>? editTensors = null)
     {
         var src = Shared.Require("golden", "losses");
-        var dst = Path.Combine(_tmp, Guid.NewGuid().ToString("N")[..8]);
+        var dst = Path.Combine(Tmp, Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(dst);
         var p = SchedulerConfig.ParsePythonJson(File.ReadAllText(Path.Combine(src, "params.json")))!.AsObject();
         foreach (var k in new[] { "policy_unet", "ref_unet" }) p[k] = Path.GetFullPath(Path.Combine(src, p[k]!.GetValue<string>()));
