@@ -302,4 +302,27 @@ public class CacheAndEmaTests
             foreach (var d in new[] { pairs, outDir + "-a", outDir + "-b" }) if (Directory.Exists(d)) Directory.Delete(d, true);
         }
     }
+    /// <summary>A bf16 request reaches the CPU check before anything loads: refused on a CPU whose probe measures bf16
+    /// slower than fp32 by more than Precision.SlowBf16Factor, let through (to the next error: the dataset is missing)
+    /// where bf16 is fast or --allow_slow_bf16 is given. Holds on both kinds of machine because it reads the probe.</summary>
+    [Test]
+    public void Bf16RequestsAreCheckedAgainstTheCpuBeforeLoading()
+    {
+        var missing = Path.Combine(Path.GetTempPath(), $"sudo-no-such-pairs-{Guid.NewGuid():N}");
+        var slow = Precision.ProbeBf16().slowdown > Precision.SlowBf16Factor;
+        TestContext.Out.WriteLine($"{CpuFeatures.Detect().Model}: bf16/fp32 time {Precision.ProbeBf16().slowdown:0.00} → {(slow ? "refused" : "allowed")}");
+        foreach (var cfg in new[]
+        {
+            new TrainConfig { pretrained_model_name_or_path = "unused", dataset_name = missing, mixed_precision = "bf16" },
+            new TrainConfig { pretrained_model_name_or_path = "unused", dataset_name = missing, reference_bf16 = true },
+        })
+        {
+            var what = cfg.reference_bf16 ? "--reference_bf16" : "--mixed_precision bf16";
+            var e = Assert.Catch(() => new Trainer(cfg).Dispose())!;
+            if (slow) Assert.That(e, Is.InstanceOf<NotSupportedException>().And.Message.Contains(what).And.Message.Contains("--allow_slow_bf16"));
+            else Assert.That(e, Is.Not.InstanceOf<NotSupportedException>(), e.Message);
+            var allowed = Assert.Catch(() => new Trainer(cfg with { allow_slow_bf16 = true }).Dispose())!;
+            Assert.That(allowed, Is.Not.InstanceOf<NotSupportedException>(), allowed.Message);
+        }
+    }
 }

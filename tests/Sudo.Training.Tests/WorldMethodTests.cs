@@ -22,7 +22,7 @@ namespace Sudo.Training.Tests;
 /// of CFG 3 it over-guides (−0.02…−0.07 measured, and the base itself peaks at CFG 2–3: 0.575 / 0.630 / 0.629 / 0.622
 /// at CFG 1 / 2 / 3 / 5).</item>
 /// <item>SPO: online step pairs scored by the world's judge on x̂₀; its gain is smaller and stays in the DDIM η = 1
-/// sampler it trains, so its test judges that sampler on 768 pairs (see the test).</item>
+/// sampler it trains, so its test judges that sampler on 512 pairs (see the test).</item>
 /// </list>
 /// The noisy-label comparison of the methods on held-out prompts is the study's job (paper-repro), not a unit test's.
 /// Suite time: the five trainings run as recipes side by side, two at a time with one torch and one BLAS thread each
@@ -37,22 +37,23 @@ public class WorldMethodTests
     /// <summary>The statistical micro runs: part of scripts/test.sh, alone with
     /// <c>bash scripts/test.sh --filter TestCategory=WorldMicroRuns</c> (or excluded with <c>TestCategory!=WorldMicroRuns</c>).</summary>
     public const string Category = "WorldMicroRuns";
-    const int Prompts = 8, Candidates = 16, PairsPerPrompt = 6, EvalSeeds = 24, SampleSteps = 10, WideCopies = 96;
+    const int Prompts = 8, Candidates = 16, PairsPerPrompt = 6, EvalSeeds = 24, SampleSteps = 10, WideCopies = 64;
     static string _root = "", _dir = "", _base = "";
     static List<string> _prompts = [];
     static readonly Dictionary<double, List<double>> _baseScores = [];
     static List<double> _baseWide = [];
     static readonly Dictionary<string, Exception?> _trained = [];
 
-    /// <summary>(method, data, steps, lr, β, CFG it is judged at) for each offline micro run.</summary>
+    /// <summary>(method, data, steps, lr, β, CFG it is judged at) for each offline micro run, in training order (longest
+    /// first, the short SFT run last so that it fills the worker SPO leaves).</summary>
     static readonly (string method, string data, int steps, string lr, string beta, double guidance)[] Offline =
     [
-        ("sft", "renders", 100, "2e-4", "5000", 3.0),
+        ("sudo", "renders", 300, "3e-5", "5000", 1.0),
         ("dpo", "ranked", 300, "1e-5", "1000", 3.0),
         ("dpo_snr", "ranked", 300, "1e-5", "1000", 3.0),
-        ("sudo", "renders", 300, "3e-5", "5000", 1.0),
+        ("sft", "renders", 100, "2e-4", "5000", 3.0),
     ];
-    const int SpoRounds = 60;
+    const int SpoRounds = 40;
 
     [OneTimeSetUp]
     public void MakePairs()
@@ -88,36 +89,35 @@ public class WorldMethodTests
         TrainAll();
     }
 
-    /// <summary>Every training of this fixture, longest first, two recipes at a time with one thread each; a failed run's
-    /// exception is kept for its own test.</summary>
+    /// <summary>Every training of this fixture, two recipes at a time with one thread each, taken in order from one queue
+    /// (SPO, the longest, first; the offline runs share the other worker); a failed run's exception is kept for its own test.</summary>
     static void TrainAll()
     {
-        var jobs = new List<(string name, string recipe, string[] args)> { ("spo", "recipes/spo.fsx", SpoArgs()) };
-        foreach (var o in Offline.OrderByDescending(o => o.steps * (o.method == "sudo" ? 1.4 : 1.0)))
-            jobs.Add((o.method, WorldStudy.Methods[o.method].recipe, OfflineArgs(o.method, o.data, o.steps, o.lr, o.beta)));
+        var jobs = new System.Collections.Concurrent.ConcurrentQueue<(string name, string recipe, string[] args)>();
+        jobs.Enqueue(("spo", "recipes/spo.fsx", SpoArgs()));
+        foreach (var o in Offline) jobs.Enqueue((o.method, WorldStudy.Methods[o.method].recipe, OfflineArgs(o.method, o.data, o.steps, o.lr, o.beta)));
         var single = new Dictionary<string, string> { ["SUDO_TORCH_THREADS"] = "1", ["SUDO_BLAS_THREADS"] = "1" };
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        using var slots = new SemaphoreSlim(2);
-        var tasks = jobs.Select(j => Task.Run(() =>
+        var results = new System.Collections.Concurrent.ConcurrentDictionary<string, Exception?>();
+        void Worker()
         {
-            slots.Wait();
-            try
+            while (jobs.TryDequeue(out var j))
             {
                 var sw = System.Diagnostics.Stopwatch.StartNew();
-                WorldStudy.RunRecipe(_root, j.recipe, j.args, single, Path.Combine(_dir, j.name + ".log"));
-                TestContext.Progress.WriteLine($"{j.name}: trained in {sw.Elapsed.TotalSeconds:F0} s");
-                return (j.name, (Exception?)null);
+                try
+                {
+                    WorldStudy.RunRecipe(_root, j.recipe, j.args, single, Path.Combine(_dir, j.name + ".log"));
+                    results[j.name] = null;
+                    TestContext.Progress.WriteLine($"{j.name}: trained in {sw.Elapsed.TotalSeconds:F0} s");
+                }
+                catch (Exception e)
+                {
+                    results[j.name] = e;
+                }
             }
-            catch (Exception e)
-            {
-                return (j.name, e);
-            }
-            finally
-            {
-                slots.Release();
-            }
-        })).ToArray();
-        foreach (var (name, error) in Task.WhenAll(tasks).GetAwaiter().GetResult()) _trained[name] = error;
+        }
+        Task.WaitAll(Task.Run(Worker), Task.Run(Worker));
+        foreach (var (name, error) in results) _trained[name] = error;
         TestContext.Progress.WriteLine($"all micro-run trainings: {clock.Elapsed.TotalSeconds:F0} s");
     }
 
@@ -203,19 +203,17 @@ public class WorldMethodTests
     }
 
     /// <summary>SPO through recipes/spo.fsx with the world's judge as the step-aware scorer (<c>--scorer world-judge</c>:
-    /// the oracle on x̂₀ that a learned scorer can only approach), on the same training prompts, one 60-round run.
+    /// the oracle on x̂₀ that a learned scorer can only approach), on the same training prompts, one 40-round run.
     /// SPO's per-step pairs differ only in the DDIM noise injected at that step, so a run moves the model little, and
     /// mostly the policy it trains: the stochastic DDIM η = 1 sampler of its chains. That is what this test judges:
-    /// 96 sampling seeds per prompt at η = 1 (768 (prompt, seed) pairs) against the base on the same prompts and seeds.
-    /// Measured (2026-11-22, 64 seeds per prompt, 512 pairs, training seeds 0 / 1 / 2): 20 rounds at η = 1 +0.018 /
-    /// +0.019 / +0.007, 40 rounds +0.032 / +0.019 / +0.020; with the deterministic η = 0 sampler the studies use +0.005 /
-    /// −0.006 / +0.006 (40 rounds: +0.010 / −0.001 / −0.004) — SPO's gain at this scale does not carry over to η = 0,
-    /// which is why its study rows sit at the base. lr 8e-4 collapsed; branching from step 2 or 4 instead of 0 gains less;
-    /// LoRA rank 16 about the same. The test used to pool three 20-round runs (+0.019 / +0.017 / +0.014, mean of the three
-    /// judged per pair: paired t 5.22 over 1024 pairs) at the cost of judging 4 × 1024 samples; one 60-round run (the same
-    /// training budget) gains more and needs half the judging: +0.043, paired t 8.40 over 1024 pairs (5.29 over the first
-    /// 512), measured 2026-11-29 on an AMD EPYC with 2 threads. With the per-pair spread of the gain measured there (0.16),
-    /// 768 pairs keep t above 4 for any run gaining at least 0.024 (56% of that run's gain), at three quarters of the judging.</summary>
+    /// 64 sampling seeds per prompt at η = 1 (512 (prompt, seed) pairs) against the base on the same prompts and seeds.
+    /// Measured (2026-11-22, 512 pairs, training seeds 0 / 1 / 2): 20 rounds at η = 1 +0.018 / +0.019 / +0.007, 40 rounds
+    /// +0.032 / +0.019 / +0.020; with the deterministic η = 0 sampler the studies use +0.005 / −0.006 / +0.006 (40 rounds:
+    /// +0.010 / −0.001 / −0.004) — SPO's gain at this scale does not carry over to η = 0, which is why its study rows sit
+    /// at the base. lr 8e-4 collapsed; branching from step 2 or 4 instead of 0 gains less; LoRA rank 16 about the same.
+    /// The test used to pool three 20-round runs judged on 4 × 1024 samples (paired t 5.22, 8 minutes); measured
+    /// 2026-11-29 (AMD EPYC, 2 cores): one 60-round run +0.043, t 8.40 over 1024 pairs; with libtorch and oneDNN capped
+    /// at AVX2 +0.033, t 6.41 over 768; this 40-round run +0.032, t 5.24 over 512 pairs, in a third of the time.</summary>
     [Test]
     public void SpoRaisesTheJudgeScoreOfItsSamplerOnItsTrainingPrompts()
     {
