@@ -171,6 +171,7 @@ public class AutogradTests
     [Test]
     public void Bf16AutocastOnCpu()
     {
+        Requires.Bf16Compute();
         using var scope = NewDisposeScope();
         using var g = new Generator(0);
         var a = randn([16, 32], g);

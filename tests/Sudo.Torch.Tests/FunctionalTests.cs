@@ -145,6 +145,7 @@ public class FunctionalTests
         var vs = randn([1, 1, 4, 8], g, float64);
         var c = F.scaled_dot_product_attention(qs, ks, vs, is_causal: true);
         Check.Close(c[0, 0, 0], vs[0, 0, 0], 1e-12, "causal row 0");
+        Requires.Bf16Compute();
         // bf16 inputs: scores normalised in fp32, result in bf16, within a bound derived element by element from
         // bf16's unit roundoff u (Tolerance.DotProduct: γ_n = n·u/(1 − n·u)):
         //   scores  |Δs_ij| ≤ δ_ij = γ_(d+4)·(|q_i|·|k_j|)/√d          (rounded q and k, d-term dot product, the scale, rounding)

@@ -97,6 +97,20 @@ public static class Check
     }
 }
 
+/// <summary>CPU capabilities a test depends on: an absent one skips the test with a message naming it (never a weaker check).</summary>
+public static class Requires
+{
+    /// <summary>libtorch can compute bf16 here. True on every CPU libtorch supports (oneDNN with AVX-512 BW/VL/DQ, a scalar
+    /// loop without); false only where oneDNN is capped below AVX-512 (DNNL_MAX_CPU_ISA) while libtorch still routes bf16
+    /// to it, which the bf16 probe reports.</summary>
+    public static void Bf16Compute()
+    {
+        var probe = Precision.ProbeBf16();
+        if (probe.bf16_error != null)
+            Assert.Ignore($"needs bf16 compute, which libtorch cannot do in this configuration ({CpuFeatures.Detect().Summary}): {probe.bf16_error}");
+    }
+}
+
 /// <summary>Base of tests that need a fresh folder: <see cref="Tmp"/> exists during each test and is removed after it.</summary>
 public abstract class TempFolderTest
 {
