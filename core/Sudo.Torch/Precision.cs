@@ -78,16 +78,16 @@ public static class Precision
 
     /// <summary>The rule, separate from the measurement so that it can be tested with any figures: CUDA is always
     /// allowed; on the CPU a slowdown above <see cref="SlowBf16Factor"/> is refused unless <paramref name="allowSlow"/>,
-    /// and then warned about. <paramref name="what"/> names the request (e.g. <c>--mixed_precision bf16</c>) and
+    /// and then warned about; a probe that could not compute bf16 at all is always refused. <paramref name="what"/> names the request (e.g. <c>--mixed_precision bf16</c>) and
     /// <paramref name="allowFlag"/> the switch that lets it run anyway.</summary>
     public static Bf16Verdict Judge(CpuInfo cpu, Bf16Probe probe, bool allowSlow, string what, string allowFlag = "--allow_slow_bf16")
     {
-        if (probe.slowdown <= SlowBf16Factor) return new Bf16Verdict(true, null);
+        if (probe.bf16_error == null && probe.slowdown <= SlowBf16Factor) return new Bf16Verdict(true, null);
         var missing = cpu.NativeBf16 ? "" : cpu.OneDnnBf16 ? " (no avx512_bf16/amx_bf16: bf16 is emulated)" : " (no avx512bw/vl/dq: libtorch has no bf16 kernels for it)";
-        var figure = probe.bf16_error != null
-            ? $"{what} cannot run on this CPU ({cpu.Model}{missing}): libtorch failed the bf16 probe: {probe.bf16_error}"
-            : $"{what} on this CPU ({cpu.Model}{missing}) runs {probe.slowdown:0.0}× slower than fp32 " +
-              $"(probe: linear + conv, {probe.fp32_ms:0.00} ms fp32 vs {probe.bf16_ms:0.00} ms bf16)";
+        if (probe.bf16_error != null)
+            return new Bf16Verdict(false, $"{what} cannot run on this CPU ({cpu.Model}{missing}): libtorch failed the bf16 probe: {probe.bf16_error}. Use fp32 (drop {what}).");
+        var figure = $"{what} on this CPU ({cpu.Model}{missing}) runs {probe.slowdown:0.0}× slower than fp32 " +
+                     $"(probe: linear + conv, {probe.fp32_ms:0.00} ms fp32 vs {probe.bf16_ms:0.00} ms bf16)";
         return allowSlow
             ? new Bf16Verdict(true, $"warning: {figure}; running anyway because of {allowFlag}")
             : new Bf16Verdict(false, $"{figure}. Use fp32 (drop {what}), or pass {allowFlag} to run anyway.");

@@ -80,6 +80,10 @@ flags		: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36
         Assert.That(Precision.Judge(amd, fast, false, "x"), Is.EqualTo(new Bf16Verdict(true, null)));
         var intel = CpuFeatures.Parse(SapphireRapids);
         Assert.That(Precision.Judge(intel, new Bf16Probe(1.0, 0.4), false, "x").Message, Is.Null);
+        // A probe that failed to compute bf16 is refused whatever the flag says.
+        var failed = Precision.Judge(intel, new Bf16Probe(1.0, double.PositiveInfinity, "linear: no kernel"), allowSlow: true, "--dtype bf16");
+        Assert.That(failed.Allowed, Is.False);
+        Assert.That(failed.Message, Does.Contain("cannot run").And.Contain("linear: no kernel"));
     }
 
     [Test]
@@ -91,6 +95,14 @@ flags		: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36
         Assert.That(probe.fp32_ms, Is.GreaterThan(0));
         Assert.That(probe.bf16_ms, Is.GreaterThan(0));
         Assert.That(Precision.ProbeBf16(), Is.SameAs(probe), "measured once per process");
+        if (probe.bf16_error != null)
+        {
+            // libtorch cannot compute bf16 here at all (oneDNN capped below AVX-512): refused even when slowness is allowed.
+            foreach (var allow in new[] { false, true })
+                Assert.That(Assert.Throws<NotSupportedException>(() => Precision.RequireUsableBf16(Device.CPU, allow, "--mixed_precision bf16"))!.Message,
+                    Does.Contain("cannot run").And.Contain(probe.bf16_error));
+            return;
+        }
         var slow = probe.slowdown > Precision.SlowBf16Factor;
         if (slow)
         {
