@@ -152,13 +152,6 @@ public static class Tolerance
         if (nu >= 1) throw new ArgumentException($"a dot product of length {k} in {dtype} has no first-order bound (n·u = {nu})");
         return absDot * (nu / (1 - nu));
     }
-
-    /// <summary>Probabilistic bound for a computation whose result passes through <paramref name="roundings"/>
-    /// independent roundings to <paramref name="dtype"/> (Higham &amp; Mary, "A new approach to probabilistic rounding
-    /// error analysis", SIAM J. Sci. Comput. 41(5), 2019: |Δ| ≤ λ·√n·u·|x| with probability at least
-    /// 1 − 2·exp(−λ²(1 − u)²/2); λ = 5 makes that 1 − 7.5e-6), times the result's magnitude.</summary>
-    public static double Probabilistic(ScalarType dtype, long roundings, double magnitude, double lambda = 5) =>
-        lambda * Math.Sqrt(roundings) * UnitRoundoff(dtype) * magnitude;
 }
 
 /// <summary>Devices the tests run on: cpu always, cuda when this machine has one.</summary>
