@@ -4,7 +4,7 @@
 #load "../scripts/_load.fsx"
 open System
 open System.IO
-open Sudo.Training
+open Sudo.Worlds.Shapes
 
 let config =
     WorldStudyConfig(

@@ -12,6 +12,7 @@ open Sudo.Models
 open Sudo.Preference
 open Sudo.Diffusion
 open Sudo.Training
+open Sudo.Worlds.Shapes
 
 let model = arg "model" "../shared/golden/pipe_sd15"
 let rounds = int (arg "rounds" "5")

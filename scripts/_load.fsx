@@ -7,6 +7,7 @@
 #r "../artifacts/bin/Sudo.Diffusion/release/Sudo.Diffusion.dll"
 #r "../artifacts/bin/Sudo.Preference/release/Sudo.Preference.dll"
 #r "../artifacts/bin/Sudo.Training/release/Sudo.Training.dll"
+#r "../artifacts/bin/Sudo.Worlds.Shapes/release/Sudo.Worlds.Shapes.dll"
 
 open Sudo.Torch
 

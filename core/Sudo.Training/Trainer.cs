@@ -5,6 +5,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Sudo.Data;
 using Sudo.Diffusion;
 using Sudo.Models;
 using Sudo.Preference;

@@ -2,7 +2,7 @@
 // plus the shuffled-label control. dotnet fsi paper-repro/diffusion-dpo/run.fsx
 #load "../_study.fsx"
 open _study
-open Sudo.Training
+open Sudo.Worlds.Shapes
 
 let rows =
     [ for split, what in splits ->

@@ -3,7 +3,7 @@
 #load "../_study.fsx"
 open System.IO
 open _study
-open Sudo.Training
+open Sudo.Worlds.Shapes
 
 let agreement = File.ReadAllText(Path.Combine(config.output_dir, "scorer", "agreement.json"))
 let rows =

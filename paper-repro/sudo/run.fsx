@@ -2,7 +2,7 @@
 // for SFT, DPO and SUDO, plus SUDO head-to-head against SFT and DPO. dotnet fsi paper-repro/sudo/run.fsx
 #load "../_study.fsx"
 open _study
-open Sudo.Training
+open Sudo.Worlds.Shapes
 
 let methods = [ "sft"; "dpo"; "sudo" ]
 let table =

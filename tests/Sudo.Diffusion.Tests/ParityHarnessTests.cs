@@ -2,10 +2,10 @@ using System.Globalization;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using NUnit.Framework;
+using Sudo.Parity;
 using Sudo.Torch;
 using Sudo.Torch.Tests;
 using static Sudo.Torch.torch;
-
 namespace Sudo.Diffusion.Tests;
 
 /// <summary>The scheduler harness reads its cases from the golden file: a changed params.json changes what it computes.</summary>

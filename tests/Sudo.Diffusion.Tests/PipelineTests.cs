@@ -1,9 +1,9 @@
 using NUnit.Framework;
 using Sudo.Data;
+using Sudo.Parity;
 using Sudo.Torch;
 using Sudo.Torch.Tests;
 using static Sudo.Torch.torch;
-
 namespace Sudo.Diffusion.Tests;
 
 public class PipelineTests

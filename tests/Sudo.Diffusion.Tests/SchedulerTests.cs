@@ -1,8 +1,8 @@
 using NUnit.Framework;
+using Sudo.Parity;
 using Sudo.Torch;
 using Sudo.Torch.Tests;
 using static Sudo.Torch.torch;
-
 namespace Sudo.Diffusion.Tests;
 
 public class SchedulerTests

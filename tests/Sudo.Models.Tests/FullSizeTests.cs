@@ -1,8 +1,8 @@
 using NUnit.Framework;
+using Sudo.Parity;
 using Sudo.Torch;
 using Sudo.Torch.Tests;
 using static Sudo.Torch.torch;
-
 namespace Sudo.Models.Tests;
 
 /// <summary>Full-size SD1.5 / SDXL / CLIP models built on the meta device: names, shapes and parameter

@@ -1,7 +1,7 @@
 using NUnit.Framework;
+using Sudo.Parity;
 using Sudo.Torch;
 using Sudo.Torch.Tests;
-
 namespace Sudo.Models.Tests;
 
 /// <summary>Every golden model folder through Parity.Run — the code path of `sudoml parity`.</summary>
@@ -16,7 +16,7 @@ public class GoldenTests
     public void MatchesTheReferenceLibraries(string item)
     {
         var folder = Shared.Require("golden", item);
-        var report = Parity.Run(folder, Path.Combine(folder, "io.safetensors"));
+        var report = ModelParity.Run(folder, Path.Combine(folder, "io.safetensors"));
         foreach (var r in report.Rows)
             TestContext.Out.WriteLine($"{r.Name,-40} max|Δ| {r.MaxAbsError:G3}  rel {r.MaxRelError:G3}  tol {r.Tolerance:G3}  {(r.Passed ? "ok" : "FAIL")} {r.Note}");
         Assert.That(report.Rows.Where(r => !r.Passed).Select(r => $"{r.Name}: {r.MaxAbsError} > {r.Tolerance} {r.Note}"), Is.Empty);

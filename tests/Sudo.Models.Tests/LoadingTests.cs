@@ -1,8 +1,8 @@
 using NUnit.Framework;
+using Sudo.Parity;
 using Sudo.Torch;
 using Sudo.Torch.Tests;
 using static Sudo.Torch.torch;
-
 namespace Sudo.Models.Tests;
 
 public class LoadingTests
@@ -79,7 +79,7 @@ public class LoadingTests
                 case "clip_text_proj": { using var m = CLIPTextModelWithProjection.from_pretrained(src); m.save_pretrained(dst); } break;
                 default: { using var m = CLIPModel.from_pretrained(src); m.save_pretrained(dst); } break;
             }
-            var report = Parity.Run(dst, Path.Combine(src, "io.safetensors"));
+            var report = ModelParity.Run(dst, Path.Combine(src, "io.safetensors"));
             Assert.That(report.Passed, Is.True, $"{name} after save_pretrained");
         }
     }
@@ -179,10 +179,10 @@ public class LoadingTests
         var old = Variant("vae", "diffusion_pytorch_model.safetensors", sd => sd.ToDictionary(
             kv => kv.Key.Replace(".to_q.", ".query.").Replace(".to_k.", ".key.").Replace(".to_v.", ".value.").Replace(".to_out.0.", ".proj_attn."),
             kv => kv.Key.Contains(".to_") && kv.Value.dim() == 2 ? kv.Value.view(kv.Value.size(0), kv.Value.size(1), 1, 1) : kv.Value));
-        Assert.That(Parity.Run(old, Path.Combine(Golden("vae"), "io.safetensors")).Passed, Is.True, "VAE with query/key/value/proj_attn");
+        Assert.That(ModelParity.Run(old, Path.Combine(Golden("vae"), "io.safetensors")).Passed, Is.True, "VAE with query/key/value/proj_attn");
         // The original SD1.5 text encoder carries text_model.embeddings.position_ids: ignored.
         var withIds = Variant("clip_text", "model.safetensors", sd => { sd["text_model.embeddings.position_ids"] = arange(77).view(1, 77); return sd; });
-        Assert.That(Parity.Run(withIds, Path.Combine(Golden("clip_text"), "io.safetensors")).Passed, Is.True, "CLIP with position_ids");
+        Assert.That(ModelParity.Run(withIds, Path.Combine(Golden("clip_text"), "io.safetensors")).Passed, Is.True, "CLIP with position_ids");
     }
 
     [Test]

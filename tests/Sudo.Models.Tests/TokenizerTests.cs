@@ -1,7 +1,7 @@
 using System.Text;
 using NUnit.Framework;
+using Sudo.Parity;
 using Sudo.Torch.Tests;
-
 namespace Sudo.Models.Tests;
 
 public class TokenizerTests

@@ -61,7 +61,7 @@ public class SmokeTests
     [Test]
     public void BenchJsonHasExactlyTheDocumentedKeys()
     {
-        var r = EngineBench.Run(overheadIters: 1000, matmulReps: 1, convReps: 1);
+        var r = Sudo.Bench.EngineBench.Run(overheadIters: 1000, matmulReps: 1, convReps: 1);
         using var doc = JsonDocument.Parse(JsonSerializer.Serialize(r));
         Assert.That(doc.RootElement.EnumerateObject().Select(p => p.Name), Is.EqualTo(new[]
         {
@@ -77,7 +77,7 @@ public class SmokeTests
     [Test]
     public void DemoTrainingLearns()
     {
-        var (first, last, acc, reloaded) = Examples.ConvNetDemo.Run(steps: 150, seed: 0);
+        var (first, last, acc, reloaded) = Sudo.Bench.ConvNetDemo.Run(steps: 150, seed: 0);
         TestContext.Out.WriteLine($"loss {first:F4} -> {last:F4}, accuracy {acc:P1}");
         Assert.That(last, Is.LessThan(first * 0.5));
         Assert.That(acc, Is.GreaterThan(0.6));

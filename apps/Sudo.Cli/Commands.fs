@@ -1,0 +1,144 @@
+/// The sudoml subcommands: thin wrappers over the public API (a recipe can do all of this).
+module Sudo.Cli.Commands
+
+open System
+open System.Text.Json
+open Sudo.Torch
+
+let private json (o: obj) =
+    JsonSerializer.Serialize(o, JsonSerializerOptions(WriteIndented = false))
+
+let info (asJson: bool) =
+    let i = Library.Info()
+    if asJson then
+        printfn "%s" (json i)
+    else
+        printfn "sudoml (Sudo %s)" (Reflection.Assembly.GetExecutingAssembly().GetName().Version.ToString())
+        printfn "libtorch       %s (%s build)" i.TorchVersion i.Flavour
+        printfn "libtorch file  %s" i.TorchLibrary
+        printfn "native shim    %s (C ABI v%d)" i.NativePath i.AbiVersion
+        let cuda =
+            if not i.CudaCompiled then "not compiled (CPU libtorch)"
+            elif i.CudaAvailable then sprintf "available, %d device(s)" i.CudaDevices
+            else "compiled, no device available"
+        printfn "devices        cpu%s" (if i.CudaAvailable then sprintf ", cuda:0..%d" (i.CudaDevices - 1) else "")
+        printfn "cuda           %s" cuda
+        for d in i.CudaDeviceList do
+            printfn "  cuda:%d        %s, compute capability %s%s, %.1f GiB" d.Index d.Name d.ComputeCapability
+                (if d.NativeBf16 then " (native bf16)" else " (no native bf16: use fp16)") (float d.TotalMemoryBytes / 1073741824.0)
+        printfn "cpu            %s (%s)" i.Cpu.Model i.Cpu.Vendor
+        printfn "cpu features   %s" i.Cpu.Summary
+        let bf16 =
+            if i.Cpu.NativeBf16 then "native (avx512_bf16 or amx_bf16)"
+            elif i.Cpu.OneDnnBf16 then "emulated by oneDNN on AVX-512 (no avx512_bf16/amx_bf16)"
+            else "no bf16 kernels (no avx512bw/vl/dq): bf16 runs in a scalar loop, far slower than fp32"
+        let probe = Precision.ProbeBf16()
+        let measured =
+            if not (isNull probe.bf16_error) then sprintf "fails here: %s" probe.bf16_error
+            else sprintf "measured %.2f× the fp32 time (linear + conv probe)%s" probe.slowdown (if probe.slowdown > Precision.SlowBf16Factor then ": bf16 requests are refused without --allow_slow_bf16" else "")
+        printfn "cpu bf16       %s; %s" bf16 measured
+        printfn "threads        torch intra-op %d, BLAS %d (SUDO_TORCH_THREADS / SUDO_BLAS_THREADS override), %d cores" i.TorchThreads i.BlasThreads Environment.ProcessorCount
+        let spins =
+            Library.ThreadPoolEnvironment.Keys
+            |> Seq.map (fun k -> sprintf "%s=%s" k (Environment.GetEnvironmentVariable k |> Option.ofObj |> Option.defaultValue Library.ThreadPoolEnvironment.[k]))
+        printfn "thread spins   %s" (String.Join(" ", spins))
+        printfn "BLAS           %s" i.Blas
+        printfn "attention      %s" (if i.FusedAttention then "fused scaled_dot_product_attention" else "composed matmul-softmax-matmul (libtorch < 2.1)")
+    0
+
+let benchTrain () =
+    let r = Sudo.Bench.TrainBench.Run()
+    printfn "%s" (json r)
+    0
+
+let benchSample () =
+    let r = Sudo.Bench.SampleBench.Run()
+    printfn "%s" (json r)
+    0
+
+let sample (settings: Sudo.Diffusion.SampleSettings) =
+    let sw = Diagnostics.Stopwatch.StartNew()
+    let progress (doneImages: float) (total: int) (step: int) =
+        let frac = min 1.0 (doneImages / float total)
+        let width = 30
+        let filled = max 0 (min width (int (frac * float width)))
+        eprintf "\r[%s%s] %3.0f%%  %.1f/%d images  step %d/%d  %.1fs " (String('#', filled)) (String('.', width - filled)) (100.0 * frac) doneImages total step settings.steps sw.Elapsed.TotalSeconds
+    let files = Sudo.Diffusion.Sampling.Run(settings, Action<float, int, int>(progress))
+    eprintfn ""
+    printfn "wrote %d images, grid.png and images.jsonl to %s in %.1f s" files.Count settings.out_dir sw.Elapsed.TotalSeconds
+    0
+
+let benchUnet () =
+    let r = Sudo.Bench.UNetBench.Run()
+    printfn "%s" (json r)
+    0
+
+let benchEngine () =
+    let r = Sudo.Bench.EngineBench.Run()
+    printfn "%s" (json r)
+    0
+
+let demo (steps: int) (seed: int64) =
+    info false |> ignore
+    printfn ""
+    let sw = Diagnostics.Stopwatch.StartNew()
+    printfn "demo: a conv net learns where a blob sits in noisy 16x16 images (4 classes), %d AdamW steps" steps
+    let log (step: int) (loss: float) (lr: float) =
+        if step % 25 = 0 || step = steps - 1 then
+            printfn "  step %4d  loss %.4f  lr %s" step loss (lr.ToString("0.00e+0", Globalization.CultureInfo.InvariantCulture))
+    let struct (first, last, acc, acc2) = Sudo.Bench.ConvNetDemo.Run(steps, seed, Action<int, float, float>(log))
+    printfn "loss %.4f -> %.4f; held-out accuracy %.1f%% (after safetensors reload %.1f%%, chance 25%%); %.1f s"
+        first last (100.0 * acc) (100.0 * acc2) sw.Elapsed.TotalSeconds
+    if last < first && acc > 0.5 && acc = acc2 then 0
+    else
+        eprintfn "demo: training did not converge as expected"
+        1
+
+let private printReport (report: Sudo.Parity.ParityReport) =
+    printfn "  %-40s %12s %12s %12s  %s" "tensor" "max abs err" "max rel err" "tolerance" "result"
+    for r in report.Rows do
+        let verdict =
+            match r.Passed, Double.IsNaN r.MaxAbsError, String.IsNullOrEmpty r.Note with
+            | true, false, true -> "ok"
+            | true, false, false -> "ok (" + r.Note + ")"
+            | true, true, _ -> "skip: " + r.Note
+            | false, _, true -> "FAIL"
+            | false, _, false -> "FAIL: " + r.Note
+        printfn "  %-40s %12.3g %12.3g %12.3g  %s" r.Name r.MaxAbsError r.MaxRelError r.Tolerance verdict
+    let failed = report.Rows |> Seq.filter (fun r -> not r.Passed) |> Seq.length
+    printfn "%d compared, %d failed" (report.Rows.Count) failed
+    if report.Passed then 0 else 1
+
+let parityModel (folder: string) (io: string) (comp: string option) (tolerance: float option) =
+    let report = Sudo.Parity.ModelParity.Run(folder, io, Option.toObj comp, Option.toNullable tolerance)
+    printfn "parity %s: %s vs %s (%s)" report.Component folder io report.ToleranceRule
+    printReport report
+
+let paritySchedulers (io: string) (tolerance: float option) =
+    let report = Sudo.Parity.SchedulerParity.Run(io, null, Option.toNullable tolerance)
+    printfn "parity schedulers: %s (%s)" io report.ToleranceRule
+    printReport report
+
+let parityTokenizer (folder: string) (cases: string) =
+    let tok = Sudo.Models.CLIPTokenizer.from_pretrained(folder)
+    let results = Sudo.Parity.TokenizerParity.Run(tok, cases)
+    let failed = results |> Seq.filter (fun c -> not c.Passed) |> Seq.toList
+    printfn "parity tokenizer: %s vs %s (exact match required; pad token '%s' = %d)" folder cases tok.pad_token tok.pad_token_id
+    for field in results |> Seq.map (fun c -> c.Field) |> Seq.distinct do
+        let n = results |> Seq.filter (fun c -> c.Field = field) |> Seq.length
+        let bad = failed |> List.filter (fun c -> c.Field = field) |> List.length
+        printfn "  %-22s %4d cases, %d mismatches" field n bad
+    for c in failed |> List.truncate 20 do
+        printfn "  FAIL line %d %s %A: expected %A, got %A" c.Line c.Field c.Prompt c.Expected c.Actual
+    printfn "%d compared, %d failed" results.Count failed.Length
+    if failed.IsEmpty then 0 else 1
+
+let parityPipeline (folder: string) (io: string) =
+    let report = Sudo.Parity.PipelineParity.Run(folder, io)
+    printfn "parity pipeline: %s vs %s (%s)" folder io report.ToleranceRule
+    printReport report
+
+let parityLosses (io: string) (tolerance: float option) =
+    let report = Sudo.Parity.LossParity.Run(io, Option.toNullable tolerance)
+    printfn "parity losses: %s (%s)" io report.ToleranceRule
+    printReport report

@@ -1,0 +1,130 @@
+// Local preference-pair folders: images plus pairs.jsonl (or pairs.csv). Each record names a caption and
+// either (winner, loser) or Pick-a-Pic's (image_0, image_1, label_0) with label_0 = 1 (image_0 wins), 0
+// (image_1 wins) or 0.5 (tie: dropped, as Diffusion-DPO does).
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Sudo.Data;
+using Sudo.Torch;
+using static Sudo.Torch.torch;
+
+namespace Sudo.Data;
+
+public sealed record PreferencePair(string caption, string winner, string loser);
+
+public sealed class PairDataset
+{
+    public string Folder { get; }
+    public IReadOnlyList<PreferencePair> Pairs { get; }
+    public int DroppedTies { get; }
+
+    private PairDataset(string folder, List<PreferencePair> pairs, int ties)
+    {
+        Folder = folder;
+        Pairs = pairs;
+        DroppedTies = ties;
+    }
+
+    public static PairDataset Load(string folder)
+    {
+        if (!Directory.Exists(folder))
+            throw new DirectoryNotFoundException($"dataset folder '{folder}' not found: give a local folder with pairs.jsonl (caption, winner, loser) and the images; Sudo never downloads datasets");
+        var jsonl = Path.Combine(folder, "pairs.jsonl");
+        var csv = Path.Combine(folder, "pairs.csv");
+        var rows = new List<Dictionary<string, string>>();
+        if (File.Exists(jsonl))
+        {
+            var n = 0;
+            foreach (var line in File.ReadLines(jsonl))
+            {
+                n++;
+                if (string.IsNullOrWhiteSpace(line)) continue;
+                var o = JsonNode.Parse(line) as JsonObject ?? throw new InvalidDataException($"{jsonl}:{n}: not a JSON object");
+                rows.Add(o.ToDictionary(kv => kv.Key, kv => kv.Value is JsonValue v ? v.ToString() : kv.Value?.ToJsonString() ?? ""));
+            }
+        }
+        else if (File.Exists(csv))
+        {
+            var lines = File.ReadAllLines(csv);
+            if (lines.Length == 0) throw new InvalidDataException($"{csv}: empty");
+            var header = lines[0].Split(',').Select(h => h.Trim()).ToArray();
+            foreach (var line in lines.Skip(1).Where(l => l.Trim().Length > 0))
+            {
+                var cells = SplitCsv(line);
+                if (cells.Count != header.Length) throw new InvalidDataException($"{csv}: row '{line}' has {cells.Count} cells, header has {header.Length}");
+                rows.Add(header.Zip(cells).ToDictionary(p => p.First, p => p.Second));
+            }
+        }
+        else
+        {
+            throw new FileNotFoundException($"{folder}: no pairs.jsonl or pairs.csv (fields: caption, winner, loser — or caption, image_0, image_1, label_0)");
+        }
+        var pairs = new List<PreferencePair>();
+        var ties = 0;
+        foreach (var r in rows)
+        {
+            if (!r.TryGetValue("caption", out var cap)) throw new InvalidDataException($"{folder}: a record has no caption field");
+            string w, l;
+            if (r.TryGetValue("winner", out var ww) && r.TryGetValue("loser", out var ll)) (w, l) = (ww, ll);
+            else if (r.TryGetValue("image_0", out var i0) && r.TryGetValue("image_1", out var i1) && r.TryGetValue("label_0", out var lab))
+            {
+                var label = double.Parse(lab, CultureInfo.InvariantCulture);
+                if (label == 0.5) { ties++; continue; }
+                (w, l) = label == 1 ? (i0, i1) : label == 0 ? (i1, i0) : throw new InvalidDataException($"{folder}: label_0 must be 0, 0.5 or 1, got {lab}");
+            }
+            else throw new InvalidDataException($"{folder}: a record needs winner/loser or image_0/image_1/label_0");
+            foreach (var f in new[] { w, l })
+                if (!File.Exists(Path.Combine(folder, f))) throw new FileNotFoundException($"{folder}: image '{f}' named in the pairs file does not exist");
+            pairs.Add(new PreferencePair(cap, w, l));
+        }
+        if (pairs.Count == 0) throw new InvalidDataException($"{folder}: no usable pairs ({ties} ties dropped)");
+        return new PairDataset(folder, pairs, ties);
+    }
+
+    /// <summary>AI-feedback relabelling (Diffusion-DPO's --choice_model): the image the scorer prefers
+    /// becomes the winner; ties (equal scores) are dropped. Returns a new dataset over the same files.</summary>
+    public PairDataset Relabeled(Func<string, string, double> score)
+    {
+        var pairs = new List<PreferencePair>();
+        var ties = 0;
+        foreach (var p in Pairs)
+        {
+            var sw = score(Path.Combine(Folder, p.winner), p.caption);
+            var sl = score(Path.Combine(Folder, p.loser), p.caption);
+            if (sw == sl) { ties++; continue; }
+            pairs.Add(sw > sl ? p : p with { winner = p.loser, loser = p.winner });
+        }
+        return new PairDataset(Folder, pairs, DroppedTies + ties);
+    }
+
+    private static List<string> SplitCsv(string line)
+    {
+        var cells = new List<string>();
+        var cur = new System.Text.StringBuilder();
+        var quoted = false;
+        for (var i = 0; i < line.Length; i++)
+        {
+            var c = line[i];
+            if (c == '"') { if (quoted && i + 1 < line.Length && line[i + 1] == '"') { cur.Append('"'); i++; } else quoted = !quoted; }
+            else if (c == ',' && !quoted) { cells.Add(cur.ToString()); cur.Clear(); }
+            else cur.Append(c);
+        }
+        cells.Add(cur.ToString());
+        return cells;
+    }
+
+    /// <summary>Winner and loser as [2, 3, res, res] in [−1, 1] with the same resize (shorter side, bilinear),
+    /// crop (random or center) and optional horizontal flip — Diffusion-DPO's train transforms.</summary>
+    public Tensor LoadPair(int index, int resolution, bool randomCrop, bool hflip, Generator generator)
+    {
+        using var scope = NewDisposeScope();
+        var p = Pairs[index];
+        var imgs = new[] { p.winner, p.loser }.Select(f => Images.ToTensor(ImageCodecs.Load(Path.Combine(Folder, f)))).ToArray();
+        var resized = imgs.Select(t => Images.ResizeShorterSide(t, resolution, nn.InterpolationMode.Bilinear)).ToArray();
+        var h = resized.Min(t => t.size(1));
+        var w = resized.Min(t => t.size(2));
+        var both = stack(resized.Select(t => t.narrow(1, 0, h).narrow(2, 0, w)).ToArray());
+        var cropped = randomCrop ? Images.RandomCrop(both, resolution, resolution, generator) : Images.CenterCrop(both, resolution, resolution);
+        var flip = hflip && rand([1], generator).item() < 0.5;
+        return scope.MoveToOuter(flip ? Images.HorizontalFlip(cropped) : cropped.alias());
+    }
+}

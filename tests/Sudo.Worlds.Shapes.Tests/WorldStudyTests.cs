@@ -1,0 +1,138 @@
+using System.Text.Json.Nodes;
+using NUnit.Framework;
+using Sudo.Data;
+using Sudo.Diffusion;
+using Sudo.Training;
+using Sudo.Worlds.Shapes;
+namespace Sudo.Training.Tests;
+
+public class WorldStudyTests
+{
+    static string Root() => WorldStudy.FindRepoRoot(TestContext.CurrentContext.TestDirectory);
+
+    [Test]
+    public void IntervalsAndWinRatesMatchHandComputedValues()
+    {
+        var (m, h) = WorldStudy.MeanCi([1.0, 2.0, 3.0]);
+        Assert.That(m, Is.EqualTo(2.0).Within(1e-12));
+        Assert.That(h, Is.EqualTo(4.303 * 1.0 / Math.Sqrt(3)).Within(1e-9), "t(0.975, 2) · sd / √n with sd = 1");
+        Assert.That(double.IsNaN(WorldStudy.MeanCi([0.7]).half), Is.True, "no interval from one seed");
+        Assert.That(WorldStudy.StudentT975(1), Is.EqualTo(12.706));
+        Assert.That(WorldStudy.StudentT975(1000), Is.EqualTo(1.96));
+        static Judge.Result R(double s) => new(new Dictionary<string, double>(), 1, s, [], "white");
+        Assert.That(WorldStudy.WinRate([R(0.9), R(0.5), R(0.4), R(0.3)], [R(0.8), R(0.5), R(0.6), R(0.2)]), Is.EqualTo((1 + 0.5 + 0 + 1) / 4.0), "ties count ½");
+        Assert.Throws<ArgumentException>(() => WorldStudy.WinRate([R(1)], [R(1), R(0)]));
+        Assert.That(WorldStudy.Cell((0.625, 0.05), percent: true), Is.EqualTo("62.5 ± 5.0%"));
+        Assert.That(WorldStudy.Cell((0.6251, double.NaN)), Is.EqualTo("0.625"));
+    }
+
+    [Test]
+    public void CanvasDrawsGlyphsLinesAndScaledImages()
+    {
+        var c = new Canvas(20, 10, (255, 255, 255));
+        c.Text(0, 0, "A", (0, 0, 0));
+        var img = c.ToImage();
+        byte At(int x, int y) => img.Pixels[(y * img.Width + x) * 3];
+        Assert.That((At(0, 0), At(1, 0), At(0, 1), At(2, 3), At(0, 6), At(4, 6)), Is.EqualTo(((byte)255, (byte)0, (byte)0, (byte)0, (byte)0, (byte)0)), "the 5×7 'A': .###. / #...# / … / #...#");
+        Assert.That(Canvas.Wrap("a small red circle on a white background", 60), Is.EqualTo(new[] { "a small", "red circle", "on a white", "background" }));
+        var dot = new RgbImage(1, 1, [10, 20, 30]);
+        c.Blit(dot, 10, 5, scale: 3);
+        img = c.ToImage();
+        Assert.That((img.Pixels[(7 * 20 + 12) * 3 + 2], img.Pixels[(8 * 20 + 13) * 3 + 2]), Is.EqualTo(((byte)30, (byte)255)), "3×3 block at (10..12, 5..7)");
+    }
+
+    /// <summary>The whole study at micro scale, through the real recipes under dotnet fsi: the report's table, figures and
+    /// results.json exist and parse, the learning curve has the base at step 0 and every checkpoint.</summary>
+    [Test]
+    public void MicroStudyWritesReportGridCurveAndResults()
+    {
+        var root = Root();
+        Assume.That(File.Exists(Path.Combine(root, "artifacts", "bin", "Sudo.Training", "release", "Sudo.Training.dll")), "needs the Release build (scripts/test.sh builds it)");
+        var dir = Path.Combine(Path.GetTempPath(), $"sudo-study-{Guid.NewGuid():N}");
+        try
+        {
+            var cfg = new WorldStudyConfig
+            {
+                output_dir = dir,
+                repo_root = root,
+                methods = ["dpo", "dpo_shuffled"],
+                seeds = [0],
+                pair_prompts = 12,
+                max_train_steps = 4,
+                train_batch_size = 2,
+                checkpointing_steps = 2,
+                lr_warmup_steps = 0,
+                eval_prompts = 3,
+                eval_seeds = 1,
+                grid_prompts = 4,
+                curve_prompts = 3,
+                sample_steps = 3,
+                extra_samplers = [new("cfg1", 1.0), new("eta1", 3.0, eta: 1.0)],
+            };
+            var log = new List<string>();
+            var rep = WorldStudy.Run(cfg, log.Add);
+            Assert.That(rep.runs.Select(r => r.method), Is.EqualTo(new[] { "dpo", "dpo_shuffled" }));
+            Assert.That(rep.runs.All(r => r.validation.Count == 3 && r.test.Count == 3), Is.True);
+            Assert.That(rep.runs[0].curve.Select(p => p.step), Is.EqualTo(new[] { 0, 2, 4 }), "base, checkpoint-2, checkpoint-4");
+
+            // The extra samplers (CFG 1; CFG 3 with DDIM η = 1): the same prompts and seeds, sampled with each.
+            Assert.That(rep.base_extra!.Keys, Is.EquivalentTo(new[] { "validation@cfg1", "test@cfg1", "validation@eta1", "test@eta1" }));
+            Assert.That(rep.runs.All(r => r.extra!.Values.All(v => v.Count == 3)), Is.True);
+            using (var basePipe = StableDiffusionPipeline.from_pretrained(Path.Combine(root, "assets", "world", "base"), "ddim"))
+            {
+                var val = World.Prompts("validation", 3, 0);
+                var direct = WorldBase.Evaluate(basePipe, val, 0, 3, 1.0).Select(r => r.score);
+                Assert.That(rep.base_extra["validation@cfg1"].Select(r => r.score), Is.EqualTo(direct).Within(1e-9), "base at CFG 1 = direct sampling at guidance 1");
+                var eta1 = WorldBase.Evaluate(basePipe, val, 0, 3, 3.0, eta: 1.0).Select(r => r.score);
+                Assert.That(rep.base_extra["validation@eta1"].Select(r => r.score), Is.EqualTo(eta1).Within(1e-9), "base with η = 1 = direct sampling with η = 1");
+                var cfg3 = WorldBase.Evaluate(basePipe, val, 0, 3, 3.0).Select(r => r.score);
+                Assert.That(rep.base_validation.Select(r => r.score), Is.EqualTo(cfg3).Within(1e-9), "main split at the study's CFG 3");
+                Assert.That(eta1, Is.Not.EqualTo(cfg3), "η = 1 injects noise: the samples differ from η = 0");
+            }
+            Assert.That(WorldStudy.MeanScore(rep, "dpo", "test@cfg1").mean, Is.EqualTo(rep.runs[0].extra!["test@cfg1"].Average(r => r.score)).Within(1e-12));
+            Assert.That(() => WorldStudy.MeanScore(rep, "dpo", "test@cfg2"), Throws.ArgumentException.With.Message.Contains("unknown split 'test@cfg2'").And.Message.Contains("\"test@cfg1\""));
+
+            var md = File.ReadAllText(Path.Combine(dir, "report.md"));
+            Assert.That(md, Does.Contain("| base |").And.Contain("| Diffusion-DPO |").And.Contain("| DPO (shuffled labels) |").And.Contain("![base vs methods](grid.png)"));
+            Assert.That(md, Does.Contain("dotnet fsi recipes/diffusion_dpo.fsx -- --model"));
+            var tableRows = md.Split('\n').Count(l => l.StartsWith("| ") && l.Count(ch => ch == '|') == 13);
+            Assert.That(tableRows, Is.EqualTo(4), "header + base + 2 methods, 12 columns each");
+            Assert.That(md, Does.Contain("judged with **CFG 1**").And.Contain("judged with **CFG 3, DDIM η = 1**"));
+            Assert.That(md.Split('\n').Count(l => l.StartsWith("| ") && l.Count(ch => ch == '|') == 6), Is.EqualTo(8), "two extra-sampler tables: header + base + 2 methods, 5 columns each");
+
+            var grid = ImageCodecs.Load(Path.Combine(dir, "grid.png"));
+            Assert.That(grid.Width, Is.EqualTo(184 + 4 * (128 + 8) + 8), "label column + 4 prompts × (4×32 px + padding)");
+            var curve = ImageCodecs.Load(Path.Combine(dir, "curve.png"));
+            Assert.That((curve.Width, curve.Height), Is.EqualTo((720, 440)));
+
+            var results = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "results.json")))!;
+            var runs = results["runs"]!.AsArray();
+            Assert.That(runs, Has.Count.EqualTo(2));
+            foreach (var r in runs)
+            {
+                Assert.That(r!["win_rate_validation"]!.GetValue<double>(), Is.InRange(0.0, 1.0));
+                Assert.That(r["peak_rss_mb"]!.GetValue<double>(), Is.GreaterThan(50));
+                Assert.That(r["curve"]!.AsArray(), Has.Count.EqualTo(3));
+                Assert.That(r["win_rate_test@cfg1"]!.GetValue<double>(), Is.InRange(0.0, 1.0));
+                Assert.That(r["win_rate_validation@eta1"]!.GetValue<double>(), Is.InRange(0.0, 1.0));
+            }
+            // The shuffled control trains on the same images with permuted labels.
+            var orig = File.ReadAllLines(Path.Combine(dir, "pairs", "pairs.jsonl")).Select(l => JsonNode.Parse(l)!["label_0"]!.GetValue<double>()).OrderBy(x => x);
+            var shuf = File.ReadAllLines(Path.Combine(dir, "pairs_shuffled", "pairs.jsonl")).Select(l => JsonNode.Parse(l)!["label_0"]!.GetValue<double>()).OrderBy(x => x);
+            Assert.That(shuf, Is.EqualTo(orig), "same label multiset");
+
+            // A second run reuses pairs and runs (nothing retrained).
+            log.Clear();
+            WorldStudy.Run(cfg, log.Add);
+            Assert.That(log.Count(l => l.Contains("reusing")), Is.EqualTo(2), string.Join("\n", log));
+            Assert.That(() => WorldStudy.Run(cfg with { extra_samplers = [new("../x", 1.0)] }, log.Add),
+                Throws.ArgumentException.With.Message.Contains("name '../x' must be letters, digits"));
+            Assert.That(() => WorldStudy.Run(cfg with { extra_samplers = [new("g", 1.0), new("g", 2.0)] }, log.Add),
+                Throws.ArgumentException.With.Message.Contains("names must be unique"));
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+}

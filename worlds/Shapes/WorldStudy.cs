@@ -1,0 +1,720 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Sudo.Data;
+using Sudo.Diffusion;
+using Sudo.Models;
+using Sudo.Torch;
+using Sudo.Training;
+using static Sudo.Torch.torch;
+namespace Sudo.Worlds.Shapes;
+
+/// <summary>Settings of a shapes-world method comparison (the quickstart and the paper-repro tables).</summary>
+public sealed record WorldStudyConfig
+{
+    public string output_dir { get; init; } = "runs/quickstart";
+    /// <summary>The base pipeline; built with the default <see cref="WorldBaseConfig"/> when the folder is missing.</summary>
+    public string base_model { get; init; } = "assets/world/base";
+    /// <summary>Method names from <see cref="WorldStudy.Methods"/>, each run through its recipe.</summary>
+    public string[] methods { get; init; } = ["dpo", "sudo"];
+    /// <summary>Training seeds: every method runs once per seed; intervals over seeds need ≥ 2 (≥ 3 for the tables).</summary>
+    public int[] seeds { get; init; } = [0];
+    public int pair_prompts { get; init; } = 400;
+    public double label_noise { get; init; } = 0.1;
+    public double tie_margin { get; init; } = 0.02;
+    public int max_train_steps { get; init; } = 300;
+    public int train_batch_size { get; init; } = 8;
+    public double learning_rate { get; init; } = 2e-5;
+    public int lr_warmup_steps { get; init; } = 20;
+    public double beta_dpo { get; init; } = 5000;
+    public int checkpointing_steps { get; init; } = 100;
+    /// <summary>Held-out prompts per split (validation: seen colour–shape pairs; test: unseen ones).</summary>
+    public int eval_prompts { get; init; } = 48;
+    /// <summary>Sampling seeds per held-out prompt (the same for every model, so win rates compare like with like).</summary>
+    public int eval_seeds { get; init; } = 2;
+    public int grid_prompts { get; init; } = 8;
+    /// <summary>Validation prompts (one seed) judged at every checkpoint for the score-vs-step plot.</summary>
+    public int curve_prompts { get; init; } = 32;
+    public int sample_steps { get; init; } = 20;
+    public double guidance_scale { get; init; } = 3.0;
+    /// <summary>Samplers every model is judged with again, on the same held-out prompts and seeds; each adds the splits
+    /// "validation@name" and "test@name" to the table helpers. Default: CFG 1 ("cfg1": no classifier-free guidance,
+    /// where SUDO's learned guidance shows). Empty for none.</summary>
+    public StudySampler[] extra_samplers { get; init; } = [new("cfg1", 1.0)];
+    /// <summary>SPO: rounds of (prompts_per_round prompts sampled with a pool of k per step, then training on the kept pairs);
+    /// LoRA rank 4 and lr 6e-5 as SPO's SD-1.5 config (r 8 at 3e-4 collapsed the world base with its 0.60-agreement scorer);
+    /// threshold below SPO's 0.3 because the world's scorer separates candidates less sharply than PickScore.</summary>
+    public int spo_rounds { get; init; } = 40;
+    public int spo_prompts_per_round { get; init; } = 4;
+    public double spo_learning_rate { get; init; } = 6e-5;
+    public int spo_lora_rank { get; init; } = 4;
+    public double spo_threshold { get; init; } = 0.1;
+    /// <summary>Scorer: clean PickScore-loss steps, then step-aware steps on x̂₀ at random t (as SPO's step-aware model).</summary>
+    public int scorer_steps { get; init; } = 600;
+    /// <summary>Extra scorer pairs rendered by the world (correct render vs one attribute corrupted), 0 for none.</summary>
+    public int scorer_render_pairs { get; init; } = 2000;
+    /// <summary>Held-out validation pairs (noiseless judge labels) on which scorer agreement is measured.</summary>
+    public int scorer_eval_pairs { get; init; } = 150;
+    /// <summary>Markdown lines added under the report's title.</summary>
+    public string? report_note { get; init; }
+    /// <summary>Seconds spent before the study by the launcher (system packages; build), reported in the timing line.</summary>
+    public double? setup_seconds { get; init; }
+    public double? build_seconds { get; init; }
+    /// <summary>Folder holding recipes/ and scripts/; found from the working directory upwards when null.</summary>
+    public string? repo_root { get; init; }
+}
+
+/// <summary>A sampler setting the study judges every model with besides its main one (DDIM, CFG guidance_scale, η eta).</summary>
+public sealed record StudySampler(string name, double guidance_scale, double eta = 0)
+{
+    public string Describe() => $"CFG {guidance_scale.ToString(CultureInfo.InvariantCulture)}" + (eta != 0 ? $", DDIM η = {eta.ToString(CultureInfo.InvariantCulture)}" : "");
+}
+
+/// <summary>One method of the comparison: the recipe a GPU user runs, with its extra arguments.</summary>
+public sealed record WorldMethod(string name, string label, string recipe, string[] extra_args, string note);
+
+/// <summary>The shapes-world comparison: reuses (or builds) the base, makes judge-labelled pairs, fine-tunes each
+/// method by running its recipe (`dotnet fsi recipes/….fsx`, the same script and flags a GPU user runs), evaluates
+/// every model on held-out prompts with fixed seeds, and writes report.md, grid.png, curve.png and results.json.</summary>
+public static class WorldStudy
+{
+    public static readonly IReadOnlyDictionary<string, WorldMethod> Methods = new Dictionary<string, WorldMethod>
+    {
+        ["sft"] = new("sft", "SFT", "recipes/sft.fsx", [], "denoising loss on the winners (baseline and control)"),
+        ["dpo"] = new("dpo", "Diffusion-DPO", "recipes/diffusion_dpo.fsx", [], "DPO on the judge-labelled pairs, frozen reference"),
+        ["sudo"] = new("sudo", "SUDO", "recipes/sudo.fsx", [], "self-pairs from the winners, 0.5·DPO + 0.5·MSE"),
+        ["dpo_shuffled"] = new("dpo_shuffled", "DPO (shuffled labels)", "recipes/diffusion_dpo.fsx", [], "control: labels permuted across pairs"),
+        ["dpo_snr"] = new("dpo_snr", "DPO + SNR weight", "recipes/dpo_timestep_weighted.fsx", ["--gamma", "0.5"], "inline-variant recipe: w(t) = SNR(t)^0.5 / mean"),
+        ["spo"] = new("spo", "SPO", "recipes/spo.fsx", [], "online step-wise pairs chosen by the learned step-aware scorer, LoRA"),
+    };
+
+    /// <summary>One training run's judge results: the held-out splits with the study's sampler, and in
+    /// <paramref name="extra"/> the same splits with each extra sampler (keys "validation@name", "test@name").</summary>
+    public sealed record RunResult(string method, int seed, string folder, List<Judge.Result> validation, List<Judge.Result> test,
+        List<(int step, double score)> curve, double train_seconds, double peak_rss_mb, string command,
+        IReadOnlyDictionary<string, List<Judge.Result>>? extra = null);
+
+    public sealed record Report(string folder, List<Judge.Result> base_validation, List<Judge.Result> base_test, List<RunResult> runs, string markdown,
+        IReadOnlyDictionary<string, List<Judge.Result>>? base_extra = null);
+
+    public static string FindRepoRoot(string? hint = null)
+    {
+        for (var d = new DirectoryInfo(hint ?? Directory.GetCurrentDirectory()); d != null; d = d.Parent)
+            if (File.Exists(Path.Combine(d.FullName, "recipes", "diffusion_dpo.fsx")) && File.Exists(Path.Combine(d.FullName, "scripts", "_load.fsx")))
+                return d.FullName;
+        throw new DirectoryNotFoundException($"no Sudo repository (recipes/ and scripts/_load.fsx) at or above {hint ?? Directory.GetCurrentDirectory()}");
+    }
+
+    public static Report Run(WorldStudyConfig c, Action<string>? log = null)
+    {
+        log ??= Console.WriteLine;
+        foreach (var m in c.methods)
+            if (!Methods.ContainsKey(m)) throw new ArgumentException($"unknown method '{m}' (expected one of: {string.Join(", ", Methods.Keys)})");
+        if (c.seeds.Length == 0) throw new ArgumentException("seeds: give at least one training seed");
+        foreach (var x in c.extra_samplers)
+            if (x.name.Length == 0 || !x.name.All(ch => char.IsAsciiLetterOrDigit(ch) || ch is '_' or '-'))
+                throw new ArgumentException($"extra_samplers: name '{x.name}' must be letters, digits, '_' or '-' (it names splits and cache files)");
+        if (c.extra_samplers.Select(x => x.name).Distinct().Count() != c.extra_samplers.Length)
+            throw new ArgumentException($"extra_samplers: names must be unique (got {string.Join(", ", c.extra_samplers.Select(x => x.name))})");
+        var root = FindRepoRoot(c.repo_root);
+        var outDir = Path.GetFullPath(c.output_dir);
+        Directory.CreateDirectory(outDir);
+        var sw = Stopwatch.StartNew();
+
+        // 1. Base: the shipped/cached folder, or a fresh build with the default settings.
+        var baseDir = Path.GetFullPath(Path.IsPathRooted(c.base_model) ? c.base_model : Path.Combine(root, c.base_model));
+        if (!File.Exists(Path.Combine(baseDir, "model_index.json"))) WorldBase.Build(baseDir, new WorldBaseConfig(), log);
+        else log($"world study: base {baseDir}");
+        using var pipe = StableDiffusionPipeline.from_pretrained(baseDir, "ddim");
+        var baseWeights = pipe.unet.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
+
+        // 2. Pairs (cached by their settings) and the shuffled-label control.
+        var pairsDir = Path.Combine(outDir, "pairs");
+        var pairsKey = $"{baseDir}|{c.pair_prompts}|{c.label_noise}|{c.tie_margin}|{c.sample_steps}|{c.guidance_scale}";
+        var pairsMarker = Path.Combine(pairsDir, "study_key.txt");
+        if (!File.Exists(pairsMarker) || File.ReadAllText(pairsMarker) != pairsKey)
+        {
+            var t0 = sw.Elapsed.TotalSeconds;
+            var s = WorldPairs.Make(pipe, World.Prompts("train", c.pair_prompts, 0), pairsDir,
+                new WorldPairsConfig { label_noise = c.label_noise, tie_margin = c.tie_margin, steps = c.sample_steps, guidance_scale = c.guidance_scale });
+            File.WriteAllText(pairsMarker, pairsKey);
+            log($"world study: {s.pairs} pairs ({s.ties} ties, {s.flipped} flipped labels, mean judge gap {s.mean_gap:F3}) in {sw.Elapsed.TotalSeconds - t0:F0} s");
+        }
+        if (c.methods.Contains("dpo_shuffled")) WriteShuffled(pairsDir, Path.Combine(outDir, "pairs_shuffled"));
+
+        // 3. Evaluation prompts: held-out validation (seen combinations) and test (unseen combinations).
+        var valPrompts = World.Prompts("validation", c.eval_prompts, 0);
+        var testPrompts = World.Prompts("test", c.eval_prompts, 0);
+        List<Judge.Result> Eval(IReadOnlyList<string> prompts, List<RgbImage>? images = null, StudySampler? sampler = null) =>
+            Enumerable.Range(0, c.eval_seeds).SelectMany(s => WorldBase.Evaluate(pipe, prompts, s, c.sample_steps, sampler?.guidance_scale ?? c.guidance_scale,
+                s == 0 ? images : null, sampler?.eta ?? 0)).ToList();
+        // The extra samplers: both splits each, cached next to the main evaluation (<prefix>_<name>.json) under their own
+        // key; unet is loaded only when something has to be sampled.
+        IReadOnlyDictionary<string, List<Judge.Result>> Extra(string folder, string cachePrefix, string key, string? unet = null)
+        {
+            var d = new Dictionary<string, List<Judge.Result>>();
+            var loaded = false;
+            foreach (var x in c.extra_samplers)
+            {
+                var (v, t, _) = CachedEval(Path.Combine(folder, $"{cachePrefix}_{x.name}.json"), string.Create(CultureInfo.InvariantCulture, $"{key}|{x.name} CFG {x.guidance_scale:R} eta {x.eta:R}"), () =>
+                {
+                    if (unet != null && !loaded) LoadUnet(pipe, unet);
+                    loaded = true;
+                    return (Eval(valPrompts, sampler: x), Eval(testPrompts, sampler: x), []);
+                });
+                d[$"validation@{x.name}"] = v;
+                d[$"test@{x.name}"] = t;
+            }
+            return d;
+        }
+        var gridPrompts = valPrompts.Take(c.grid_prompts / 2).Concat(testPrompts.Take(c.grid_prompts - c.grid_prompts / 2)).ToList();
+        List<(RgbImage img, double score)> GridRow()
+        {
+            var imgs = new List<RgbImage>();
+            var rs = WorldBase.Evaluate(pipe, gridPrompts, 0, c.sample_steps, c.guidance_scale, imgs);
+            return imgs.Zip(rs, (i, r) => (i, r.score)).ToList();
+        }
+        double CurvePoint() => WorldBase.Evaluate(pipe, valPrompts.Take(c.curve_prompts).ToList(), 0, c.sample_steps, c.guidance_scale).Average(r => r.score);
+
+        var t1 = sw.Elapsed.TotalSeconds;
+        var evalKey = $"{c.eval_prompts}|{c.eval_seeds}|{c.curve_prompts}|{c.sample_steps}|{c.guidance_scale}";
+        var (baseVal, baseTest, baseCurvePts) = CachedEval(Path.Combine(outDir, "base_eval.json"), evalKey, () => (Eval(valPrompts), Eval(testPrompts), [(0, CurvePoint())]));
+        var baseCurve = baseCurvePts[0].score;
+        var baseExtra = Extra(outDir, "base_eval", evalKey);
+        var grid = new List<(string label, List<(RgbImage img, double score)> row)> { ("base", GridRow()) };
+        log($"world study: base judged on {valPrompts.Count}+{testPrompts.Count} held-out prompts × {c.eval_seeds} seeds: validation {baseVal.Average(r => r.score):F4}, test {baseTest.Average(r => r.score):F4} ({sw.Elapsed.TotalSeconds - t1:F0} s)");
+
+        // 4. Each method × seed through its recipe, then judged with the same prompts and seeds.
+        var runs = new List<RunResult>();
+        foreach (var seed in c.seeds)
+            foreach (var m in c.methods)
+            {
+                var spec = Methods[m];
+                var runDir = Path.Combine(outDir, "runs", $"{m}-seed{seed}");
+                var data = m == "dpo_shuffled" ? Path.Combine(outDir, "pairs_shuffled") : pairsDir;
+                var args = m == "spo" ? SpoArgs(c, baseDir, EnsureScorer(pipe, outDir, pairsDir, c, log), Path.Combine(pairsDir, "prompts.txt"), runDir, seed) : new List<string>
+                {
+                    "--model", baseDir, "--data", data, "--output_dir", runDir,
+                    "--max_train_steps", $"{c.max_train_steps}", "--train_batch_size", $"{c.train_batch_size}",
+                    "--learning_rate", c.learning_rate.ToString("R", CultureInfo.InvariantCulture), "--lr_warmup_steps", $"{c.lr_warmup_steps}",
+                    "--beta_dpo", c.beta_dpo.ToString("R", CultureInfo.InvariantCulture), "--checkpointing_steps", $"{c.checkpointing_steps}",
+                    "--resolution", "32", "--no_hflip", "true", "--proportion_empty_prompts", "0.1", "--seed", $"{seed}",
+                };
+                args.AddRange(spec.extra_args);
+                var command = $"dotnet fsi {spec.recipe} -- {string.Join(" ", args.Select(a => a.Contains(' ') ? $"\"{a}\"" : a))}";
+                var summaryPath = Path.Combine(runDir, "train_summary.json");
+                var argsPath = Path.Combine(runDir, "study_command.txt");
+                if (File.Exists(summaryPath) && File.Exists(argsPath) && File.ReadAllText(argsPath) == command)
+                    log($"world study: reusing {runDir}");
+                else
+                {
+                    if (Directory.Exists(runDir)) Directory.Delete(runDir, true);
+                    Directory.CreateDirectory(runDir);
+                    log($"world study: {spec.label}, seed {seed}: {command}");
+                    RunRecipe(root, spec.recipe, args);
+                    File.WriteAllText(argsPath, command);
+                }
+                var summary = JsonNode.Parse(File.ReadAllText(summaryPath))!;
+                var (val, test, curve) = CachedEval(Path.Combine(runDir, "study_eval.json"), evalKey + "|" + command, () =>
+                {
+                    var pts = new List<(int, double)> { (0, baseCurve) };
+                    foreach (var ck in Directory.GetDirectories(runDir, "checkpoint-*").Select(d => (d, n: int.Parse(Path.GetFileName(d)["checkpoint-".Length..]))).OrderBy(x => x.n))
+                    {
+                        LoadUnet(pipe, Path.Combine(ck.d, "unet"));
+                        pts.Add((ck.n, CurvePoint()));
+                    }
+                    LoadUnet(pipe, Path.Combine(runDir, "unet"));
+                    if (pts[^1].Item1 != c.max_train_steps) pts.Add((c.max_train_steps, CurvePoint()));
+                    return (Eval(valPrompts), Eval(testPrompts), pts);
+                });
+                if (seed == c.seeds[0])
+                {
+                    LoadUnet(pipe, Path.Combine(runDir, "unet"));
+                    grid.Add((spec.label, GridRow()));
+                }
+                var extra = Extra(runDir, "study_eval", evalKey + "|" + command, Path.Combine(runDir, "unet"));
+                runs.Add(new RunResult(m, seed, runDir, val, test, curve, summary["seconds"]!.GetValue<double>(), summary["peak_rss_mb"]!.GetValue<double>(), command, extra));
+                log($"world study: {spec.label}, seed {seed}: validation {val.Average(r => r.score):F4}, test {test.Average(r => r.score):F4}");
+                using (no_grad()) pipe.unet.load_state_dict(baseWeights);
+            }
+        foreach (var t in baseWeights.Values) t.Dispose();
+
+        // 5. Report.
+        var md = Markdown(c, root, baseDir, pairsDir, new Report(outDir, baseVal, baseTest, runs, "", baseExtra), sw.Elapsed.TotalSeconds);
+        var truth = ("target (rendered)", gridPrompts.Select((p, i) => (World.Render(p, 32, i), double.NaN)).ToList());
+        ImageCodecs.Save(DrawGrid(gridPrompts, grid.Prepend(truth).ToList()), Path.Combine(outDir, "grid.png"));
+        ImageCodecs.Save(DrawCurves(runs.Where(r => r.seed == c.seeds[0]).Select(r => (Methods[r.method].label, r.curve)).ToList(),
+            $"mean judge score on {c.curve_prompts} validation prompts"), Path.Combine(outDir, "curve.png"));
+        AtomicFile.WriteAllText(Path.Combine(outDir, "report.md"), md);
+        AtomicFile.WriteAllText(Path.Combine(outDir, "results.json"), ResultsJson(c, baseVal, baseTest, runs, baseExtra).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        log($"world study: report {Path.Combine(outDir, "report.md")} (grid.png, curve.png, results.json) after {sw.Elapsed.TotalSeconds:F0} s");
+        return new Report(outDir, baseVal, baseTest, runs, md, baseExtra);
+    }
+
+    static List<string> SpoArgs(WorldStudyConfig c, string baseDir, string scorer, string prompts, string runDir, int seed) =>
+    [
+        "--model", baseDir, "--scorer", scorer, "--prompts", prompts, "--output_dir", runDir,
+        "--rounds", $"{c.spo_rounds}", "--prompts_per_round", $"{c.spo_prompts_per_round}", "--train_batch_size", "4",
+        "--learning_rate", c.spo_learning_rate.ToString("R", CultureInfo.InvariantCulture), "--lora_rank", $"{c.spo_lora_rank}",
+        "--threshold", c.spo_threshold.ToString("R", CultureInfo.InvariantCulture), "--guidance_scale", c.guidance_scale.ToString("R", CultureInfo.InvariantCulture),
+        "--checkpointing_rounds", $"{Math.Max(1, c.spo_rounds / 3)}", "--resolution", "32", "--seed", $"{seed}",
+    ];
+
+    /// <summary>The learned scorer for SPO, cached in output_dir/scorer: a tiny CLIPModel (world vocabulary) trained with
+    /// PickScore's loss on the study's pairs (plus rendered correct-vs-corrupted pairs when scorer_render_pairs &gt; 0),
+    /// then made step-aware on the base's x̂₀ at random t. Agreement with the judge on held-out validation pairs
+    /// (noiseless labels) goes to scorer/agreement.json.</summary>
+    public static string EnsureScorer(StableDiffusionPipeline pipe, string outDir, string pairsDir, WorldStudyConfig c, Action<string> log)
+    {
+        var dir = Path.Combine(outDir, "scorer");
+        var pairsHash = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(Path.Combine(pairsDir, "pairs.jsonl"))))[..16];
+        var key = $"{pairsHash}|{c.scorer_steps}|{c.scorer_render_pairs}|{c.scorer_eval_pairs}|{c.sample_steps}|{c.guidance_scale}";
+        var keyFile = Path.Combine(dir, "study_key.txt");
+        if (File.Exists(keyFile) && File.ReadAllText(keyFile) == key) return dir;
+        var sw = Stopwatch.StartNew();
+        var held = Path.Combine(outDir, "pairs_validation");
+        WorldPairs.Make(pipe, World.Prompts("validation", c.scorer_eval_pairs, 1), held, new WorldPairsConfig { label_noise = 0, tie_margin = c.tie_margin, seed = 7, steps = c.sample_steps, guidance_scale = c.guidance_scale });
+        var trainDir = c.scorer_render_pairs > 0 ? WriteRenderAugmented(pairsDir, Path.Combine(outDir, "pairs_scorer"), c.scorer_render_pairs) : pairsDir;
+        var train = PairDataset.Load(trainDir);
+        var test = PairDataset.Load(held);
+        var tok = pipe.components.tokenizer;
+        var all = Enumerable.Range(0, train.Pairs.Count).ToList();
+        var heldIdx = Enumerable.Range(0, test.Pairs.Count).ToList();
+        using var spm = new Sudo.Preference.StepAwarePreferenceModel(WorldScorer.NewClip(tok, pipe.unet.config.sample_size * pipe.vae_scale_factor));
+        var before = WorldScorer.Agreement(spm, tok, test, heldIdx);
+        WorldScorer.Train(spm, tok, train, all, c.scorer_steps, batch_size: 32, learning_rate: 3e-4, log_every: 100);
+        var plain = WorldScorer.Agreement(spm, tok, test, heldIdx);
+        WorldScorer.Train(spm, tok, train, all, c.scorer_steps / 3, batch_size: 16, learning_rate: 1e-4, basePipe: pipe, log_every: 100, seed: 1);
+        var stepAware = WorldScorer.Agreement(spm, tok, test, heldIdx);
+        var atT = new JsonObject();
+        foreach (var t in new[] { 250, 500, 750 }) atT[$"{t}"] = Math.Round(WorldScorer.AgreementAt(spm, tok, test, heldIdx, pipe, t), 4);
+        spm.save_pretrained(dir);
+        AtomicFile.WriteAllText(Path.Combine(dir, "agreement.json"), new JsonObject
+        {
+            ["held_out_pairs"] = test.Pairs.Count,
+            ["train_pairs"] = train.Pairs.Count,
+            ["untrained"] = Math.Round(before, 4),
+            ["plain_scorer_clean"] = Math.Round(plain, 4),
+            ["step_aware_clean"] = Math.Round(stepAware, 4),
+            ["step_aware_x0_at_t"] = atT,
+            ["seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 1),
+        }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        File.WriteAllText(keyFile, key);
+        log($"world study: scorer agreement with the judge on {test.Pairs.Count} held-out pairs: untrained {before:F3}, plain {plain:F3}, step-aware {stepAware:F3} (x̂₀ at t=250/500/750: {atT["250"]}/{atT["500"]}/{atT["750"]}); {sw.Elapsed.TotalSeconds:F0} s");
+        return dir;
+    }
+
+    /// <summary>The study's pairs plus n rendered pairs (a correct render preferred to a render with one attribute
+    /// corrupted), as one pair folder referencing the original images.</summary>
+    static string WriteRenderAugmented(string pairsDir, string folder, int n)
+    {
+        var rng = new Random(2024);
+        Directory.CreateDirectory(Path.Combine(folder, "renders"));
+        var rel = Path.GetRelativePath(folder, pairsDir);
+        var lines = File.ReadAllLines(Path.Combine(pairsDir, "pairs.jsonl")).Where(l => l.Length > 0).Select(l =>
+        {
+            var o = JsonNode.Parse(l)!.AsObject();
+            foreach (var k in new[] { "image_0", "image_1", "winner", "loser" })
+                if (o[k] is JsonValue v) o[k] = Path.Combine(rel, v.GetValue<string>());
+            return o.ToJsonString();
+        }).ToList();
+        var prompts = World.Prompts("train", n, 5);
+        string[] kinds = ["color", "shape", "size", "background", "count", "relation"];
+        for (var i = 0; i < n; i++)
+        {
+            var spec = World.Parse(prompts[i]);
+            var kind = kinds[rng.Next(kinds.Length)];
+            if (kind == "relation" && !spec.IsRelation) kind = "count";
+            if (kind == "count" && spec.IsRelation) kind = "color";
+            var (bad, _) = JudgeEvaluation.Corrupt(spec, kind, rng);
+            var good = $"renders/{i:D5}_good.png";
+            var worse = $"renders/{i:D5}_bad.png";
+            ImageCodecs.Save(World.Render(spec.background, World.Layout(spec, 32, rng), 32), Path.Combine(folder, good));
+            ImageCodecs.Save(World.Render(bad.background, World.Layout(bad, 32, rng), 32), Path.Combine(folder, worse));
+            var swap = rng.Next(2) == 0;
+            lines.Add(new JsonObject
+            {
+                ["caption"] = prompts[i],
+                ["image_0"] = swap ? worse : good,
+                ["image_1"] = swap ? good : worse,
+                ["label_0"] = swap ? 0.0 : 1.0,
+            }.ToJsonString());
+        }
+        AtomicFile.WriteAllText(Path.Combine(folder, "pairs.jsonl"), string.Join("\n", lines) + "\n");
+        return folder;
+    }
+
+    /// <summary>Judge results (validation, test, learning curve) from a cache file written with the same key, or computed and saved.</summary>
+    static (List<Judge.Result> val, List<Judge.Result> test, List<(int step, double score)> curve) CachedEval(string path, string key,
+        Func<(List<Judge.Result>, List<Judge.Result>, List<(int, double)>)> compute)
+    {
+        static JsonArray Save(List<Judge.Result> rs) => new(rs.Select(r => (JsonNode)new JsonObject
+        {
+            ["score"] = r.score,
+            ["quality"] = r.quality,
+            ["background"] = r.background,
+            ["attributes"] = new JsonObject(r.attributes.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
+        }).ToArray());
+        static List<Judge.Result> Load(JsonNode a) => a.AsArray().Select(o => new Judge.Result(
+            o!["attributes"]!.AsObject().ToDictionary(kv => kv.Key, kv => kv.Value!.GetValue<double>()),
+            o["quality"]!.GetValue<double>(), o["score"]!.GetValue<double>(), [], (string)o["background"]!)).ToList();
+        if (File.Exists(path) && JsonNode.Parse(File.ReadAllText(path)) is JsonObject cached && (string?)cached["key"] == key)
+            return (Load(cached["validation"]!), Load(cached["test"]!),
+                cached["curve"]!.AsArray().Select(p => (p![0]!.GetValue<int>(), p[1]!.GetValue<double>())).ToList());
+        var (val, test, curve) = compute();
+        AtomicFile.WriteAllText(path, new JsonObject
+        {
+            ["key"] = key,
+            ["validation"] = Save(val),
+            ["test"] = Save(test),
+            ["curve"] = new JsonArray(curve.Select(p => (JsonNode)new JsonArray(p.Item1, p.Item2)).ToArray()),
+        }.ToJsonString());
+        return (val, test, curve);
+    }
+
+    /// <summary>Runs `dotnet fsi recipe -- args` from the repository root, with the console inherited (progress bars
+    /// show) or, given <paramref name="logFile"/>, its output written there (for runs side by side); extra
+    /// <paramref name="environment"/> variables (e.g. SUDO_TORCH_THREADS) are set for the child only.</summary>
+    public static void RunRecipe(string root, string recipe, IReadOnlyList<string> args, IReadOnlyDictionary<string, string>? environment = null, string? logFile = null)
+    {
+        var psi = new ProcessStartInfo("dotnet") { WorkingDirectory = root, UseShellExecute = false, RedirectStandardOutput = logFile != null, RedirectStandardError = logFile != null };
+        psi.ArgumentList.Add("fsi");
+        psi.ArgumentList.Add(recipe);
+        psi.ArgumentList.Add("--");
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
+        using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start dotnet fsi");
+        if (logFile != null)
+        {
+            using var log = new StreamWriter(logFile);
+            var gate = new object();
+            p.OutputDataReceived += (_, e) => { if (e.Data != null) lock (gate) log.WriteLine(e.Data); };
+            p.ErrorDataReceived += (_, e) => { if (e.Data != null) lock (gate) log.WriteLine(e.Data); };
+            p.BeginOutputReadLine();
+            p.BeginErrorReadLine();
+            p.WaitForExit();
+        }
+        else p.WaitForExit();
+        if (p.ExitCode != 0)
+        {
+            var tail = logFile != null && File.Exists(logFile) ? "\n" + string.Join("\n", File.ReadLines(logFile).TakeLast(30)) : "";
+            throw new InvalidOperationException($"{recipe} exited with code {p.ExitCode} (dotnet fsi {recipe} -- {string.Join(" ", args)}){tail}");
+        }
+    }
+
+    /// <summary>Loads a diffusers UNet folder's weights into the pipeline's UNet (same config).</summary>
+    public static void LoadUnet(StableDiffusionPipeline pipe, string folder)
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        pipe.unet.load_state_dict(Checkpoints.ReadWeights(Checkpoints.FindWeights(folder, "diffusion_pytorch_model")));
+    }
+
+    /// <summary>The pair folder with label_0 permuted across pairs (a fixed seed), images referenced from the original.</summary>
+    static void WriteShuffled(string pairsDir, string folder)
+    {
+        var lines = File.ReadAllLines(Path.Combine(pairsDir, "pairs.jsonl")).Where(l => l.Length > 0).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
+        var labels = lines.Select(o => o["label_0"]!.GetValue<double>()).ToArray();
+        new Random(12345).Shuffle(labels);
+        var rel = Path.GetRelativePath(folder, pairsDir);
+        var outLines = lines.Select((o, i) =>
+        {
+            o["label_0"] = labels[i];
+            o["image_0"] = Path.Combine(rel, (string)o["image_0"]!);
+            o["image_1"] = Path.Combine(rel, (string)o["image_1"]!);
+            return o.ToJsonString();
+        });
+        Directory.CreateDirectory(folder);
+        AtomicFile.WriteAllText(Path.Combine(folder, "pairs.jsonl"), string.Join("\n", outLines) + "\n");
+    }
+
+    // ---------- statistics ----------
+
+    public static readonly string[] Attributes = ["color", "shape", "size", "count", "relation", "background"];
+
+    public static double AttributeMean(IEnumerable<Judge.Result> rs, string attr)
+    {
+        var v = rs.Where(r => r.attributes.ContainsKey(attr)).Select(r => r.attributes[attr]).ToList();
+        return v.Count == 0 ? double.NaN : v.Average();
+    }
+
+    /// <summary>Win rate against the base on the same prompt and seed (ties count one half).</summary>
+    public static double WinRate(IReadOnlyList<Judge.Result> method, IReadOnlyList<Judge.Result> baseline) =>
+        method.Count == baseline.Count ? Wins(method, baseline).Average()
+        : throw new ArgumentException($"win rate needs matched samples, got {method.Count} vs {baseline.Count}");
+
+    /// <summary>Mean and 95% half-width: Student t over the values (training seeds), or normal over samples when one.</summary>
+    public static (double mean, double half) MeanCi(IReadOnlyList<double> v)
+    {
+        var mean = v.Average();
+        if (v.Count < 2) return (mean, double.NaN);
+        var sd = Math.Sqrt(v.Sum(x => (x - mean) * (x - mean)) / (v.Count - 1));
+        return (mean, StudentT975(v.Count - 1) * sd / Math.Sqrt(v.Count));
+    }
+
+    /// <summary>Two-sided 95% quantile of Student's t with df degrees of freedom.</summary>
+    public static double StudentT975(int df) => df switch
+    {
+        1 => 12.706,
+        2 => 4.303,
+        3 => 3.182,
+        4 => 2.776,
+        5 => 2.571,
+        6 => 2.447,
+        7 => 2.365,
+        8 => 2.306,
+        9 => 2.262,
+        10 => 2.228,
+        <= 20 => 2.086 + (20 - df) * (2.228 - 2.086) / 10,
+        <= 30 => 2.042 + (30 - df) * (2.086 - 2.042) / 10,
+        _ => 1.96,
+    };
+
+    // ---------- table helpers (paper-repro) ----------
+
+    static List<Judge.Result> Split(RunResult r, string split) => split switch
+    {
+        "validation" => r.validation,
+        "test" => r.test,
+        _ => ExtraSplit(r.extra, split),
+    };
+
+    static List<Judge.Result> BaseSplit(Report rep, string split) => split switch
+    {
+        "validation" => rep.base_validation,
+        "test" => rep.base_test,
+        _ => ExtraSplit(rep.base_extra, split),
+    };
+
+    static List<Judge.Result> ExtraSplit(IReadOnlyDictionary<string, List<Judge.Result>>? extra, string split) =>
+        extra != null && extra.TryGetValue(split, out var rs) ? rs
+        : throw new ArgumentException($"unknown split '{split}': expected \"validation\", \"test\""
+            + (extra is not { Count: > 0 } ? " (the study was run without extra samplers)" : $" or one of {string.Join(", ", extra.Keys.Select(k => $"\"{k}\""))}"));
+    static List<RunResult> RunsOf(Report rep, string method)
+    {
+        var rs = rep.runs.Where(r => r.method == method).OrderBy(r => r.seed).ToList();
+        return rs.Count > 0 ? rs : throw new ArgumentException($"the study has no runs of '{method}' (methods: {string.Join(", ", rep.runs.Select(r => r.method).Distinct())})");
+    }
+
+    /// <summary>Mean judge score on a split ("validation" or "test"): mean ± 95% interval over training seeds; "base" has no interval.</summary>
+    public static (double mean, double half) MeanScore(Report rep, string method, string split) =>
+        method == "base" ? (BaseSplit(rep, split).Average(r => r.score), double.NaN)
+        : Metric(RunsOf(rep, method), r => Split(r, split).Select(x => x.score).ToList());
+
+    /// <summary>Mean accuracy of one judge attribute over both held-out splits (per training seed, then mean ± interval).</summary>
+    public static (double mean, double half) MeanAttribute(Report rep, string method, string attribute) =>
+        method == "base" ? (AttributeMean(rep.base_validation.Concat(rep.base_test), attribute), double.NaN)
+        : Metric(RunsOf(rep, method), r => r.validation.Concat(r.test).Where(x => x.attributes.ContainsKey(attribute)).Select(x => x.attributes[attribute]).ToList());
+
+    /// <summary>Win rate of a method against the base on a split (same prompt and sampling seed), per training seed.</summary>
+    public static (double mean, double half) WinVsBase(Report rep, string method, string split) =>
+        Metric(RunsOf(rep, method), r => Wins(Split(r, split), BaseSplit(rep, split)));
+
+    /// <summary>Head-to-head win rate of a over b (same prompt, sampling seed and training seed).</summary>
+    public static (double mean, double half) HeadToHead(Report rep, string a, string b, string split)
+    {
+        var ra = RunsOf(rep, a);
+        var rb = RunsOf(rep, b).ToDictionary(r => r.seed);
+        var pairs = ra.Where(r => rb.ContainsKey(r.seed)).ToList();
+        if (pairs.Count >= 2) return MeanCi(pairs.Select(r => Wins(Split(r, split), Split(rb[r.seed], split)).Average()).ToList());
+        return Metric(pairs, r => Wins(Split(r, split), Split(rb[r.seed], split)));
+    }
+
+    /// <summary>Training wall seconds and peak memory of a method, averaged over its runs.</summary>
+    public static (double seconds, double peak_mb) Cost(Report rep, string method) =>
+        (RunsOf(rep, method).Average(r => r.train_seconds), RunsOf(rep, method).Average(r => r.peak_rss_mb));
+
+    static List<double> Wins(IReadOnlyList<Judge.Result> a, IReadOnlyList<Judge.Result> b) =>
+        a.Zip(b, (p, q) => Math.Abs(p.score - q.score) < 1e-9 ? 0.5 : p.score > q.score ? 1.0 : 0.0).ToList();
+
+    /// <summary>"m ± h" (or "m" without an interval); percent multiplies by 100 with one decimal.</summary>
+    public static string Cell((double mean, double half) x, bool percent = false) =>
+        percent ? (double.IsNaN(x.half) ? $"{(100 * x.mean).ToString("F1", CultureInfo.InvariantCulture)}%" : $"{(100 * x.mean).ToString("F1", CultureInfo.InvariantCulture)} ± {(100 * x.half).ToString("F1", CultureInfo.InvariantCulture)}%")
+        : Fmt(x);
+
+    static string Fmt((double mean, double half) x, int digits = 3) =>
+        double.IsNaN(x.half) ? x.mean.ToString($"F{digits}", CultureInfo.InvariantCulture)
+        : $"{x.mean.ToString($"F{digits}", CultureInfo.InvariantCulture)} ± {x.half.ToString($"F{digits}", CultureInfo.InvariantCulture)}";
+
+    /// <summary>Per-metric values of one method, one entry per training seed (or per sample when there is one seed).</summary>
+    static (double mean, double half) Metric(List<RunResult> runs, Func<RunResult, IReadOnlyList<double>> perSample)
+    {
+        if (runs.Count >= 2) return MeanCi(runs.Select(r => perSample(r).Average()).ToList());
+        var v = perSample(runs[0]);
+        var mean = v.Average();
+        var sd = Math.Sqrt(v.Sum(x => (x - mean) * (x - mean)) / Math.Max(1, v.Count - 1));
+        return (mean, 1.96 * sd / Math.Sqrt(v.Count));
+    }
+
+    static string Markdown(WorldStudyConfig c, string root, string baseDir, string pairsDir, Report rep, double seconds)
+    {
+        var runs = rep.runs;
+        var inv = CultureInfo.InvariantCulture;
+        var sb = new StringBuilder();
+        sb.AppendLine("# Shapes-world method comparison\n");
+        if (c.report_note is { Length: > 0 } note) sb.AppendLine(note + "\n");
+        var n = c.seeds.Length;
+        sb.AppendLine(n >= 2
+            ? $"Each cell: mean ± 95% interval over **{n} training seeds** ({string.Join(", ", c.seeds)}; Student t, {n - 1} df); each seed's value is the mean over {c.eval_prompts} held-out prompts × {c.eval_seeds} sampling seeds per split."
+            : $"One training seed ({c.seeds[0]}): ± is a 95% interval over the {c.eval_prompts} held-out prompts × {c.eval_seeds} sampling seeds (sampling noise only; the paper-repro tables use ≥ 3 training seeds).");
+        sb.AppendLine($"Same base, pairs and budget for every method: {c.max_train_steps} steps × {c.train_batch_size} pairs, lr {c.learning_rate.ToString(inv).ToLowerInvariant()}, warmup {c.lr_warmup_steps}, β {c.beta_dpo.ToString(inv)}; "
+            + $"sampling DDIM {c.sample_steps}, CFG {c.guidance_scale.ToString(inv)}. Judge score = 0.8·mean(attribute checks) + 0.2·quality. "
+            + "Validation = held-out prompts with colour–shape pairs seen in training; test = pairs never seen (red square, blue circle, purple triangle). "
+            + "Win rate = share of (prompt, seed) where the method's image beats the base's on the judge (ties ½).\n");
+        sb.AppendLine("| method | judge (validation) | judge (test, unseen) | win vs base (val) | win vs base (test) | colour | shape | size | count | relation | train s | peak MB |");
+        sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        // The same helpers as the paper-repro tables, so the report and RESULTS.md cannot disagree.
+        string[] attrs = ["color", "shape", "size", "count", "relation"];
+        foreach (var m in c.methods.Prepend("base"))
+        {
+            var (secs, mb) = m == "base" ? ("—", "—") : (Cost(rep, m).seconds.ToString("F0", inv), Cost(rep, m).peak_mb.ToString("F0", inv));
+            var wins = m == "base" ? "— | —" : $"{Fmt(WinVsBase(rep, m, "validation"))} | {Fmt(WinVsBase(rep, m, "test"))}";
+            sb.AppendLine($"| {(m == "base" ? "base" : Methods[m].label)} | {Fmt(MeanScore(rep, m, "validation"))} | {Fmt(MeanScore(rep, m, "test"))} | {wins} | "
+                + $"{string.Join(" | ", attrs.Select(a => Fmt(MeanAttribute(rep, m, a))))} | {secs} | {mb} |");
+        }
+        foreach (var x in c.extra_samplers)
+        {
+            var (v2, t2) = ($"validation@{x.name}", $"test@{x.name}");
+            var why = x.guidance_scale == 1 && x.eta == 0 ? " (no classifier-free guidance: what the model learned without the sampler's help; SUDO's self-pairs act as a learned guidance and show here)"
+                : x.eta == 1 ? " (the stochastic sampler SPO's chains use and its training optimizes)" : "";
+            sb.AppendLine($"\nThe same models, prompts and seeds judged with **{x.Describe()}**{why}:\n");
+            sb.AppendLine("| method | judge (validation) | judge (test, unseen) | win vs base (val) | win vs base (test) |");
+            sb.AppendLine("|---|---|---|---|---|");
+            foreach (var m in c.methods.Prepend("base"))
+            {
+                var wins = m == "base" ? "— | —" : $"{Fmt(WinVsBase(rep, m, v2))} | {Fmt(WinVsBase(rep, m, t2))}";
+                sb.AppendLine($"| {(m == "base" ? "base" : Methods[m].label)} | {Fmt(MeanScore(rep, m, v2))} | {Fmt(MeanScore(rep, m, t2))} | {wins} |");
+            }
+        }
+        sb.AppendLine("\n![base vs methods](grid.png)\n");
+        sb.AppendLine($"Grid: the first row is the prompt rendered by the world (the target); then the base and each method (training seed {c.seeds[0]}), sampling seed 0, judge score under each image. Columns 1–{c.grid_prompts / 2} are validation prompts, the rest test prompts (unseen combinations).\n");
+        sb.AppendLine($"![judge score against training step](curve.png)\n");
+        sb.AppendLine("## Methods and commands\n");
+        foreach (var m in c.methods)
+        {
+            var r = runs.First(x => x.method == m);
+            sb.AppendLine($"- **{Methods[m].label}** — {Methods[m].note}:\n  `{r.command.Replace(root + "/", "")}`");
+        }
+        sb.AppendLine($"\nBase: `{baseDir}`; pairs: `{pairsDir}` ({c.pair_prompts} train prompts × 2 base samples, label noise {c.label_noise.ToString(inv)}, tie margin {c.tie_margin.ToString(inv)}). "
+            + $"Train s and peak MB come from each run's train_summary.json (peak resident memory of the recipe process); threads: torch {get_num_threads()}. Whole study {seconds:F0} s.");
+        if (c.build_seconds is double build)
+            sb.AppendLine($"\n**Time**: system packages {c.setup_seconds ?? 0:F0} s (apt; reported apart), build {build:F0} s, study {seconds:F0} s — **{build + seconds:F0} s ({(build + seconds) / 60:F1} min) from command to report**.");
+        return sb.ToString();
+    }
+
+    static JsonObject ResultsJson(WorldStudyConfig c, List<Judge.Result> baseVal, List<Judge.Result> baseTest, List<RunResult> runs,
+        IReadOnlyDictionary<string, List<Judge.Result>> baseExtra)
+    {
+        JsonObject Summ(List<Judge.Result> val, List<Judge.Result> test, IReadOnlyDictionary<string, List<Judge.Result>>? extra)
+        {
+            var o = new JsonObject { ["judge_validation"] = val.Average(r => r.score), ["judge_test"] = test.Average(r => r.score) };
+            foreach (var a in Attributes) o[a] = AttributeMean(val.Concat(test), a);
+            if (extra != null)
+                foreach (var (split, rs) in extra)
+                {
+                    o[$"judge_{split}"] = rs.Average(r => r.score);
+                    if (!ReferenceEquals(extra, baseExtra)) o[$"win_rate_{split}"] = WinRate(rs, baseExtra[split]);
+                }
+            return o;
+        }
+        var arr = new JsonArray();
+        foreach (var r in runs)
+        {
+            var o = Summ(r.validation, r.test, r.extra);
+            o["method"] = r.method;
+            o["seed"] = r.seed;
+            o["win_rate_validation"] = WinRate(r.validation, baseVal);
+            o["win_rate_test"] = WinRate(r.test, baseTest);
+            o["train_seconds"] = r.train_seconds;
+            o["peak_rss_mb"] = r.peak_rss_mb;
+            o["curve"] = new JsonArray(r.curve.Select(p => (JsonNode)new JsonArray(p.step, p.score)).ToArray());
+            o["command"] = r.command;
+            arr.Add(o);
+        }
+        return new JsonObject
+        {
+            ["config"] = JsonNode.Parse(JsonSerializer.Serialize(c)),
+            ["base"] = Summ(baseVal, baseTest, baseExtra),
+            ["runs"] = arr,
+        };
+    }
+
+    // ---------- figures ----------
+
+    static readonly (byte, byte, byte)[] Palette = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75), (227, 119, 194)];
+
+    /// <summary>Rows of images under wrapped prompt captions, a label per row and the judge score under each image.</summary>
+    public static RgbImage DrawGrid(IReadOnlyList<string> prompts, IReadOnlyList<(string label, List<(RgbImage img, double score)> row)> rows, int scale = 4)
+    {
+        var cell = rows[0].row[0].img.Width * scale;
+        const int pad = 8, labelW = 184, scoreH = 14;
+        var captions = prompts.Select(p => Canvas.Wrap(p, cell)).ToList();
+        var capH = captions.Max(l => l.Count) * 9 + 6;
+        var rowH = cell + scoreH + pad;
+        var canvas = new Canvas(labelW + prompts.Count * (cell + pad) + pad, capH + rows.Count * rowH + pad, (255, 255, 255));
+        for (var j = 0; j < prompts.Count; j++)
+            for (var l = 0; l < captions[j].Count; l++)
+                canvas.Text(labelW + j * (cell + pad), 4 + l * 9, captions[j][l], (40, 40, 40));
+        for (var i = 0; i < rows.Count; i++)
+        {
+            var y = capH + i * rowH;
+            var lines = Canvas.Wrap(rows[i].label, labelW - 2 * pad, 2).Take(3).ToList();
+            for (var l = 0; l < lines.Count; l++) canvas.Text(pad, y + cell / 2 - lines.Count * 9 + l * 18, lines[l], (0, 0, 0), 2);
+            for (var j = 0; j < rows[i].row.Count; j++)
+            {
+                var (img, score) = rows[i].row[j];
+                var x = labelW + j * (cell + pad);
+                canvas.Blit(img, x, y, scale);
+                if (!double.IsNaN(score))
+                {
+                    var col = score >= 0.8 ? ((byte)20, (byte)140, (byte)40) : score >= 0.6 ? ((byte)180, (byte)120, (byte)0) : ((byte)190, (byte)30, (byte)30);
+                    canvas.Text(x, y + cell + 3, $"judge {score.ToString("F2", CultureInfo.InvariantCulture)}", col);
+                }
+            }
+        }
+        return canvas.ToImage();
+    }
+
+    /// <summary>A line plot (one line and legend entry per series) with axes, ticks and a title.</summary>
+    public static RgbImage DrawCurves(IReadOnlyList<(string label, List<(int step, double score)> points)> series, string title)
+    {
+        const int W = 720, H = 440, left = 70, right = 200, top = 40, bottom = 50;
+        var canvas = new Canvas(W, H, (255, 255, 255));
+        var all = series.SelectMany(s => s.points).ToList();
+        if (all.Count == 0) return canvas.ToImage();
+        var xmax = Math.Max(1, all.Max(p => p.step));
+        var ylo = Math.Floor(all.Min(p => p.score) * 20 - 1) / 20;
+        var yhi = Math.Ceiling(all.Max(p => p.score) * 20 + 1) / 20;
+        double X(double s) => left + s / xmax * (W - left - right);
+        double Y(double v) => top + (yhi - v) / (yhi - ylo) * (H - top - bottom);
+        canvas.Text(left, 12, title, (0, 0, 0), 2);
+        var grey = ((byte)225, (byte)225, (byte)225);
+        for (var v = ylo; v <= yhi + 1e-9; v += 0.05)
+        {
+            canvas.Line(left, Y(v), W - right, Y(v), grey);
+            canvas.Text(left - 36, (int)Y(v) - 3, v.ToString("F2", CultureInfo.InvariantCulture), (60, 60, 60));
+        }
+        var xticks = series.SelectMany(s => s.points.Select(p => p.step)).Distinct().OrderBy(s => s).ToList();
+        foreach (var s in xticks)
+        {
+            canvas.Line(X(s), top, X(s), H - bottom, grey);
+            var label = s.ToString(CultureInfo.InvariantCulture);
+            canvas.Text((int)X(s) - Canvas.TextWidth(label) / 2, H - bottom + 6, label, (60, 60, 60));
+        }
+        canvas.Line(left, top, left, H - bottom, (0, 0, 0), 2);
+        canvas.Line(left, H - bottom, W - right, H - bottom, (0, 0, 0), 2);
+        canvas.Text((left + W - right) / 2 - 40, H - 20, "training step", (0, 0, 0));
+        for (var i = 0; i < series.Count; i++)
+        {
+            var col = Palette[i % Palette.Length];
+            var pts = series[i].points.OrderBy(p => p.step).ToList();
+            for (var k = 1; k < pts.Count; k++) canvas.Line(X(pts[k - 1].step), Y(pts[k - 1].score), X(pts[k].step), Y(pts[k].score), col, 3);
+            foreach (var p in pts) canvas.FillRect((int)X(p.step) - 3, (int)Y(p.score) - 3, 7, 7, col);
+            canvas.FillRect(W - right + 16, top + 10 + i * 22, 14, 10, col);
+            canvas.Text(W - right + 36, top + 11 + i * 22, series[i].label, (0, 0, 0));
+        }
+        return canvas.ToImage();
+    }
+}
