@@ -1,15 +1,16 @@
 // A small local preference-pair folder for trying the recipes on a CPU: two samples per prompt from a
 // pipeline folder, the one closer to the prompt's colour wins (a stand-in for human labels).
-// dotnet fsi recipes/make_pairs.fsx -- --model <pipeline folder> --out <folder> [--pairs 16]
+// dotnet fsi recipes/make_pairs.fsx -- --pretrained_model_name_or_path <pipeline folder> --output_dir <folder> [--pairs 16]
 #load "../scripts/_load.fsx"
 open _load
 open Sudo.Torch
 open Sudo.Data
 open Sudo.Diffusion
 
-let model = arg "model" "../shared/golden/pipe_sd15"
-let out = arg "out" "runs/pairs"
-let n = int (arg "pairs" "16")
+let option = recipeOptions [ "pretrained_model_name_or_path", "../shared/golden/pipe_sd15"; "output_dir", "runs/pairs"; "pairs", "16" ]
+let model = option "pretrained_model_name_or_path"
+let out = option "output_dir"
+let n = int (option "pairs")
 let colours = [| "red", [| 1.0; 0.0; 0.0 |]; "green", [| 0.0; 1.0; 0.0 |]; "blue", [| 0.0; 0.0; 1.0 |] |]
 System.IO.Directory.CreateDirectory out |> ignore
 let pipe = StableDiffusionPipeline.from_pretrained(model, "ddim")

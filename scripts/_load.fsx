@@ -15,36 +15,23 @@ let private info = Library.Info()
 eprintfn "sudo: native %s | libtorch %s (%s, %s) | threads torch=%d blas=%d"
     info.NativePath info.TorchVersion info.TorchLibrary info.Flavour info.TorchThreads info.BlasThreads
 
-/// Recipe arguments: `--name value` pairs after the script name (dotnet fsi recipe.fsx -- --name value).
-let recipeArgs : Map<string, string> =
-    let a = fsi.CommandLineArgs |> Array.skip 1 |> Array.filter (fun s -> s <> "--")
-    if a.Length % 2 <> 0 then failwithf "recipe arguments come in --name value pairs, got: %s" (String.concat " " a)
-    a |> Array.chunkBySize 2 |> Array.map (fun p -> p.[0].TrimStart('-').Replace('-', '_'), p.[1]) |> Map.ofArray
+/// The recipe's command line (after `dotnet fsi recipe.fsx --`).
+let recipeArgv : string[] = fsi.CommandLineArgs |> Array.skip 1 |> Array.filter (fun s -> s <> "--")
 
-let arg (name: string) (dflt: string) = recipeArgs |> Map.tryFind name |> Option.defaultValue dflt
+let private bind<'T when 'T: not struct> (extras: (string * string) list) =
+    let b = Sudo.Training.Flags.Bind<'T>(recipeArgv, extras = readOnlyDict extras)
+    for n in b.notes do eprintfn "%s" n
+    b.value, (fun (name: string) -> b.extras.[name])
 
-/// The offline methods' settings (dpo, sft, sudo) from recipe arguments, with the Diffusion-DPO train.py
-/// flag names; defaults are CPU-scale (tiny golden pipeline, runs/pairs), every one overridable.
-let offlineConfig (methodName: string) (outputDir: string) =
-    Sudo.Training.TrainConfig(
-        method = methodName,
-        pretrained_model_name_or_path = arg "model" "../shared/golden/pipe_sd15",
-        dataset_name = arg "data" "runs/pairs",
-        output_dir = arg "output_dir" outputDir,
-        train_batch_size = int (arg "train_batch_size" "4"),
-        gradient_accumulation_steps = int (arg "gradient_accumulation_steps" "1"),
-        max_train_steps = int (arg "max_train_steps" "200"),
-        learning_rate = float (arg "learning_rate" "1e-5"),
-        lr_warmup_steps = int (arg "lr_warmup_steps" "20"),
-        beta_dpo = float (arg "beta_dpo" "5000"),
-        sdxl = (arg "sdxl" "false" = "true"),
-        lora_rank = int (arg "lora_rank" "0"),
-        mixed_precision = arg "mixed_precision" "no",
-        allow_slow_bf16 = (arg "allow_slow_bf16" "false" = "true"),
-        checkpointing_steps = int (arg "checkpointing_steps" "100"),
-        sudo_derangement = (arg "sudo_derangement" "false" = "true"),
-        resolution = (match arg "resolution" "" with "" -> System.Nullable() | r -> System.Nullable(int r)),
-        no_hflip = (arg "no_hflip" "false" = "true"),
-        cache_latents = (arg "cache_latents" "false" = "true"),
-        proportion_empty_prompts = float (arg "proportion_empty_prompts" "0.2"),
-        seed = int64 (arg "seed" "0"))
+/// An offline run's settings from the recipe's flags: the one vocabulary of `sudoml train` (Diffusion-DPO
+/// train.py's flags and defaults, docs/flags.md), plus the recipe's own flags given as (name, default).
+/// Returns the config and a lookup of the recipe's own flags.
+let trainConfig (extras: (string * string) list) = bind<Sudo.Training.TrainConfig> extras
+
+/// An SPO run's settings from the recipe's flags (SpoTrainConfig: SPO's defaults, the same flag names).
+let spoConfig (extras: (string * string) list) = bind<Sudo.Training.SpoTrainConfig> extras
+
+/// Flags of a recipe that trains nothing: (name, default) pairs; unknown flags are refused.
+let recipeOptions (options: (string * string) list) =
+    let d = Sudo.Training.Flags.Options(recipeArgv, readOnlyDict options)
+    fun (name: string) -> d.[name]

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system packages Sudo needs, only when missing: libtorch-dev (libtorch 1.13 CPU), the
 # pthread OpenBLAS (Debian's reference BLAS is ~45x slower), cmake, g++, ccache, and the image codecs
-# (libturbojpeg0, libspng0). Idempotent and quiet when everything is there. As non-root it prints the
+# (libturbojpeg0, libspng0), and the DejaVu fonts report figures are captioned with (fonts-dejavu-core). Idempotent and quiet when everything is there. As non-root it prints the
 # exact command instead of running it.
 set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in libtorch-dev libopenblas0-pthread cmake g++ ccache libturbojpeg0 libspng0; do
+for p in libtorch-dev libopenblas0-pthread cmake g++ ccache libturbojpeg0 libspng0 fonts-dejavu-core; do
   have_pkg "$p" || need+=("$p")
 done
 if ! command -v dotnet >/dev/null; then

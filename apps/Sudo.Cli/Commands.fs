@@ -142,3 +142,38 @@ let parityLosses (io: string) (tolerance: float option) =
     let report = Sudo.Parity.LossParity.Run(io, Option.toNullable tolerance)
     printfn "parity losses: %s (%s)" io report.ToleranceRule
     printReport report
+
+/// `sudoml train <flags>`: the flags of Diffusion-DPO's train.py (docs/flags.md) bound by Sudo.Training.Flags;
+/// --method spo trains SPO (SpoTrainConfig), anything else an offline method over a pair folder.
+let train (argv: string[]) =
+    if argv |> Array.exists (fun a -> a = "--help" || a = "-h") then
+        printfn "sudoml train --pretrained_model_name_or_path <pipeline> --dataset_name <pair folder> [--method dpo|sft|sudo|spo] [flags]"
+        printfn "Flags: Diffusion-DPO train.py's, as --name value or --name=value (./sudoml flags lists them; docs/flags.md explains each)."
+        0
+    else
+    let methodName =
+        Sudo.Training.Flags.Tokenize argv
+        |> List.ofSeq
+        |> List.choose (fun struct (n, v) -> if n = "method" then Some v else None)
+        |> List.tryLast
+        |> Option.bind Option.ofObj
+    let printNotes (notes: string seq) = for n in notes do eprintfn "%s" n
+    if methodName = Some "spo" then
+        let b = Sudo.Training.Flags.Bind<Sudo.Training.SpoTrainConfig>(argv)
+        printNotes b.notes
+        let cfg = b.value
+        let prompts =
+            match cfg.prompts_file with
+            | null -> raise (ArgumentException "--method spo needs --prompts_file (one prompt per line; ../shared/prompts has the papers' sets)")
+            | f -> Sudo.Diffusion.Sampling.ReadPrompts f
+        // A world may register rewards by name (world-judge: the shapes world's judge on x̂₀); otherwise --scorer is a model folder.
+        let reward = Sudo.Worlds.Shapes.WorldScorer.Named cfg.scorer
+        use trainer = Sudo.Training.SpoTrainer.Open(cfg, reward)
+        trainer.Train(prompts)
+        0
+    else
+        let b = Sudo.Training.Flags.Bind<Sudo.Training.TrainConfig>(argv)
+        printNotes b.notes
+        use trainer = new Sudo.Training.Trainer(b.value)
+        trainer.Train()
+        0

@@ -89,85 +89,18 @@ type SampleArgs =
             | Out _ -> "output folder."
 
 type TrainArgs =
-    | [<CustomCommandLine("--method")>] Method of name: string
-    | [<CustomCommandLine("--pretrained_model_name_or_path"); Mandatory>] Pretrained_Model of path: string
-    | [<CustomCommandLine("--dataset_name")>] Dataset_Name of folder: string
-    | [<CustomCommandLine("--cache_dir")>] Cache_Dir of dir: string
-    | [<CustomCommandLine("--output_dir")>] Output_Dir of dir: string
-    | [<CustomCommandLine("--train_batch_size")>] Train_Batch_Size of int
-    | [<CustomCommandLine("--gradient_accumulation_steps")>] Gradient_Accumulation_Steps of int
-    | [<CustomCommandLine("--max_train_steps")>] Max_Train_Steps of int
-    | [<CustomCommandLine("--learning_rate")>] Learning_Rate of float
-    | [<CustomCommandLine("--scale_lr")>] Scale_Lr
-    | [<CustomCommandLine("--lr_scheduler")>] Lr_Scheduler of name: string
-    | [<CustomCommandLine("--lr_warmup_steps")>] Lr_Warmup_Steps of int
-    | [<CustomCommandLine("--checkpointing_steps")>] Checkpointing_Steps of int
-    | [<CustomCommandLine("--resume_from_checkpoint")>] Resume_From_Checkpoint of string
-    | [<CustomCommandLine("--beta_dpo")>] Beta_Dpo of float
-    | [<CustomCommandLine("--seed")>] Train_Seed of int64
-    | [<CustomCommandLine("--sdxl")>] Sdxl
-    | [<CustomCommandLine("--sft")>] Sft
-    | [<CustomCommandLine("--use_adafactor")>] Use_Adafactor
-    | [<CustomCommandLine("--resolution")>] Resolution of int
-    | [<CustomCommandLine("--random_crop")>] Random_Crop
-    | [<CustomCommandLine("--no_hflip")>] No_Hflip
-    | [<CustomCommandLine("--gradient_checkpointing")>] Gradient_Checkpointing
-    | [<CustomCommandLine("--dataloader_num_workers")>] Dataloader_Num_Workers of int
-    | [<CustomCommandLine("--mixed_precision")>] Mixed_Precision of string
-    | [<CustomCommandLine("--allow_slow_bf16")>] Allow_Slow_Bf16
-    | [<CustomCommandLine("--proportion_empty_prompts")>] Proportion_Empty_Prompts of float
-    | [<CustomCommandLine("--lora_rank")>] Lora_Rank of int
-    | [<CustomCommandLine("--sudo_derangement")>] Sudo_Derangement
-    | [<CustomCommandLine("--device")>] Train_Device of string
-    | [<CustomCommandLine("--cache_latents")>] Cache_Latents
-    | [<CustomCommandLine("--ema_decay")>] Ema_Decay of float
-    | [<CustomCommandLine("--choice_model")>] Choice_Model of folder: string
-    | [<CustomCommandLine("--prompts_file")>] Prompts_File of file: string
-    | [<CustomCommandLine("--scorer")>] Scorer of folder: string
-    | [<CustomCommandLine("--spo_threshold")>] Spo_Threshold of float
-    | [<CustomCommandLine("--validation_prompts_file")>] Validation_Prompts_File of file: string
-    | [<CustomCommandLine("--validation_steps")>] Validation_Steps of int
+    | [<MainCommand>] Flags of flags: string list
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Method _ -> "dpo (default), sft, sudo or spo."
-            | Pretrained_Model _ -> "base diffusers pipeline folder (or org/name in the local Hugging Face cache)."
-            | Dataset_Name _ -> "a local folder with pairs.jsonl/pairs.csv and the images (no downloads)."
-            | Cache_Dir _ -> "Hugging Face cache to resolve org/name model ids in."
-            | Output_Dir _ -> "checkpoints, metrics and final weights (default sd-model-finetuned)."
-            | Train_Batch_Size _ -> "pairs per micro-batch (default 1)."
-            | Gradient_Accumulation_Steps _ -> "micro-batches per optimizer step (default 1)."
-            | Max_Train_Steps _ -> "optimizer steps (default 2000)."
-            | Learning_Rate _ -> "learning rate (default 1e-8, as upstream)."
-            | Scale_Lr -> "multiply the learning rate by accumulation × batch size."
-            | Lr_Scheduler _ -> "constant, constant_with_warmup (default), linear, cosine."
-            | Lr_Warmup_Steps _ -> "warmup steps (default 500)."
-            | Checkpointing_Steps _ -> "save a checkpoint every N steps (default 500)."
-            | Resume_From_Checkpoint _ -> "latest (default), a checkpoint path, or none."
-            | Beta_Dpo _ -> "DPO beta (default 5000; −½β inside the sigmoid)."
-            | Train_Seed _ -> "seed (default 0)."
-            | Sdxl -> "the model is SDXL (Adafactor and gradient checkpointing, as upstream)."
-            | Sft -> "train SFT instead of DPO (same as --method sft)."
-            | Use_Adafactor -> "Adafactor instead of AdamW (no explicit gradient clipping, as upstream)."
-            | Resolution _ -> "training resolution (default: the model's sample size)."
-            | Random_Crop -> "random instead of center crop."
-            | No_Hflip -> "no random horizontal flip."
-            | Gradient_Checkpointing -> "recompute UNet blocks in backward."
-            | Dataloader_Num_Workers _ -> "accepted for compatibility; images are decoded in the training thread."
-            | Mixed_Precision _ -> "no or bf16 (fp16 needs CUDA); bf16 on a CPU without bf16 kernels is refused unless --allow_slow_bf16."
-            | Allow_Slow_Bf16 -> "run bf16 on a CPU even where a probe measures it slower than fp32 (a warning instead of an error)."
-            | Proportion_Empty_Prompts _ -> "caption dropout probability (default 0.2)."
-            | Lora_Rank _ -> "train LoRA adapters of this rank instead of the full UNet (reference = adapters off)."
-            | Sudo_Derangement -> "SUDO: never pair a winner with itself (upstream allows it)."
-            | Train_Device _ -> "cpu or cuda:N."
-            | Cache_Latents -> "cache VAE posteriors and text embeddings (needs --no_hflip, no --random_crop)."
-            | Ema_Decay _ -> "keep an EMA of the trained weights with this decay (saved as unet_ema/)."
-            | Choice_Model _ -> "AI feedback: a CLIPModel folder (PickScore/HPS-like) whose preferences replace the labels."
-            | Prompts_File _ -> "spo: a text file of prompts (one per line; ../shared/prompts has the papers' sets)."
-            | Scorer _ -> "spo: the CLIPModel folder the step-aware preference model starts from (e.g. PickScore), or world-judge (the shapes world's judge on x̂₀)."
-            | Spo_Threshold _ -> "spo: keep a pair when the softmax score gap exceeds this (default 0.3 SD-1.5, 0.4 SDXL)."
-            | Validation_Prompts_File _ -> "prompts sampled into output_dir/samples/step-N.png (fixed seeds)."
-            | Validation_Steps _ -> "sample the validation prompts every N steps."
+            | Flags _ -> "training flags (never reached: `sudoml train` is read by Sudo.Training.Flags; see docs/flags.md)."
+
+type FlagsArgs =
+    | Markdown
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Markdown -> "print docs/flags.md: every flag of Diffusion-DPO's train.py and diffusers' train_diffusion_dpo.py, and Sudo's own."
 
 type QuickstartArgs =
     | Out of path: string
@@ -242,6 +175,7 @@ type CliArgs =
     | [<CliPrefix(CliPrefix.None)>] Parity of ParseResults<ParityArgs>
     | [<CliPrefix(CliPrefix.None)>] Sample of ParseResults<SampleArgs>
     | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<TrainArgs>
+    | [<CliPrefix(CliPrefix.None)>] Flags of ParseResults<FlagsArgs>
     | [<CliPrefix(CliPrefix.None)>] World of ParseResults<WorldArgs>
     | Torch_Threads of int
     | Blas_Threads of int
@@ -254,47 +188,24 @@ type CliArgs =
             | Demo _ -> "a small real training run (conv net on a synthetic task)."
             | Parity _ -> "compare a component with golden outputs of the reference libraries."
             | Sample _ -> "text-to-image: PNGs, grid.png and images.jsonl."
-            | Train _ -> "fine-tune with Diffusion-DPO, SFT or SUDO (upstream flag names)."
+            | Train _ -> "fine-tune: --method dpo (default), sft, sudo or spo, with Diffusion-DPO train.py's flags (docs/flags.md)."
+            | Flags _ -> "the training flags: upstream meaning, default and what Sudo does with each."
             | World _ -> "the synthetic shapes world: prompts, ground-truth renders and the judge."
             | Torch_Threads _ -> "libtorch intra-op threads (default: all cores)."
             | Blas_Threads _ -> "OpenBLAS threads (default: all cores)."
-
-let trainSpo (a: ParseResults<TrainArgs>) =
-    let prompts =
-        match a.TryGetResult Prompts_File with
-        | Some f -> Sudo.Diffusion.Sampling.ReadPrompts f
-        | None -> raise (ArgumentException "--method spo needs --prompts_file (one prompt per line)")
-    let scorerFolder =
-        match a.TryGetResult Scorer with
-        | Some s -> s
-        | None -> raise (ArgumentException "--method spo needs --scorer <CLIPModel folder> (PickScore-like) for the step-aware preference model, or --scorer world-judge (the shapes world's oracle)")
-    let out = a.GetResult(Output_Dir, defaultValue = "sd-model-finetuned")
-    let steps = a.GetResult(Max_Train_Steps, defaultValue = 2000)
-    let batch = a.GetResult(Train_Batch_Size, defaultValue = 2)
-    let device = Sudo.Torch.Device.Parse(a.GetResult(Train_Device, defaultValue = "cpu"))
-    use pipe = Sudo.Diffusion.StableDiffusionPipeline.from_pretrained(a.GetResult Pretrained_Model, "ddim", Sudo.Torch.ScalarType.Float32, device, cache_dir = (a.TryGetResult Cache_Dir |> Option.toObj))
-    let res = a.GetResult(Resolution, defaultValue = pipe.unet.config.sample_size * pipe.vae_scale_factor)
-    // SPO's per-model defaults (SDXL: k = 2, threshold 0.4, MSPO inner steps); flags override resolution and threshold.
-    let preset = if pipe.IsSDXL then Sudo.Training.SpoConfig.SDXL else Sudo.Training.SpoConfig.SD15
-    let cfg = Sudo.Training.SpoConfig(num_inference_steps = preset.num_inference_steps, divert_start_step = preset.divert_start_step,
-                                      num_sample_each_step = preset.num_sample_each_step, num_inner_step = preset.num_inner_step,
-                                      resolution = res, threshold = a.GetResult(Spo_Threshold, defaultValue = preset.threshold))
-    let rank, lr, seed = a.GetResult(Lora_Rank, defaultValue = 4), a.GetResult(TrainArgs.Learning_Rate, defaultValue = 6e-5), a.GetResult(Train_Seed, defaultValue = 0L)
-    use spm = if scorerFolder = "world-judge" then null else new Sudo.Preference.StepAwarePreferenceModel(Sudo.Models.CLIPModel.from_pretrained(scorerFolder))
-    use trainer =
-        if isNull spm then new Sudo.Training.SpoTrainer(pipe, Sudo.Worlds.Shapes.WorldScorer.JudgeReward(), cfg, lora_rank = rank, learning_rate = lr, seed = seed)
-        else new Sudo.Training.SpoTrainer(pipe, spm, pipe.components.tokenizer, cfg, lora_rank = rank, learning_rate = lr, seed = seed)
-    printfn "spo: %d prompts, DDIM %d steps eta %.1f CFG %.1f, k = %d, inner steps %d, threshold %.2f, LoRA rank %d; %d optimizer steps" prompts.Count cfg.num_inference_steps cfg.eta cfg.guidance_scale cfg.num_sample_each_step cfg.num_inner_step cfg.threshold (a.GetResult(Lora_Rank, defaultValue = 4)) steps
-    let resume = a.GetResult(Resume_From_Checkpoint, defaultValue = "latest") <> "none"
-    trainer.Train(prompts, steps, out, batch, checkpointing_steps = a.GetResult(Checkpointing_Steps, defaultValue = 500), resume = resume)
-    trainer.lora.save(IO.Path.Combine(out, "lora"))
-    printfn "LoRA saved to %s" (IO.Path.Combine(out, "lora"))
-    0
 
 [<EntryPoint>]
 let main argv =
     let parser = ArgumentParser.Create<CliArgs>(programName = "sudoml")
     try
+        // `sudoml [--torch-threads N] [--blas-threads N] train <flags>`: the training flags are bound by
+        // Sudo.Training.Flags (the vocabulary recipes and the study use), not by Argu.
+        let trainAt = argv |> Array.tryFindIndex (fun a -> a = "train")
+        let argv, trainArgv =
+            match trainAt with
+            | Some i when i % 2 = 0 && argv.[.. i - 1] |> Array.chunkBySize 2 |> Array.forall (fun p -> p.[0].StartsWith "--") ->
+                argv.[.. i], argv.[i + 1 ..]
+            | _ -> argv, [||]
         let args = parser.ParseCommandLine(argv)
         args.TryGetResult Torch_Threads |> Option.iter Sudo.Torch.torch.set_num_threads
         args.TryGetResult Blas_Threads |> Option.iter Sudo.Torch.torch.set_blas_threads
@@ -427,58 +338,10 @@ let main argv =
                     batch_size = a.GetResult(Batch_Size, defaultValue = 4),
                     allow_slow_bf16 = a.Contains Sample_Allow_Slow_Bf16)
             Commands.sample settings
-        | Train a ->
-            let methodName =
-                match a.TryGetResult Method, a.Contains Sft with
-                | Some m, true when m <> "sft" -> raise (ArgumentException(sprintf "--sft contradicts --method %s" m))
-                | _, true -> "sft"
-                | Some m, false -> m
-                | None, false -> "dpo"
-            if methodName = "spo" then trainSpo a else
-            let dataset =
-                match a.TryGetResult Dataset_Name with
-                | Some d -> d
-                | None -> raise (ArgumentException "--dataset_name <local pair folder> is required for dpo, sft and sudo")
-            if not (IO.Directory.Exists dataset) then
-                raise (ArgumentException(sprintf "--dataset_name %s: not a local folder. Sudo never downloads datasets: put the pair images and a pairs.jsonl (caption, winner, loser — or image_0, image_1, label_0) in a folder and pass its path" dataset))
-            if a.Contains Dataloader_Num_Workers then eprintfn "note: --dataloader_num_workers is accepted for compatibility; images are decoded in the training thread"
-            let cfg =
-                Sudo.Training.TrainConfig(
-                    method = methodName,
-                    pretrained_model_name_or_path = a.GetResult Pretrained_Model,
-                    dataset_name = dataset,
-                    cache_dir = (a.TryGetResult Cache_Dir |> Option.toObj),
-                    output_dir = a.GetResult(Output_Dir, defaultValue = "sd-model-finetuned"),
-                    train_batch_size = a.GetResult(Train_Batch_Size, defaultValue = 1),
-                    gradient_accumulation_steps = a.GetResult(Gradient_Accumulation_Steps, defaultValue = 1),
-                    max_train_steps = a.GetResult(Max_Train_Steps, defaultValue = 2000),
-                    learning_rate = a.GetResult(TrainArgs.Learning_Rate, defaultValue = 1e-8),
-                    scale_lr = a.Contains Scale_Lr,
-                    lr_scheduler = a.GetResult(Lr_Scheduler, defaultValue = "constant_with_warmup"),
-                    lr_warmup_steps = a.GetResult(Lr_Warmup_Steps, defaultValue = 500),
-                    checkpointing_steps = a.GetResult(Checkpointing_Steps, defaultValue = 500),
-                    resume_from_checkpoint = (match a.GetResult(Resume_From_Checkpoint, defaultValue = "latest") with "none" -> null | r -> r),
-                    beta_dpo = a.GetResult(Beta_Dpo, defaultValue = 5000.0),
-                    seed = a.GetResult(Train_Seed, defaultValue = 0L),
-                    sdxl = a.Contains Sdxl,
-                    use_adafactor = a.Contains Use_Adafactor,
-                    resolution = (a.TryGetResult Resolution |> Option.toNullable),
-                    random_crop = a.Contains Random_Crop,
-                    no_hflip = a.Contains No_Hflip,
-                    gradient_checkpointing = a.Contains Gradient_Checkpointing,
-                    mixed_precision = a.GetResult(Mixed_Precision, defaultValue = "no"),
-                    allow_slow_bf16 = a.Contains Allow_Slow_Bf16,
-                    proportion_empty_prompts = a.GetResult(Proportion_Empty_Prompts, defaultValue = 0.2),
-                    lora_rank = a.GetResult(Lora_Rank, defaultValue = 0),
-                    sudo_derangement = a.Contains Sudo_Derangement,
-                    device = a.GetResult(Train_Device, defaultValue = "cpu"),
-                    cache_latents = a.Contains Cache_Latents,
-                    ema_decay = a.GetResult(Ema_Decay, defaultValue = 0.0),
-                    choice_model = (a.TryGetResult Choice_Model |> Option.toObj),
-                    validation_prompts = (a.TryGetResult Validation_Prompts_File |> Option.map (fun f -> (Sudo.Diffusion.Sampling.ReadPrompts f).ToArray()) |> Option.toObj),
-                    validation_steps = a.GetResult(Validation_Steps, defaultValue = 0))
-            use trainer = new Sudo.Training.Trainer(cfg)
-            trainer.Train()
+        | Train _ -> Commands.train trainArgv
+        | Flags a ->
+            if a.Contains Markdown then printf "%s" (Sudo.Training.UpstreamFlags.Markdown())
+            else for f in Sudo.Training.UpstreamFlags.All do printfn "--%-42s %-9s %s" f.name (string f.status) f.note
             0
         | _ ->
             eprintfn "%s" (parser.PrintUsage())

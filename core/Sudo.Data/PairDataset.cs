@@ -24,7 +24,8 @@ public sealed class PairDataset
         DroppedTies = ties;
     }
 
-    public static PairDataset Load(string folder)
+    /// <param name="captionColumn">the field holding the caption (train.py's --caption_column, default caption).</param>
+    public static PairDataset Load(string folder, string captionColumn = "caption")
     {
         if (!Directory.Exists(folder))
             throw new DirectoryNotFoundException($"dataset folder '{folder}' not found: give a local folder with pairs.jsonl (caption, winner, loser) and the images; Sudo never downloads datasets");
@@ -62,7 +63,7 @@ public sealed class PairDataset
         var ties = 0;
         foreach (var r in rows)
         {
-            if (!r.TryGetValue("caption", out var cap)) throw new InvalidDataException($"{folder}: a record has no caption field");
+            if (!r.TryGetValue(captionColumn, out var cap)) throw new InvalidDataException($"{folder}: a record has no '{captionColumn}' field (the caption column; fields: {string.Join(", ", r.Keys)})");
             string w, l;
             if (r.TryGetValue("winner", out var ww) && r.TryGetValue("loser", out var ll)) (w, l) = (ww, ll);
             else if (r.TryGetValue("image_0", out var i0) && r.TryGetValue("image_1", out var i1) && r.TryGetValue("label_0", out var lab))
@@ -94,6 +95,17 @@ public sealed class PairDataset
             pairs.Add(sw > sl ? p : p with { winner = p.loser, loser = p.winner });
         }
         return new PairDataset(Folder, pairs, DroppedTies + ties);
+    }
+
+    /// <summary>The first <paramref name="n"/> records after a shuffle seeded with <paramref name="seed"/> (train.py's
+    /// --max_train_samples: dataset.shuffle(seed).select(range(n))); the whole set when n ≥ its size.</summary>
+    public PairDataset Truncated(int n, long seed)
+    {
+        if (n >= Pairs.Count) return this;
+        using var g = new Generator(seed);
+        using var perm = randperm(Pairs.Count, g);
+        var keep = perm.ToArray<long>().Take(n).Select(i => Pairs[(int)i]).ToList();
+        return new PairDataset(Folder, keep, DroppedTies);
     }
 
     private static List<string> SplitCsv(string line)

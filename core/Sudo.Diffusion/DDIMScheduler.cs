@@ -1,5 +1,5 @@
 // diffusers.schedulers.scheduling_ddim.DDIMScheduler (0.27.2), plus the per-step Gaussian log-probability
-// of x_{t−1} given x_t that DDPO, D3PO and SPO use (ddim_with_logprob; spo_spec.md §3.1).
+// of x_{t−1} given x_t that DDPO, D3PO and SPO use (ddim_with_logprob in DDPO and SPO).
 using Sudo.Torch;
 using static Sudo.Torch.torch;
 

@@ -1,10 +1,12 @@
 // transformers.CLIPTokenizer (the slow tokenizer SD1.5/SDXL pipelines load; transformers 4.38) and
-// openai/CLIP's simple_tokenizer: text fixing, CLIP's pre-tokenisation regex, byte-level BPE with </w>.
+// openai/CLIP's simple_tokenizer: text fixing, CLIP's pre-tokenisation regex, byte-level BPE with </w> (the merging
+// is Microsoft.ML.Tokenizers' BpeTokenizer; the normaliser and pre-tokeniser are ours).
 using System.IO.Compression;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
+using Microsoft.ML.Tokenizers;
 using Sudo.Torch;
 using static Sudo.Torch.torch;
 
@@ -21,7 +23,6 @@ public sealed partial class CLIPTokenizer
     private readonly Dictionary<string, int> _encoder;
     private readonly string[] _decoder;
     private readonly Dictionary<(string, string), int> _ranks;
-    private readonly Dictionary<string, string[]> _cache = new();
     private readonly string[] _specialTokens;
     private static readonly string[] ByteEncoder = BuildByteEncoder(out ByteSymbolOrder);
     // bytes_to_unicode().values() in dict order: the printable bytes first, then the remapped ones.
@@ -153,97 +154,33 @@ public sealed partial class CLIPTokenizer
     [GeneratedRegex(@"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+", RegexOptions.IgnoreCase)]
     private static partial Regex Pattern();
 
-    /// <summary>Token ids without bos/eos, truncation or padding (tokenizer(text).input_ids[1:-1]).</summary>
-    public List<int> Encode(string text)
-    {
-        var ids = new List<int>();
-        foreach (var (chunk, special) in SplitSpecial(text))
-        {
-            if (special is int sid)
-            {
-                ids.Add(sid);
-                continue;
-            }
-            var clean = fix_text ? TextFix.WhitespaceClean(TextFix.FixText(chunk)).ToLowerInvariant() : TextFix.BasicClean(chunk);
-            foreach (Match m in Pattern().Matches(clean))
-            {
-                var sb = new StringBuilder();
-                foreach (var b in Encoding.UTF8.GetBytes(m.Value)) sb.Append(ByteEncoder[b]);
-                foreach (var piece in Bpe(sb.ToString()))
-                    ids.Add(_encoder.TryGetValue(piece, out var id) ? id : eos_token_id);   // unk = <|endoftext|>
-            }
-        }
-        return ids;
-    }
+    /// <summary>Token ids without bos/eos, truncation or padding (tokenizer(text).input_ids[1:-1]). Special tokens
+    /// (bos, eos, the pad token) are split off the raw text, the rest is cleaned (ftfy-style fix and whitespace
+    /// clean-up, lower case — or transformers' basic clean-up without ftfy), split by CLIP's pattern, byte-encoded and
+    /// merged by Microsoft.ML.Tokenizers' BPE with the "&lt;/w&gt;" end-of-word suffix; unknown pieces become eos.
+    /// Checked against every golden tokenizer case (transformers' CLIPTokenizer, with and without ftfy).</summary>
+    public List<int> Encode(string text) => Bpe.EncodeToIds(text).ToList();
 
-    private IEnumerable<(string text, int? special)> SplitSpecial(string text)
-    {
-        var start = 0;
-        var i = 0;
-        while (i < text.Length)
-        {
-            string? hit = null;
-            foreach (var s in _specialTokens)
-                if (string.CompareOrdinal(text, i, s, 0, s.Length) == 0)
-                {
-                    hit = s;
-                    break;
-                }
-            if (hit is null)
-            {
-                i++;
-                continue;
-            }
-            if (i > start) yield return (text[start..i], null);
-            yield return (hit, _encoder[hit]);
-            i += hit.Length;
-            start = i;
-        }
-        if (start < text.Length) yield return (text[start..], null);
-    }
+    private BpeTokenizer? _bpe;
 
-    private string[] Bpe(string token)
+    private BpeTokenizer Bpe => _bpe ??= BpeTokenizer.Create(new BpeOptions(_encoder)
     {
-        if (_cache.TryGetValue(token, out var cached)) return cached;
-        var word = new List<string>();
-        var elements = StringInfoChars(token);
-        for (var k = 0; k < elements.Count - 1; k++) word.Add(elements[k]);
-        word.Add(elements[^1] + "</w>");
-        while (word.Count > 1)
-        {
-            var best = -1;
-            var bestRank = int.MaxValue;
-            for (var k = 0; k < word.Count - 1; k++)
-                if (_ranks.TryGetValue((word[k], word[k + 1]), out var r) && r < bestRank)
-                {
-                    bestRank = r;
-                    best = k;
-                }
-            if (best < 0) break;
-            var (first, second) = (word[best], word[best + 1]);
-            var merged = new List<string>(word.Count);
-            for (var k = 0; k < word.Count;)
-            {
-                if (k < word.Count - 1 && word[k] == first && word[k + 1] == second)
-                {
-                    merged.Add(first + second);
-                    k += 2;
-                }
-                else
-                {
-                    merged.Add(word[k]);
-                    k++;
-                }
-            }
-            word = merged;
-        }
-        var result = word.ToArray();
-        if (_cache.Count < 100_000) _cache[token] = result;
-        return result;
-    }
+        Merges = _ranks.OrderBy(kv => kv.Value).Select(kv => kv.Key.Item1 + " " + kv.Key.Item2),
+        SpecialTokens = _specialTokens.ToDictionary(t => t, t => _encoder[t]),
+        Normalizer = new ClipNormalizer(fix_text),
+        PreTokenizer = new RegexPreTokenizer(Pattern(), _specialTokens.ToDictionary(t => t, t => _encoder[t])),
+        ByteLevel = true,
+        EndOfWordSuffix = "</w>",
+        UnknownToken = EosToken,
+    });
 
-    // The byte-encoded token is made of BMP characters only (U+0021..U+0143): one char per symbol.
-    private static List<string> StringInfoChars(string s) => s.Select(c => c.ToString()).ToList();
+    /// <summary>CLIP's text clean-up before BPE: ftfy-style fix, whitespace clean-up and lower case (or, without
+    /// ftfy, transformers' BasicTokenizer clean-up).</summary>
+    private sealed class ClipNormalizer(bool fixText) : Normalizer
+    {
+        public override string Normalize(string text) => fixText ? TextFix.WhitespaceClean(TextFix.FixText(text)).ToLowerInvariant() : TextFix.BasicClean(text);
+        public override string Normalize(ReadOnlySpan<char> text) => Normalize(text.ToString());
+    }
 
     /// <summary>[bos] + ids (truncated so that eos stays last) + [eos], padded to max_length with the pad id.</summary>
     public (int[] ids, int[] mask) EncodeFixed(string text, int? max_length = null, bool padding = true, bool truncation = true)

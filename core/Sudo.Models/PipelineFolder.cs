@@ -20,6 +20,26 @@ public sealed class PipelineComponents : IDisposable
     public CLIPTokenizer? tokenizer_2 { get; init; }
     public string? scheduler_config { get; init; }
 
+    /// <summary>The same components with another VAE (train.py's --pretrained_vae_model_name_or_path, e.g. SDXL's
+    /// fp16-fix VAE); this object's VAE is disposed and the other modules move to the returned one.</summary>
+    public PipelineComponents WithVae(AutoencoderKL newVae)
+    {
+        vae.Dispose();
+        return new PipelineComponents
+        {
+            Folder = Folder,
+            ClassName = ClassName,
+            ModelIndex = ModelIndex,
+            unet = unet,
+            vae = newVae,
+            text_encoder = text_encoder,
+            text_encoder_2 = text_encoder_2,
+            tokenizer = tokenizer,
+            tokenizer_2 = tokenizer_2,
+            scheduler_config = scheduler_config,
+        };
+    }
+
     public bool IsSDXL => text_encoder_2 != null;
 
     /// <summary>Reads model_index.json and loads every model component it names (unet, vae, text_encoder,

@@ -1,5 +1,5 @@
 // Preference losses with their diagnostics. Formulas and constants follow the upstream code named on each
-// (sudo_dpo_spec.md, spo_spec.md); per-sample MSEs and the losses are computed in float32 even under bf16
+// (Diffusion-DPO and SUDO train.py, SPO train_spo.py); per-sample MSEs and the losses are computed in float32 even under bf16
 // autocast (β = 5000 turns 1e-7 of MSE into 2.5e-4 of logit).
 using Sudo.Torch;
 using static Sudo.Torch.torch;

@@ -1,4 +1,4 @@
-// SPO's step-aware preference model (spo_spec.md §1; SPO time_conditioned_clip.py): a CLIPModel scorer whose
+// SPO's step-aware preference model (SPO time_conditioned_clip.py): a CLIPModel scorer whose
 // vision tower is conditioned on the timestep with DiT-style adaLN on every block and on the pooled token.
 // The new parts start at "shift = scale = 0, gate = 1", so at step 0 the model equals its base scorer.
 using Sudo.Models;

@@ -354,7 +354,7 @@ public static partial class torch
     }
 }
 
-/// <summary>CPU autocast leaves norms, softmax and silu in bf16 (ARCHITECTURE.md): for reduced-precision
+/// <summary>CPU autocast leaves norms, softmax and silu in bf16 (libtorch 1.13 autocast_mode.cpp lists them for CUDA only): for reduced-precision
 /// inputs, compute them in fp32 (weights too) and cast the result back, as CUDA autocast does.</summary>
 public static class Norms
 {

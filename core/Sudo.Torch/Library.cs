@@ -95,6 +95,39 @@ public static unsafe partial class Library
         }
     }
 
+    /// <summary>The C# op enums against the shim's op tables, code by code (names compared without case and
+    /// underscores): an op inserted in one table and not the other would otherwise run a different op silently.</summary>
+    public static List<string> OpTableMismatches()
+    {
+        static string Norm(string n) => n.Replace("_", "").ToUpperInvariant();
+        var problems = new List<string>();
+        void Check<TEnum>(int table, string cTable) where TEnum : struct, Enum
+        {
+            var names = Enum.GetNames<TEnum>();
+            for (var code = 0; code < names.Length; code++)
+            {
+                var c = Native.sudo_op_name(table, code);
+                var cName = c == IntPtr.Zero ? null : System.Runtime.InteropServices.Marshal.PtrToStringUTF8(c);
+                if (cName is null) problems.Add($"{typeof(TEnum).Name}.{names[code]} = {code} has no {cTable} op in the native library");
+                else if (Norm(cName) != Norm(names[code])) problems.Add($"{typeof(TEnum).Name}.{names[code]} = {code} but the native library's {cTable} op {code} is {cTable}{cName}");
+            }
+            if (Native.sudo_op_name(table, names.Length) != IntPtr.Zero)
+                problems.Add($"the native library's {cTable} table has more ops than {typeof(TEnum).Name} ({names.Length})");
+        }
+        Check<UnaryOp>(0, "SU_");
+        Check<BinaryOp>(1, "SB_");
+        Check<ScalarOp>(2, "SS_");
+        Check<ReduceOp>(3, "SR_");
+        return problems;
+    }
+
+    private static void CheckOpTables()
+    {
+        var problems = OpTableMismatches();
+        if (problems.Count > 0)
+            throw new InvalidOperationException($"the op tables of {_nativePath} (sudo_native.h) and Sudo.Torch (Tensor.Ops.cs) disagree:\n  " + string.Join("\n  ", problems));
+    }
+
     private static void CheckVersions()
     {
         int abi;
@@ -109,6 +142,7 @@ public static unsafe partial class Library
         if (abi != Native.AbiVersion)
             throw new InvalidOperationException(
                 $"native library {_nativePath} has C ABI version {abi} but Sudo.Torch expects {Native.AbiVersion}: rebuild with `dotnet build`");
+        CheckOpTables();
         if (Environment.GetEnvironmentVariable("SUDO_SKIP_VERSION_CHECK") == "1") return;
         var built = Native.Str(Native.sudo_torch_version());
         var loaded = Native.Str(Native.sudo_torch_library_path());

@@ -15,13 +15,14 @@ internal struct NativeScalar
 internal static unsafe partial class Native
 {
     internal const string Lib = "sudo_native";
-    internal const int AbiVersion = 4;
+    internal const int AbiVersion = 5;
 
     // Runs before the first P/Invoke of this assembly: resolve the shim next to the assembly (or
     // $SUDO_NATIVE_LIB), whichever host loaded us (dotnet test, the CLI, dotnet fsi).
     static Native() => NativeLibrary.SetDllImportResolver(typeof(Native).Assembly, Library.Resolve);
 
     [LibraryImport(Lib)] internal static partial int sudo_abi_version();
+    [LibraryImport(Lib)] internal static partial IntPtr sudo_op_name(int table, int code);
     [LibraryImport(Lib)] internal static partial IntPtr sudo_torch_version();
     [LibraryImport(Lib)] internal static partial IntPtr sudo_torch_library_path();
     [LibraryImport(Lib)] internal static partial IntPtr sudo_build_torch_path();

@@ -228,7 +228,7 @@ public static unsafe partial class torch
     public static Tensor bmm(Tensor a, Tensor b) => a.bmm(b);
 
     /// <summary>beta·self + alpha·(b1 @ b2). With beta = 0, self must still hold initialised values:
-    /// libtorch 1.13's CPU kernel can turn uninitialised memory into NaN (ARCHITECTURE.md).</summary>
+    /// libtorch 1.13's CPU kernel can turn uninitialised memory into NaN.</summary>
     public static Tensor baddbmm(Tensor self, Tensor b1, Tensor b2, double beta = 1, double alpha = 1) =>
         Tensor.Wrap(Native.sudo_baddbmm(self.Handle, b1.Handle, b2.Handle, beta, alpha), "baddbmm");
     public static Tensor addmm(Tensor self, Tensor m1, Tensor m2, double beta = 1, double alpha = 1) =>

@@ -1,8 +1,7 @@
 // One training loop for the offline methods (Diffusion-DPO, SFT, SUDO, and losses defined in recipes):
 // pixel pairs → VAE latents → shared noise and t → policy (and reference) UNet → per-sample MSEs → loss.
-// Follows Diffusion-DPO's train.py (sudo_dpo_spec.md §2.5) and SUDO's 10-line diff (§3.2).
+// Follows Diffusion-DPO's train.py (its training loop and DPO loss) and SUDO's changes to it (self-pairs, + MSE).
 using System.Diagnostics;
-using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Sudo.Data;
@@ -14,94 +13,12 @@ using static Sudo.Torch.torch;
 
 namespace Sudo.Training;
 
-/// <summary>The upstream flags (train.py names and defaults unless noted).</summary>
-public sealed record TrainConfig
-{
-    public string method { get; init; } = "dpo";
-    public required string pretrained_model_name_or_path { get; init; }
-    public required string dataset_name { get; init; }
-    public string? cache_dir { get; init; }
-    public string output_dir { get; init; } = "sd-model-finetuned";
-    public int train_batch_size { get; init; } = 1;
-    public int gradient_accumulation_steps { get; init; } = 1;
-    public int max_train_steps { get; init; } = 2000;
-    public double learning_rate { get; init; } = 1e-8;
-    public bool scale_lr { get; init; }
-    public string lr_scheduler { get; init; } = "constant_with_warmup";
-    public int lr_warmup_steps { get; init; } = 500;
-    public int checkpointing_steps { get; init; } = 500;
-    /// <summary>"latest" (upstream default: resume when a checkpoint exists), a path, or null.</summary>
-    public string? resume_from_checkpoint { get; init; } = "latest";
-    public double beta_dpo { get; init; } = 5000;
-    public long seed { get; init; }
-    public bool sdxl { get; init; }
-    public bool use_adafactor { get; init; }
-    public int? resolution { get; init; }
-    public bool random_crop { get; init; }
-    public bool no_hflip { get; init; }
-    public bool gradient_checkpointing { get; init; }
-    /// <summary>"no" or "bf16" on CPU (fp16 needs CUDA).</summary>
-    public string mixed_precision { get; init; } = "no";
-    /// <summary>Run bf16 (mixed precision or the bf16 reference) on a CPU even where the probe measures it slower than
-    /// fp32; without it such a run is refused with the measured slow-down (Precision.Judge).</summary>
-    public bool allow_slow_bf16 { get; init; }
-    public double proportion_empty_prompts { get; init; } = 0.2;
-    public double adam_beta1 { get; init; } = 0.9;
-    public double adam_beta2 { get; init; } = 0.999;
-    public double adam_weight_decay { get; init; } = 1e-2;
-    public double adam_epsilon { get; init; } = 1e-8;
-    public double max_grad_norm { get; init; } = 1.0;
-    /// <summary>SUDO: forbid self-pairs (upstream's randperm allows them; off by default).</summary>
-    public bool sudo_derangement { get; init; }
-    public double sudo_lambda_dpo { get; init; } = 0.5;
-    public double sudo_lambda_mse { get; init; } = 0.5;
-    /// <summary>LoRA rank (0 = full fine-tune). With LoRA the reference is the same UNet with adapters off.</summary>
-    public int lora_rank { get; init; }
-    public double? lora_alpha { get; init; }
-    /// <summary>Keep the frozen reference UNet in bf16 (full fine-tune only).</summary>
-    public bool reference_bf16 { get; init; }
-    public int max_nonfinite_steps { get; init; } = 5;
-    /// <summary>Cache each image's VAE posterior (mean, std) and each caption's text embedding: latents are
-    /// then sampled from the cached posterior (as upstream samples from the live one). Needs a fixed crop:
-    /// center crop and no flip.</summary>
-    public bool cache_latents { get; init; }
-    /// <summary>Fixed prompts sampled into output_dir/samples/step-N.png every validation_steps steps.</summary>
-    public string[]? validation_prompts { get; init; }
-    public int validation_steps { get; init; }
-    /// <summary>AI-feedback relabelling: a CLIPModel folder (PickScore/HPS-like) whose preference replaces the labels.</summary>
-    public string? choice_model { get; init; }
-    /// <summary>Keep an exponential moving average of the trained weights (0 = off), saved as ema/.</summary>
-    public double ema_decay { get; init; }
-    public int log_every { get; init; } = 10;
-    public string device { get; init; } = "cpu";
-
-    public void Validate()
-    {
-        if (method is not ("dpo" or "sft" or "sudo")) throw new ArgumentException($"--method {method}: expected dpo, sft or sudo (spo trains from sampled chains; see recipes/spo.fsx)");
-        if (train_batch_size < 1 || gradient_accumulation_steps < 1 || max_train_steps < 1) throw new ArgumentException("--train_batch_size, --gradient_accumulation_steps and --max_train_steps must be ≥ 1");
-        if (method == "sudo" && train_batch_size == 1 && !sudo_derangement)
-            Console.Error.WriteLine("warning: SUDO with --train_batch_size 1 pairs every winner with itself: the loss collapses to 0.5·SFT (upstream behaviour)");
-        if (method == "sudo" && train_batch_size == 1 && sudo_derangement) throw new ArgumentException("--sudo_derangement needs --train_batch_size ≥ 2");
-        if (mixed_precision is not ("no" or "bf16" or "fp16")) throw new ArgumentException($"--mixed_precision {mixed_precision}: expected no, bf16 or fp16");
-        if (mixed_precision == "fp16" && Device.Parse(device).Type == DeviceType.CPU) throw new ArgumentException("--mixed_precision fp16 needs CUDA (libtorch 1.13 cannot compute fp16 on CPU): use bf16");
-        if (lora_rank < 0) throw new ArgumentException("--lora_rank must be ≥ 0");
-        if (proportion_empty_prompts is < 0 or > 1) throw new ArgumentException("--proportion_empty_prompts must be in [0, 1]");
-        if (cache_latents && (random_crop || !no_hflip))
-            throw new ArgumentException("--cache_latents needs a fixed crop: pass --no_hflip and leave --random_crop off (cached latents cannot be re-augmented)");
-        if (ema_decay is < 0 or >= 1) throw new ArgumentException("--ema_decay must be in [0, 1)");
-    }
-}
-
-/// <summary>Everything one micro-batch yields to a loss: per-sample MSEs of policy and reference
-/// ([2B]: winners then losers; the reference is null for SFT) and the batch size B.</summary>
-public sealed record StepInputs(Tensor model_mse, Tensor? ref_mse, int pairs, Tensor timesteps);
-
-/// <summary>A loss over a micro-batch (a recipe can pass its own).</summary>
-public delegate LossOutput LossFn(StepInputs inputs);
-
+/// <summary>Trains one <see cref="Method"/> with an offline pair source on a pair folder.</summary>
 public sealed class Trainer : IDisposable
 {
     public TrainConfig config { get; }
+    /// <summary>What is trained: pair source, loss and reference policy (a preset, or a recipe's own).</summary>
+    public Method method { get; }
     public StableDiffusionPipeline pipe { get; }
     public UNet2DConditionModel unet => pipe.unet;
     public UNet2DConditionModel? reference { get; private set; }
@@ -113,7 +30,10 @@ public sealed class Trainer : IDisposable
     public torch.amp.GradScaler scaler { get; }
     public NoiseSchedule noise_schedule { get; }
     public int global_step { get; private set; }
-    public LossFn loss_fn { get; set; }
+    /// <summary>Optimizer steps of the run: max_train_steps, or num_train_epochs × (records ÷ batch ÷ accumulation).</summary>
+    public int total_steps { get; }
+    private readonly OfflinePairSource _pairs;
+    private readonly LossFn _loss;
     private readonly Generator _rng;
     private int _epoch;
     private int _position;
@@ -124,24 +44,49 @@ public sealed class Trainer : IDisposable
     private readonly Dictionary<string, Tensor> _textCache = new();
     private Tensor[]? _ema;
 
-    public Trainer(TrainConfig config, LossFn? loss = null)
+    /// <param name="method">the method to train; null takes the preset named by config.method with the config's
+    /// β and SUDO settings. A recipe's method names the run (config.method is set to its name).</param>
+    public Trainer(TrainConfig config, Method? method = null)
     {
+        method ??= Methods.Preset(config.method, config.MethodSettings);
+        if (method.pairs is not OfflinePairSource pairs)
+            throw new ArgumentException($"method {method.name} draws its pairs from {method.pairs.Describe()}, not from a pair folder: train it with SpoTrainer (sudoml train --method spo, recipes/spo.fsx)");
+        config = config with { method = method.name };
         config.Validate();
+        pairs.Validate(config.train_batch_size);
         this.config = config;
+        this.method = method;
+        _loss = method.offline_loss;
         var device = Device.Parse(config.device);
+        if (method.reference == ReferencePolicy.AdaptersOff && config.lora_rank == 0)
+            throw new ArgumentException($"method {method.name} compares with the UNet's LoRA adapters off: pass --lora_rank ≥ 1");
         // Before any loading: a bf16 request on a CPU without bf16 kernels is refused (or warned about) now, not after hours.
-        if (config.mixed_precision == "bf16") Precision.RequireUsableBf16(device, config.allow_slow_bf16, "--mixed_precision bf16");
+        if (config.MixedPrecision == "bf16") Precision.RequireUsableBf16(device, config.allow_slow_bf16, "--mixed_precision bf16");
         if (config.reference_bf16) Precision.RequireUsableBf16(device, config.allow_slow_bf16, "--reference_bf16");
         manual_seed(config.seed);
         _rng = new Generator(config.seed);
-        var loaded = PairDataset.Load(config.dataset_name);
-        pipe = StableDiffusionPipeline.from_pretrained(config.pretrained_model_name_or_path, "ddpm", ScalarType.Float32, device, cache_dir: config.cache_dir);
+        var loaded = PairDataset.Load(config.DatasetFolder, config.caption_column);
+        var modelFolder = Hub.Resolve(config.pretrained_model_name_or_path, config.hub_cache_dir, config.revision ?? "main");
+        var comps = PipelineComponents.from_pretrained(modelFolder, config.variant, ScalarType.Float32, device);
+        if (config.pretrained_vae_model_name_or_path is { } vaePath)
+            comps = comps.WithVae(AutoencoderKL.from_pretrained(Hub.Resolve(vaePath, config.hub_cache_dir), config.variant, ScalarType.Float32, device));
+        pipe = new StableDiffusionPipeline(comps, Scheduler.ByName("ddpm", comps.scheduler_config is { } sc ? SchedulerConfig.FromFile(sc) : SchedulerConfig.SD15));
+        if (config.unet_init is { } init)
+        {
+            using var scope = NewDisposeScope();
+            var folder = Hub.Resolve(init, config.hub_cache_dir);
+            unet.load_state_dict(Checkpoints.ReadWeights(Checkpoints.FindWeights(folder, "diffusion_pytorch_model", config.variant)));
+        }
         if (config.choice_model is { } cm)
         {
             using var scorer = new ClipScorer(CLIPModel.from_pretrained(cm), pipe.components.tokenizer);
-            loaded = loaded.Relabeled(scorer.Score);
+            pairs = new AiFeedbackPairs(scorer.Score, pairs);
+            loaded = pairs.Prepare(loaded);
         }
+        else loaded = pairs.Prepare(loaded);
+        if (config.max_train_samples is { } n) loaded = loaded.Truncated(n, config.seed);
         data = loaded;
+        _pairs = pairs;
         if (config.sdxl != pipe.IsSDXL)
             throw new ArgumentException(config.sdxl ? "--sdxl given but the model is not an SDXL pipeline" : "the model is SDXL: pass --sdxl");
         noise_schedule = pipe.scheduler.schedule;
@@ -157,7 +102,7 @@ public sealed class Trainer : IDisposable
         else
         {
             _trainable = unet.parameters().ToArray();
-            if (config.method != "sft") reference = CloneFrozen(unet, config.reference_bf16 ? ScalarType.BFloat16 : null);
+            if (method.reference == ReferencePolicy.FrozenCopy) reference = CloneFrozen(unet, config.reference_bf16 ? ScalarType.BFloat16 : null);
         }
         unet.train();
         if (config.gradient_checkpointing || config.sdxl) unet.enable_gradient_checkpointing();
@@ -165,9 +110,11 @@ public sealed class Trainer : IDisposable
         optimizer = config.use_adafactor || config.sdxl
             ? new torch.optim.Adafactor(_trainable, lr: lr, weight_decay: config.adam_weight_decay, clip_threshold: 1.0, scale_parameter: false, relative_step: false)
             : new torch.optim.AdamW(_trainable, lr, config.adam_beta1, config.adam_beta2, config.adam_epsilon, config.adam_weight_decay);
-        scaler = new torch.amp.GradScaler(enabled: config.mixed_precision == "fp16");
-        scheduler = torch.optim.lr_scheduler.get_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, config.max_train_steps);
-        loss_fn = loss ?? DefaultLoss(config);
+        scaler = new torch.amp.GradScaler(enabled: config.MixedPrecision == "fp16");
+        // train.py: max_train_steps, or num_train_epochs × ceil(batches per epoch ÷ accumulation) when it is unset.
+        var batchesPerEpoch = data.Pairs.Count / config.train_batch_size;
+        total_steps = config.max_train_steps ?? config.num_train_epochs * (int)Math.Ceiling(batchesPerEpoch / (double)config.gradient_accumulation_steps);
+        scheduler = torch.optim.lr_scheduler.get_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, total_steps, config.lr_num_cycles);
         if (config.ema_decay > 0)
             using (no_grad()) _ema = _trainable.Select(p => { var e = p.detach().clone(); DisposeScope.Current?.Detach(e); return e; }).ToArray();
         NewEpoch(0);
@@ -186,12 +133,9 @@ public sealed class Trainer : IDisposable
         return copy;
     }
 
-    public static LossFn DefaultLoss(TrainConfig c) => c.method switch
-    {
-        "sft" => s => Losses.sft(s.model_mse.narrow(0, 0, s.pairs)),
-        "sudo" => s => Losses.sudo(s.model_mse, s.ref_mse!, c.beta_dpo, c.sudo_lambda_dpo, c.sudo_lambda_mse),
-        _ => s => Losses.diffusion_dpo(s.model_mse, s.ref_mse!, c.beta_dpo),
-    };
+    /// <summary>validation_prompts, else the lines of validation_prompts_file, else null.</summary>
+    public string[]? ValidationPrompts => config.validation_prompts
+        ?? (config.validation_prompts_file is { } f ? Sampling.ReadPrompts(f).ToArray() : null);
 
     public int Resolution => config.resolution ?? (config.sdxl ? 1024 : pipe.unet.config.sample_size * pipe.vae_scale_factor);
 
@@ -200,22 +144,29 @@ public sealed class Trainer : IDisposable
         var eff = config.train_batch_size * config.gradient_accumulation_steps;
         var lines = new List<string>
         {
-            $"method {config.method}; {data.Pairs.Count} pairs ({data.DroppedTies} ties dropped) from {data.Folder}",
-            $"effective batch = {config.train_batch_size} pairs per device × {config.gradient_accumulation_steps} accumulation × 1 process = {eff} pairs",
+            method.Describe(),
+            $"{data.Pairs.Count} pairs ({data.DroppedTies} ties dropped) from {data.Folder}" + (_pairs != method.pairs ? $"; {_pairs.Describe()}" : ""),
+            $"effective batch = {config.train_batch_size} pairs per device × {config.gradient_accumulation_steps} accumulation × 1 process = {eff} pairs; {total_steps} optimizer steps",
             $"optimizer {optimizer.GetType().Name}, lr {optimizer.param_groups[0].initial_lr:G3} ({config.lr_scheduler}, warmup {config.lr_warmup_steps}), {_trainable.Sum(p => p.numel()):N0} trainable parameters" + (lora != null ? $" (LoRA rank {config.lora_rank})" : ""),
+            $"reference: {(method.reference == ReferencePolicy.None ? "none" : lora != null ? "the same UNet with LoRA adapters off" : "frozen copy" + (config.reference_bf16 ? " (bf16)" : ""))}; mixed precision {config.MixedPrecision}",
         };
-        if (config.method != "sft")
-            lines.Add($"β = {config.beta_dpo} in −log σ(−½·β·Δ) (Diffusion-DPO train.py); the diffusers example's β_d = {config.beta_dpo / 2} gives the same loss");
-        lines.Add($"reference: {(lora != null ? "the same UNet with LoRA adapters off" : reference != null ? "frozen copy" + (config.reference_bf16 ? " (bf16)" : "") : "none (SFT)")}; mixed precision {config.mixed_precision}");
         return string.Join("\n", lines);
     }
 
     private void NewEpoch(int epoch)
     {
         _epoch = epoch;
-        using var g = new Generator(config.seed + 1_000_003L * (epoch + 1));
-        using var perm = randperm(data.Pairs.Count, g);
-        _order = perm.ToArray<long>().Select(v => (int)v).ToArray();
+        if (config.split != "train")
+        {
+            // train.py shuffles only the train split.
+            _order = Enumerable.Range(0, data.Pairs.Count).ToArray();
+        }
+        else
+        {
+            using var g = new Generator(config.seed + 1_000_003L * (epoch + 1));
+            using var perm = randperm(data.Pairs.Count, g);
+            _order = perm.ToArray<long>().Select(v => (int)v).ToArray();
+        }
         _position = 0;
     }
 
@@ -252,6 +203,7 @@ public sealed class Trainer : IDisposable
     public StepInputs Forward(int[] indices)
     {
         var b = indices.Length;
+        var records = indices.Select(i => data.Pairs[i]).ToArray();
         var res = Resolution;
         Tensor latents, ehs, t, noise, xt, target;
         Tensor[]? added = null;
@@ -272,9 +224,9 @@ public sealed class Trainer : IDisposable
                     }
                     return c;
                 }
-                var wFiles = indices.Select(i => data.Pairs[i].winner).ToArray();
-                var lFiles = config.method == "sudo" ? Permutation(b).Select(j => wFiles[j]).ToArray() : indices.Select(i => data.Pairs[i].loser).ToArray();
-                var posts = wFiles.Concat(lFiles).Select(Posterior).ToArray();
+                var plan = _pairs.Plan(records, _rng);
+                string File(ImageRef r) => r.winner ? records[r.row].winner : records[r.row].loser;
+                var posts = plan.winners.Concat(plan.losers).Select(File).Select(Posterior).ToArray();
                 var mean = cat(posts.Select(p => p.mean).ToArray());
                 var std = cat(posts.Select(p => p.std).ToArray());
                 latents = pipe.vae.scale_latents(mean + std * randn(mean.shape, _rng).to(mean.device));
@@ -282,14 +234,12 @@ public sealed class Trainer : IDisposable
             else
             {
                 var pairs = indices.Select(i => data.LoadPair(i, res, config.random_crop, !config.no_hflip, _rng)).ToArray();
-                var winners = stack(pairs.Select(p => p[0]).ToArray());
-                var losers = stack(pairs.Select(p => p[1]).ToArray());
-                if (config.method == "sudo")
-                {
-                    // SUDO: losers := winners[randperm(B)] in pixel space (self-pairs allowed unless derangement).
-                    var perm = Permutation(b);
-                    losers = winners.index_select(0, tensor(perm));
-                }
+                // Every record's winner and loser with one shared crop/flip, then the source's pairing (SUDO: losers =
+                // winners[randperm(B)] in pixel space, as its train.py does).
+                var plan = _pairs.Plan(records, _rng);
+                Tensor Image(ImageRef r) => pairs[r.row][r.winner ? 0 : 1];
+                var winners = stack(plan.winners.Select(Image).ToArray());
+                var losers = stack(plan.losers.Select(Image).ToArray());
                 var pix = cat([winners, losers]).to(pipe.device, pipe.vae.encoder.conv_in.weight.dtype);
                 using var post = pipe.vae.encode(pix);
                 latents = pipe.vae.scale_latents(post.sample(_rng));
@@ -314,7 +264,7 @@ public sealed class Trainer : IDisposable
             }
         }
         var cond = added is null ? null : new AddedCondKwargs(added[0], added[1]);
-        using var autocastScope = config.mixed_precision switch
+        using var autocastScope = config.MixedPrecision switch
         {
             "bf16" => autocast(Device.Parse(config.device)),
             "fp16" => autocast(Device.Parse(config.device), ScalarType.Float16),
@@ -323,7 +273,7 @@ public sealed class Trainer : IDisposable
         var pred = unet.forward(xt, t, ehs, cond);
         var m = Losses.per_sample_mse(pred, target);
         Tensor? r = null;
-        if (config.method != "sft")
+        if (method.reference != ReferencePolicy.None)
         {
             using var _ = no_grad();
             Tensor refPred;
@@ -334,18 +284,7 @@ public sealed class Trainer : IDisposable
                     cond is null ? null : new AddedCondKwargs(cond.text_embeds.to(reference.conv_in.weight.dtype), cond.time_ids.to(reference.conv_in.weight.dtype)));
             r = Losses.per_sample_mse(refPred, target);
         }
-        return new StepInputs(m, r, b, t);
-    }
-
-    private long[] Permutation(int b)
-    {
-        using var perm = randperm(b, _rng);
-        var p = perm.ToArray<long>();
-        if (!config.sudo_derangement || b < 2) return p;
-        // Derangement: rotate the random order by one so no index maps to itself.
-        var rotated = new long[b];
-        for (var i = 0; i < b; i++) rotated[p[i]] = p[(i + 1) % b];
-        return rotated;
+        return new StepInputs(m, r, b, t) { schedule = noise_schedule };
     }
 
     /// <summary>One optimizer step (gradient_accumulation_steps micro-batches). Returns the metrics, or null
@@ -360,7 +299,7 @@ public sealed class Trainer : IDisposable
         {
             using var micro = NewDisposeScope();
             var inputs = Forward(NextBatch());
-            var o = loss_fn(inputs);
+            var o = _loss(inputs);
             var lv = o.loss.item();
             if (!double.IsFinite(lv))
             {
@@ -397,98 +336,36 @@ public sealed class Trainer : IDisposable
         return metrics;
     }
 
-    // ---- checkpoints ----
+    // ---- checkpoints (TrainingRun's format, shared with SPO) ----
 
-    /// <summary>Writes output_dir/checkpoint-N atomically (a temporary folder renamed at the end): trainable
-    /// weights (UNet or LoRA), optimizer, LR schedule, RNG states, data position and step.</summary>
-    public string SaveCheckpoint()
+    /// <summary>The record of this run: the resolved config (all fields, defaults included), the method and the machine.</summary>
+    public System.Text.Json.Nodes.JsonObject RunRecordNode() => RunRecord.Make(config with { mixed_precision = config.MixedPrecision }, method.Describe());
+
+    /// <summary>Writes output_dir/checkpoint-N atomically: trainable weights (UNet or LoRA), optimizer, EMA, RNG
+    /// states, data position, LR schedule and step, and the run record.</summary>
+    public string SaveCheckpoint(TrainingRun run) => run.SaveCheckpoint(global_step, new JsonObject
     {
-        var final = Path.Combine(config.output_dir, $"checkpoint-{global_step}");
-        var tmp = Path.Combine(config.output_dir, $".tmp-checkpoint-{global_step}-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(tmp);
-        try
-        {
-            if (lora != null) lora.save(Path.Combine(tmp, "lora"));
-            else unet.save_pretrained(Path.Combine(tmp, "unet"));
-            optimizer.save(Path.Combine(tmp, "optimizer.safetensors"));
-            if (_ema != null)
-                safetensors.save_file(_ema.Select((t, i) => (t, i)).ToDictionary(x => $"ema.{x.i}", x => x.t), Path.Combine(tmp, "ema.safetensors"));
-            RngState.Save(tmp, _rng);
-            var state = new JsonObject
-            {
-                ["global_step"] = global_step,
-                ["epoch"] = _epoch,
-                ["position"] = _position,
-                ["lr_scheduler"] = JsonNode.Parse(scheduler.state_dict()),
-                ["method"] = config.method,
-                ["nonfinite_in_a_row"] = _nonfinite,
-                ["grad_scaler"] = JsonNode.Parse(scaler.state_dict()),
-            };
-            File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            AtomicFile.PublishDirectory(tmp, final);
-            return final;
-        }
-        catch
-        {
-            if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
-            throw;
-        }
-    }
-
-    /// <summary>A grid of the validation prompts (one fixed seed per prompt, DDIM 20 steps, CFG 7.5) with the
-    /// current weights, so runs can be compared by eye.</summary>
-    public string SampleGrid()
+        ["global_step"] = global_step,
+        ["epoch"] = _epoch,
+        ["position"] = _position,
+        ["lr_scheduler"] = JsonNode.Parse(scheduler.state_dict()),
+        ["method"] = method.name,
+        ["nonfinite_in_a_row"] = _nonfinite,
+        ["grad_scaler"] = JsonNode.Parse(scaler.state_dict()),
+    }, tmp =>
     {
-        var prompts = config.validation_prompts ?? throw new InvalidOperationException("no validation_prompts configured");
-        using var ddim = new DDIMScheduler(pipe.scheduler.config with { _class_name = "DDIMScheduler" });
-        var sampler = new StableDiffusionPipeline(pipe.components, ddim);   // shares the models; only ddim is ours
-        var wasTraining = unet.training;
-        unet.eval();
-        var gens = prompts.Select((_, i) => new Generator(config.seed + i)).ToArray();
-        try
-        {
-            using var scope = NewDisposeScope();
-            using var r = sampler.call(new GenerationOptions { prompt = prompts, num_inference_steps = 20, guidance_scale = 7.5, generators = gens, height = Resolution, width = Resolution });
-            var path = Path.Combine(config.output_dir, "samples", $"step-{global_step}.png");
-            Sudo.Data.ImageCodecs.Save(Sudo.Data.Images.Grid(r.images!, rows: 1), path);
-            return path;
-        }
-        finally
-        {
-            foreach (var g in gens) g.Dispose();
-            unet.train(wasTraining);
-        }
-    }
+        if (lora != null) lora.save(Path.Combine(tmp, "lora"));
+        else unet.save_pretrained(Path.Combine(tmp, "unet"));
+        optimizer.save(Path.Combine(tmp, "optimizer.safetensors"));
+        if (_ema != null)
+            safetensors.save_file(_ema.Select((t, i) => (t, i)).ToDictionary(x => $"ema.{x.i}", x => x.t), Path.Combine(tmp, "ema.safetensors"));
+        RngState.Save(tmp, _rng);
+    });
 
-    /// <summary>output_dir/train_summary.json: method, steps, wall seconds, peak resident memory, threads.</summary>
-    public static void WriteSummary(string outputDir, string method, int steps, double seconds)
-    {
-        Directory.CreateDirectory(outputDir);
-        AtomicFile.WriteAllText(Path.Combine(outputDir, "train_summary.json"), new JsonObject
-        {
-            ["method"] = method,
-            ["steps"] = steps,
-            ["seconds"] = Math.Round(seconds, 1),
-            ["peak_rss_mb"] = Math.Round(ProcessMemory.PeakRssMb(), 1),
-            ["torch_threads"] = get_num_threads(),
-        }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-    }
-
-    public static string? LatestCheckpoint(string outputDir)
-    {
-        if (!Directory.Exists(outputDir)) return null;
-        return Directory.GetDirectories(outputDir, "checkpoint-*")
-            .Select(d => (d, ok: int.TryParse(Path.GetFileName(d)["checkpoint-".Length..], out var n), n))
-            .Where(x => x.ok && File.Exists(Path.Combine(x.d, "trainer_state.json")))
-            .OrderByDescending(x => x.n).Select(x => x.d).FirstOrDefault();
-    }
-
+    /// <summary>Restores a checkpoint of this method. The caller checks the run record first (Train does).</summary>
     public void LoadCheckpoint(string path)
     {
-        var statePath = Path.Combine(path, "trainer_state.json");
-        if (!File.Exists(statePath)) throw new FileNotFoundException($"{path} is not a Sudo checkpoint (no trainer_state.json)", statePath);
-        var state = JsonNode.Parse(File.ReadAllText(statePath))!.AsObject();
-        if ((string?)state["method"] != config.method) throw new InvalidDataException($"{path} was written by method {state["method"]}, not {config.method}");
+        var state = TrainingRun.ReadState(path, method.name);
         if (lora != null)
         {
             var sd = safetensors.load_file(Path.Combine(path, "lora", "pytorch_lora_weights.safetensors"), mmap: false);
@@ -519,51 +396,59 @@ public sealed class Trainer : IDisposable
         if (state["grad_scaler"] is { } gs) scaler.load_state_dict(gs.ToJsonString());
     }
 
-    /// <summary>Runs to max_train_steps: resumes (resume_from_checkpoint), logs metrics to metrics.jsonl and
-    /// metrics.csv every step, prints a line every log_every steps, checkpoints every checkpointing_steps,
-    /// and saves the final weights (unet/ or lora/) into output_dir.</summary>
+    /// <summary>A grid of the validation prompts (one fixed seed per prompt, DDIM 20 steps, CFG 7.5) with the
+    /// current weights, so runs can be compared by eye.</summary>
+    public string SampleGrid()
+    {
+        var prompts = ValidationPrompts ?? throw new InvalidOperationException("no validation_prompts configured");
+        using var ddim = new DDIMScheduler(pipe.scheduler.config with { _class_name = "DDIMScheduler" });
+        var sampler = new StableDiffusionPipeline(pipe.components, ddim);   // shares the models; only ddim is ours
+        var wasTraining = unet.training;
+        unet.eval();
+        var gens = prompts.Select((_, i) => new Generator(config.seed + i)).ToArray();
+        try
+        {
+            using var scope = NewDisposeScope();
+            using var r = sampler.call(new GenerationOptions { prompt = prompts, num_inference_steps = 20, guidance_scale = 7.5, generators = gens, height = Resolution, width = Resolution });
+            var path = Path.Combine(config.output_dir, "samples", $"step-{global_step}.png");
+            Sudo.Data.ImageCodecs.Save(Sudo.Data.Images.Grid(r.images!, rows: 1), path);
+            return path;
+        }
+        finally
+        {
+            foreach (var g in gens) g.Dispose();
+            unet.train(wasTraining);
+        }
+    }
+
+    /// <summary>Runs to the last step: resumes (resume_from_checkpoint; refused when the checkpoint's recorded settings
+    /// differ), writes run_config.json, logs metrics every step (JSONL, CSV, TensorBoard), prints a line every log_every
+    /// steps, checkpoints every checkpointing_steps, and saves the final weights (unet/ or lora/) into output_dir.</summary>
     public void Train(Action<string>? log = null)
     {
         var caller = log;
         log ??= Console.WriteLine;
-        Directory.CreateDirectory(config.output_dir);
-        var resume = config.resume_from_checkpoint switch
+        using var run = new TrainingRun(config.output_dir, RunRecordNode(),
+            TrainingRun.TensorBoardDir(config.output_dir, config.report_to, config.logging_dir, config.tracker_project_name), config.checkpoints_total_limit);
+        if (run.ResumePoint(config.resume_from_checkpoint) is { } resume)
         {
-            null or "" => null,
-            "latest" => LatestCheckpoint(config.output_dir),
-            var p => Directory.Exists(p) ? p : throw new DirectoryNotFoundException($"--resume_from_checkpoint {p}: no such checkpoint"),
-        };
-        if (resume != null)
-        {
+            RunRecord.CheckResume(resume, run.Record["config"]!.AsObject(), config.resume_allow_changes);
             LoadCheckpoint(resume);
             log($"resumed from {resume} at step {global_step}");
         }
+        run.WriteRecord();
         log(Describe());
-        var jsonl = Path.Combine(config.output_dir, "metrics.jsonl");
-        var csv = Path.Combine(config.output_dir, "metrics.csv");
         var sw = Stopwatch.StartNew();
-        using var tb = new TensorBoardWriter(Path.Combine(config.output_dir, "logs"));
-        string[]? columns = File.Exists(csv) ? File.ReadLines(csv).FirstOrDefault()?.Split(',') : null;
-        TrainingProgress.Run($"{config.method}", config.max_train_steps, global_step, config.log_every, caller, progress =>
+        TrainingProgress.Run(method.name, total_steps, global_step, config.log_every, caller, progress =>
         {
-            while (global_step < config.max_train_steps)
+            while (global_step < total_steps)
             {
                 var m = Step();
                 if (m is null) continue;
-                m["step"] = global_step;
-                var line = new JsonObject();
-                foreach (var (k, v) in m) line[k] = v;
-                File.AppendAllText(jsonl, line.ToJsonString() + "\n");
-                tb.AddScalars(global_step, m.Where(kv => kv.Key != "step").ToDictionary(kv => "train/" + kv.Key, kv => kv.Value));
-                if (columns is null)
-                {
-                    columns = m.Keys.OrderBy(k => k == "step" ? "" : k, StringComparer.Ordinal).ToArray();
-                    File.AppendAllText(csv, string.Join(",", columns) + "\n");
-                }
-                File.AppendAllText(csv, string.Join(",", columns.Select(c => m.TryGetValue(c, out var v) ? v.ToString("G6", CultureInfo.InvariantCulture) : "")) + "\n");
+                run.Log(global_step, m);
                 progress.Step(global_step, m);
-                if (config.checkpointing_steps > 0 && global_step % config.checkpointing_steps == 0) progress.Log($"saved {SaveCheckpoint()}");
-                if (config.validation_prompts is { Length: > 0 } && config.validation_steps > 0 && global_step % config.validation_steps == 0) progress.Log($"samples {SampleGrid()}");
+                if (config.checkpointing_steps > 0 && global_step % config.checkpointing_steps == 0) progress.Log($"saved {SaveCheckpoint(run)}");
+                if (ValidationPrompts is { Length: > 0 } && config.validation_steps > 0 && global_step % config.validation_steps == 0) progress.Log($"samples {SampleGrid()}");
             }
         });
         if (lora != null) lora.save(Path.Combine(config.output_dir, "lora"));
@@ -576,7 +461,7 @@ public sealed class Trainer : IDisposable
                 foreach (var (p, e) in copy.parameters().Zip(_ema)) p.copy_(e);
             copy.save_pretrained(Path.Combine(config.output_dir, "unet_ema"));
         }
-        WriteSummary(config.output_dir, config.method, global_step, sw.Elapsed.TotalSeconds);
+        TrainingRun.WriteSummary(config.output_dir, method.name, global_step, sw.Elapsed.TotalSeconds);
         log($"done: {global_step} steps in {sw.Elapsed.TotalSeconds:F1} s (peak RSS {ProcessMemory.PeakRssMb():F0} MB); weights in {config.output_dir}");
     }
 

@@ -26,7 +26,7 @@ write "paper-repro/diffusion-dpo/RESULTS.md" (
 |---|---|---|
 """ + String.concat "\n" scores + """
 
-## Paper (for the reader; `../shared/docs/reference/sudo_dpo_spec.md` §2.10)
+## Paper (for the reader; Wallace et al., Diffusion-DPO)
 
 | comparison | paper |
 |---|---|

@@ -65,7 +65,7 @@ the judge on held-out pairs with noiseless labels:
 """ + agreement + """
 ```
 
-## Paper (`../shared/docs/reference/spo_spec.md` §5.3–5.4)
+## Paper (Liang et al., SPO)
 
 Table 2, SD-1.5: PickScore / HPSv2 / ImageReward / Aesthetic — SD-1.5 20.53 / 23.79 / −0.1628 / 5.365; Diffusion-DPO
 20.98 / 25.05 / 0.1115 / 5.505; **SPO 21.43 / 26.45 / 0.1712 / 5.887**. Table 1, SDXL: SDXL 21.95 / 26.95 / 0.5380 / 5.950;

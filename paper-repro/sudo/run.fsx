@@ -52,7 +52,7 @@ Per-attribute accuracy (CFG 3, both splits):
 |---|---|---|---|---|---|
 """ + String.concat "\n" attrs + """
 
-## Paper (SD1.5, Pick-a-Pic v2 prompts; `../shared/docs/reference/sudo_dpo_spec.md` §3.8)
+## Paper (SD1.5, Pick-a-Pic v2 prompts; Peng et al., SUDO)
 
 | method | PickScore avg | HPS avg | ImageReward avg | PickScore win % | HPS win % | ImageReward win % |
 |---|---|---|---|---|---|---|

@@ -92,7 +92,7 @@ public class PipelineTests
             Sampling.Run(s with { batch_size = 1, out_dir = b });
             Assert.That(files.Count, Is.EqualTo(4));
             // The same settings twice: byte-identical files. Another batch size: seeded noise is bit-identical
-            // (ImageIDoesNotDependOnTheBatch), but fp32 GEMM blocking depends on the batch (ARCHITECTURE.md: ~5e-5),
+            // (ImageIDoesNotDependOnTheBatch), but fp32 GEMM blocking depends on the batch (~5e-5 here),
             // so a pixel may round to the neighbouring grey level: within 1/255, as the pipeline promises.
             foreach (var f in files)
             {

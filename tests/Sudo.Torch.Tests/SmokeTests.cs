@@ -31,6 +31,16 @@ public class SmokeTests
     }
 
     [Test]
+    public void OpTablesOfTheShimAndTheBindingAgree()
+    {
+        // Library start-up refuses to run when they disagree; this states the check ran clean.
+        Assert.That(Library.OpTableMismatches(), Is.Empty);
+        using var x = torch.tensor(new[] { 0.5f, 2f });
+        Assert.That(x.log().ToArray<float>(), Is.EqualTo(new[] { MathF.Log(0.5f), MathF.Log(2f) }).Within(1e-6), "log is log, not its neighbour in the table");
+        Assert.That(x.exp().ToArray<float>(), Is.EqualTo(new[] { MathF.Exp(0.5f), MathF.Exp(2f) }).Within(1e-5));
+    }
+
+    [Test]
     public void AutogradRecipeRunsInFsi()
     {
         var (code, stdout, stderr) = Run("fsi", Path.Combine("recipes", "autograd_example.fsx"));

@@ -188,7 +188,7 @@ public class SpoTests
                 using var pipe = StableDiffusionPipeline.from_pretrained(Shared.Require("golden", "pipe_sd15"), "ddim");
                 using var spm = new StepAwarePreferenceModel(TinyScorer());
                 using var t = new SpoTrainer(pipe, spm, pipe.components.tokenizer, cfg, lora_rank: 2, learning_rate: 1e-2, seed: 7);
-                t.Train(prompts, s, dir, train_batch_size: 2, checkpointing_steps: 2, log: _ => { });
+                t.Train(prompts, s, dir, train_batch_size: 2, checkpointing_steps: 2, log: _ => { }, resume_allow_changes: "max_train_steps");
                 using var scope = NewDisposeScope();
                 w = t.lora.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.ToArray<float>());
             }

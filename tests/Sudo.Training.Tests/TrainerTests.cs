@@ -93,7 +93,7 @@ public class TrainerTests
         using (var t = new Trainer(Config(method, 3, lora)))
             t.Train(_ => { });
         Assert.That(Directory.Exists(Path.Combine(_out, "checkpoint-3")), Is.True);
-        using (var t = new Trainer(Config(method, 6, lora)))
+        using (var t = new Trainer(Config(method, 6, lora) with { resume_allow_changes = "max_train_steps" }))
         {
             var log = new List<string>();
             t.Train(log.Add);
@@ -145,19 +145,49 @@ public class TrainerTests
     [Test]
     public void NonFiniteLossesAreSkippedThenStop()
     {
-        using var t = new Trainer(Config("dpo", 10) with { max_nonfinite_steps = 3 });
-        var before = Weights(t.unet);
-        t.loss_fn = s =>
+        var nanLoss = Methods.dpo().WithLoss(new LossFn(s =>
         {
             var o = Losses.diffusion_dpo(s.model_mse, s.ref_mse!);
             return o with { loss = o.loss * double.NaN };
-        };
+        }));
+        using var t = new Trainer(Config("dpo", 10) with { max_nonfinite_steps = 3 }, nanLoss);
+        var before = Weights(t.unet);
         Assert.That(t.Step(), Is.Null);
         Assert.That(t.Step(), Is.Null);
         Assert.That(t.global_step, Is.EqualTo(0));
         foreach (var (k, v) in Weights(t.unet)) Assert.That(v, Is.EqualTo(before[k]), k);
         var e = Assert.Throws<InvalidOperationException>(() => t.Step());
         Assert.That(e!.Message, Does.Contain("not finite for 3 steps"));
+    }
+
+    [Test]
+    public void ResumeWithChangedSettingsIsRefusedNamingEachField()
+    {
+        using (var t = new Trainer(Config("dpo", 3)))
+            t.Train(_ => { });
+        var record = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(_out, "checkpoint-3", RunRecord.FileName)))!;
+        Assert.That((double)record["config"]!["beta_dpo"]!, Is.EqualTo(5000));
+        Assert.That((string)record["config"]!["mixed_precision"]!, Is.EqualTo("no"), "the resolved default is recorded");
+        Assert.That((string)record["environment"]!["libtorch"]!, Is.Not.Empty);
+        Assert.That(File.Exists(Path.Combine(_out, RunRecord.FileName)), Is.True);
+
+        // β and the step count differ: both are named; the step count alone may be allowed explicitly.
+        using (var t = new Trainer(Config("dpo", 6) with { beta_dpo = 2500 }))
+        {
+            var e = Assert.Throws<InvalidDataException>(() => t.Train(_ => { }))!;
+            Assert.That(e.Message, Does.Contain("beta_dpo: checkpoint 5000, now 2500").And.Contain("max_train_steps: checkpoint 3, now 6"));
+            Assert.That(e.Message, Does.Contain("--resume_allow_changes beta_dpo,max_train_steps"));
+            Assert.That(t.global_step, Is.EqualTo(0), "nothing was loaded");
+        }
+        using (var t = new Trainer(Config("dpo", 6) with { beta_dpo = 2500, resume_allow_changes = "max_train_steps" }))
+            Assert.That(Assert.Throws<InvalidDataException>(() => t.Train(_ => { }))!.Message, Does.Contain("beta_dpo").And.Not.Contain("max_train_steps:"));
+        using (var t = new Trainer(Config("dpo", 6) with { resume_allow_changes = "max_train_step" }))
+            Assert.That(Assert.Throws<ArgumentException>(() => t.Train(_ => { }))!.Message, Does.Contain("'max_train_step', which is not a setting"));
+        using (var t = new Trainer(Config("dpo", 4) with { resume_allow_changes = "max_train_steps", output_dir = _out, log_every = 1 }))
+        {
+            t.Train(_ => { });
+            Assert.That(t.global_step, Is.EqualTo(4));
+        }
     }
 
     [Test]
@@ -168,8 +198,8 @@ public class TrainerTests
         // A crash mid-write leaves a temporary folder and maybe a half-made checkpoint without its state file.
         Directory.CreateDirectory(Path.Combine(_out, ".tmp-checkpoint-6-deadbeef", "unet"));
         Directory.CreateDirectory(Path.Combine(_out, "checkpoint-6"));
-        Assert.That(Trainer.LatestCheckpoint(_out), Is.EqualTo(Path.Combine(_out, "checkpoint-3")));
-        using var t2 = new Trainer(Config("sft", 4));
+        Assert.That(TrainingRun.Latest(_out), Is.EqualTo(Path.Combine(_out, "checkpoint-3")));
+        using var t2 = new Trainer(Config("sft", 4) with { resume_allow_changes = "max_train_steps" });
         var log = new List<string>();
         t2.Train(log.Add);
         Assert.That(log[0], Does.Contain("checkpoint-3"));
@@ -288,7 +318,7 @@ public class CacheAndEmaTests
             Assert.Throws<ArgumentException>(() => new Trainer(Cfg(2, outDir) with { random_crop = true }));
             float[] Run(string dir, params int[] stops)
             {
-                foreach (var s in stops) using (var t = new Trainer(Cfg(s, dir))) t.Train(_ => { });
+                foreach (var s in stops) using (var t = new Trainer(Cfg(s, dir) with { resume_allow_changes = "max_train_steps" })) t.Train(_ => { });
                 using var m = UNet2DConditionModel.from_pretrained(Path.Combine(dir, "unet_ema"));
                 return m.conv_out.weight.ToArray<float>();
             }

@@ -10,8 +10,9 @@ public class RecipeTests
 {
     private static string RepoRoot() => WorldStudy.FindRepoRoot(TestContext.CurrentContext.TestDirectory);
 
-    [Test]
-    public void OfflineRecipeRunsUnderFsiWithItsPackageDependencies()
+    /// <summary>Runs a recipe under dotnet fsi on four world pairs (2 steps, batch 2) and returns its output folder's path
+    /// after checking it trained end to end; <paramref name="check"/> looks at the folder before it is deleted.</summary>
+    static void RunOnWorldPairs(string recipe, Action<string, string> check, params string[] extra)
     {
         // dotnet fsi loads artifacts/bin/Sudo.Training/release directly: Google.Protobuf (TensorBoard) and
         // Spectre.Console must sit next to it, and the recipe must train and save end to end.
@@ -31,8 +32,8 @@ public class RecipeTests
                 lines.Add($"{{\"caption\": \"{prompt}\", \"winner\": \"w{i}.png\", \"loser\": \"l{i}.png\"}}");
             }
             File.WriteAllLines(Path.Combine(dir, "pairs", "pairs.jsonl"), lines);
-            var psi = new ProcessStartInfo("dotnet", ["fsi", "recipes/sft.fsx", "--", "--model", pipe, "--data", Path.Combine(dir, "pairs"),
-                "--output_dir", Path.Combine(dir, "out"), "--max_train_steps", "2", "--train_batch_size", "2"])
+            var psi = new ProcessStartInfo("dotnet", ["fsi", recipe, "--", "--pretrained_model_name_or_path", pipe, "--dataset_name", Path.Combine(dir, "pairs"),
+                "--output_dir", Path.Combine(dir, "out"), "--max_train_steps", "2", "--train_batch_size", "2", .. extra])
             {
                 WorkingDirectory = root,
                 RedirectStandardOutput = true,
@@ -45,11 +46,33 @@ public class RecipeTests
             Assert.That(p.ExitCode, Is.EqualTo(0), stdout.Result + stderr);
             Assert.That(stdout.Result, Does.Contain("done: 2 steps"));
             Assert.That(Directory.GetFiles(Path.Combine(dir, "out", "unet"), "*.safetensors"), Is.Not.Empty);
-            Assert.That(Directory.GetFiles(Path.Combine(dir, "out", "logs")), Is.Not.Empty, "TensorBoard events written");
+            Assert.That(Directory.GetFiles(Path.Combine(dir, "out", "logs", "tuning")), Is.Not.Empty, "TensorBoard events written (logging_dir/tracker_project_name)");
+            Assert.That(File.Exists(Path.Combine(dir, "out", "run_config.json")), Is.True, "the run record");
+            check(Path.Combine(dir, "out"), stdout.Result);
         }
         finally
         {
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
         }
+    }
+
+    [Test]
+    public void OfflineRecipeRunsUnderFsiWithItsPackageDependencies() =>
+        RunOnWorldPairs("recipes/sft.fsx", (_, stdout) => Assert.That(stdout, Does.Contain("method sft")));
+
+    [Test]
+    public void ARecipeDefinesANewMethodAndTrainsIt()
+    {
+        // recipes/sudo_far_caption.fsx: its own pair source (the loser is the winner whose caption is farthest) and loss.
+        Assert.That(File.ReadAllLines(Path.Combine(RepoRoot(), "recipes", "sudo_far_caption.fsx")), Has.Length.LessThan(40));
+        RunOnWorldPairs("recipes/sudo_far_caption.fsx", (outDir, stdout) =>
+        {
+            Assert.That(stdout, Does.Contain("method sudo_far_caption: pairs from farthest_caption"));
+            var record = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "run_config.json")))!;
+            Assert.That((string)record["config"]!["method"]!, Is.EqualTo("sudo_far_caption"));
+            var metrics = File.ReadAllLines(Path.Combine(outDir, "metrics.jsonl"));
+            Assert.That(metrics, Has.Length.EqualTo(2));
+            Assert.That(metrics[0], Does.Contain("dpo_loss"));
+        }, "--mse_weight", "0.5", "--checkpointing_steps", "1");
     }
 }

@@ -54,7 +54,7 @@ public class WorldMethodTests
         ("dpo_snr", "ranked", 300, "1e-5", "1000", 3.0),
         ("sft", "renders", 100, "2e-4", "5000", 3.0),
     ];
-    const int SpoRounds = 40;
+    const int SpoSteps = 160;
 
     [OneTimeSetUp]
     public void MakePairs()
@@ -124,7 +124,7 @@ public class WorldMethodTests
 
     static string[] OfflineArgs(string method, string data, int steps, string lr, string beta) =>
     [
-        "--model", _base, "--data", Path.Combine(_dir, data), "--output_dir", Path.Combine(_dir, method), "--max_train_steps", $"{steps}", "--train_batch_size", "8",
+        "--pretrained_model_name_or_path", _base, "--dataset_name", Path.Combine(_dir, data), "--output_dir", Path.Combine(_dir, method), "--max_train_steps", $"{steps}", "--train_batch_size", "8",
         "--learning_rate", lr, "--lr_warmup_steps", "5", "--beta_dpo", beta, "--checkpointing_steps", "0",
         "--resolution", "32", "--no_hflip", "true", "--cache_latents", "true", "--proportion_empty_prompts", "0", "--sudo_derangement", "true", "--seed", "0",
         .. WorldStudy.Methods[method].extra_args,
@@ -132,9 +132,9 @@ public class WorldMethodTests
 
     static string[] SpoArgs() =>
     [
-        "--model", _base, "--scorer", "world-judge", "--prompts", Path.Combine(_dir, "prompts.txt"), "--output_dir", Path.Combine(_dir, "spo"), "--rounds", $"{SpoRounds}",
-        "--prompts_per_round", "4", "--k", "8", "--train_batch_size", "8", "--learning_rate", "4e-4", "--lora_rank", "4", "--threshold", "0.1",
-        "--guidance_scale", "3", "--steps", $"{SampleSteps}", "--divert_start_step", "0", "--resolution", "32", "--seed", "0",
+        "--pretrained_model_name_or_path", _base, "--scorer", "world-judge", "--prompts_file", Path.Combine(_dir, "prompts.txt"), "--output_dir", Path.Combine(_dir, "spo"),
+        "--max_train_steps", $"{SpoSteps}", "--prompts_per_round", "4", "--num_sample_each_step", "8", "--train_batch_size", "8", "--learning_rate", "4e-4", "--lora_rank", "4",
+        "--spo_threshold", "0.1", "--guidance_scale", "3", "--num_inference_steps", $"{SampleSteps}", "--divert_start_step", "0", "--resolution", "32", "--checkpointing_steps", "0", "--seed", "0",
     ];
 
     /// <summary>The run folder of a training from <see cref="TrainAll"/>, or its failure.</summary>
@@ -222,7 +222,7 @@ public class WorldMethodTests
         using var pipe = StableDiffusionPipeline.from_pretrained(_base, "ddim");
         WorldStudy.LoadUnet(pipe, Path.Combine(run, "unet"));
         var (mean, t) = Paired(WideScores(pipe, 3.0), _baseWide);
-        TestContext.Out.WriteLine($"spo, {SpoRounds} rounds (CFG 3, η = 1): judge {_baseWide.Average():F4} → {_baseWide.Average() + mean:F4} (paired t {t:F2}, n {_baseWide.Count})");
+        TestContext.Out.WriteLine($"spo, {SpoSteps} optimizer steps (CFG 3, η = 1): judge {_baseWide.Average():F4} → {_baseWide.Average() + mean:F4} (paired t {t:F2}, n {_baseWide.Count})");
         Assert.That(t, Is.GreaterThan(3.0), $"spo: mean gain {mean:F4}, paired t {t:F2}");
     }
 }

@@ -15,10 +15,14 @@ public class WorldStudyTests
     {
         var (m, h) = WorldStudy.MeanCi([1.0, 2.0, 3.0]);
         Assert.That(m, Is.EqualTo(2.0).Within(1e-12));
-        Assert.That(h, Is.EqualTo(4.303 * 1.0 / Math.Sqrt(3)).Within(1e-9), "t(0.975, 2) · sd / √n with sd = 1");
+        // For 2 degrees of freedom the quantile has a closed form: t_p = (2p − 1) / √(2p(1 − p)) = 4.30265 at p = 0.975.
+        var t2 = (2 * 0.975 - 1) / Math.Sqrt(2 * 0.975 * 0.025);
+        Assert.That(h, Is.EqualTo(t2 * 1.0 / Math.Sqrt(3)).Within(1e-9), "t(0.975, 2) · sd / √n with sd = 1");
         Assert.That(double.IsNaN(WorldStudy.MeanCi([0.7]).half), Is.True, "no interval from one seed");
-        Assert.That(WorldStudy.StudentT975(1), Is.EqualTo(12.706));
-        Assert.That(WorldStudy.StudentT975(1000), Is.EqualTo(1.96));
+        // t(0.975) from MathNet, against printed tables (3 decimals) and the normal limit.
+        Assert.That(Statistics.StudentT975(1), Is.EqualTo(12.706).Within(5e-4));
+        Assert.That(Statistics.StudentT975(15), Is.EqualTo(2.131).Within(5e-4));
+        Assert.That(Statistics.StudentT975(100000), Is.EqualTo(1.95996).Within(1e-4));
         static Judge.Result R(double s) => new(new Dictionary<string, double>(), 1, s, [], "white");
         Assert.That(WorldStudy.WinRate([R(0.9), R(0.5), R(0.4), R(0.3)], [R(0.8), R(0.5), R(0.6), R(0.2)]), Is.EqualTo((1 + 0.5 + 0 + 1) / 4.0), "ties count ½");
         Assert.Throws<ArgumentException>(() => WorldStudy.WinRate([R(1)], [R(1), R(0)]));
@@ -27,18 +31,41 @@ public class WorldStudyTests
     }
 
     [Test]
-    public void CanvasDrawsGlyphsLinesAndScaledImages()
+    public void CaptionsAndGridsHaveRealText()
     {
-        var c = new Canvas(20, 10, (255, 255, 255));
-        c.Text(0, 0, "A", (0, 0, 0));
-        var img = c.ToImage();
-        byte At(int x, int y) => img.Pixels[(y * img.Width + x) * 3];
-        Assert.That((At(0, 0), At(1, 0), At(0, 1), At(2, 3), At(0, 6), At(4, 6)), Is.EqualTo(((byte)255, (byte)0, (byte)0, (byte)0, (byte)0, (byte)0)), "the 5×7 'A': .###. / #...# / … / #...#");
-        Assert.That(Canvas.Wrap("a small red circle on a white background", 60), Is.EqualTo(new[] { "a small", "red circle", "on a white", "background" }));
-        var dot = new RgbImage(1, 1, [10, 20, 30]);
-        c.Blit(dot, 10, 5, scale: 3);
-        img = c.ToImage();
-        Assert.That((img.Pixels[(7 * 20 + 12) * 3 + 2], img.Pixels[(8 * 20 + 13) * 3 + 2]), Is.EqualTo(((byte)30, (byte)255)), "3×3 block at (10..12, 5..7)");
+        // A caption in DejaVu Sans: dark pixels where the glyphs are, none in an empty caption.
+        static int Dark(RgbImage img) => Enumerable.Range(0, img.Width * img.Height).Count(i => img.Pixels[3 * i] < 128);
+        Assert.That(Dark(Figures.Caption("", 200)), Is.EqualTo(0));
+        var text = Dark(Figures.Caption("a small red circle", 200));
+        Assert.That(text, Is.GreaterThan(60), "glyph pixels drawn");
+        Assert.That(Dark(Figures.Caption("a small red circle left of a blue square", 400)), Is.GreaterThan(text), "longer text, more ink");
+        Assert.That(Figures.Wrap("a small red circle on a white background", 80, 13), Has.Count.GreaterThan(1).And.All.Not.Empty);
+        // A grid: the image cell is copied scaled (nearest), captions leave ink above it.
+        var dot = new RgbImage(2, 2, [10, 20, 30, 10, 20, 30, 10, 20, 30, 10, 20, 30]);
+        var grid = Figures.Grid(["a red circle"], [("base", [(dot, 0.9)])], scale: 8);
+        var found = Enumerable.Range(0, grid.Width * grid.Height).Count(i => grid.Pixels[3 * i] == 10 && grid.Pixels[3 * i + 1] == 20 && grid.Pixels[3 * i + 2] == 30);
+        Assert.That(found, Is.EqualTo(16 * 16), "the 2×2 image scaled ×8");
+        Assert.That(Dark(grid), Is.GreaterThan(16 * 16 + 60), "captions and labels drawn");
+    }
+
+    [Test]
+    public void LearningCurvesHaveBandsAndLabels()
+    {
+        var path = Path.Combine(Path.GetTempPath(), $"sudo-curve-{Guid.NewGuid():N}.png");
+        try
+        {
+            List<(int, double)> S(double a, double b) => [(0, 0.5), (10, a), (20, b)];
+            Figures.LearningCurves([("DPO", [S(0.55, 0.6), S(0.57, 0.62), S(0.53, 0.61)]), ("SFT", [S(0.5, 0.5)])], "judge score", path, "test");
+            var img = ImageCodecs.Load(path);
+            Assert.That((img.Width, img.Height), Is.EqualTo((800, 480)));
+            // The band is a translucent fill: pixels that are neither white nor a line colour exist.
+            var tinted = Enumerable.Range(0, img.Width * img.Height).Count(i => img.Pixels[3 * i + 2] > 200 && img.Pixels[3 * i] is > 150 and < 245);
+            Assert.That(tinted, Is.GreaterThan(200), "a 95% band is drawn");
+        }
+        finally
+        {
+            if (File.Exists(path)) File.Delete(path);
+        }
     }
 
     /// <summary>The whole study at micro scale, through the real recipes under dotnet fsi: the report's table, figures and
@@ -94,16 +121,16 @@ public class WorldStudyTests
 
             var md = File.ReadAllText(Path.Combine(dir, "report.md"));
             Assert.That(md, Does.Contain("| base |").And.Contain("| Diffusion-DPO |").And.Contain("| DPO (shuffled labels) |").And.Contain("![base vs methods](grid.png)"));
-            Assert.That(md, Does.Contain("dotnet fsi recipes/diffusion_dpo.fsx -- --model"));
+            Assert.That(md, Does.Contain("dotnet fsi recipes/diffusion_dpo.fsx -- --pretrained_model_name_or_path"));
             var tableRows = md.Split('\n').Count(l => l.StartsWith("| ") && l.Count(ch => ch == '|') == 13);
             Assert.That(tableRows, Is.EqualTo(4), "header + base + 2 methods, 12 columns each");
             Assert.That(md, Does.Contain("judged with **CFG 1**").And.Contain("judged with **CFG 3, DDIM η = 1**"));
             Assert.That(md.Split('\n').Count(l => l.StartsWith("| ") && l.Count(ch => ch == '|') == 6), Is.EqualTo(8), "two extra-sampler tables: header + base + 2 methods, 5 columns each");
 
             var grid = ImageCodecs.Load(Path.Combine(dir, "grid.png"));
-            Assert.That(grid.Width, Is.EqualTo(184 + 4 * (128 + 8) + 8), "label column + 4 prompts × (4×32 px + padding)");
+            Assert.That(grid.Width, Is.EqualTo(170 + 4 * (128 + 8) + 8), "label column + 4 prompts × (4×32 px + padding)");
             var curve = ImageCodecs.Load(Path.Combine(dir, "curve.png"));
-            Assert.That((curve.Width, curve.Height), Is.EqualTo((720, 440)));
+            Assert.That((curve.Width, curve.Height), Is.EqualTo((800, 480)));
 
             var results = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "results.json")))!;
             var runs = results["runs"]!.AsArray();

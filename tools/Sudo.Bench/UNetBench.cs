@@ -1,4 +1,4 @@
-// `sudoml bench unet`: the "small" UNet of ARCHITECTURE.md's reference figures. Printed, never asserted.
+// `sudoml bench unet`: the "small" UNet (the configuration PyTorch + diffusers is timed on too). Printed, never asserted.
 using System.Diagnostics;
 using Sudo.Diffusion;
 using Sudo.Models;

@@ -15,6 +15,10 @@ public static class WorldScorer
     /// <summary>The world's oracle for SPO: the judge's score of each decoded x̂₀ against its prompt, times
     /// <paramref name="scale"/> as a logit (scale 10: a judge gap of 0.02 passes SPO's threshold 0.1). The judge
     /// reads x̂₀ at every t, so this is the ceiling a learned step-aware scorer can approach.</summary>
+    /// <summary>The rewards this world registers by name for SPO's --scorer: "world-judge" is <see cref="JudgeReward"/>;
+    /// any other name (a model folder) gives null.</summary>
+    public static StepReward? Named(string? scorer) => scorer == "world-judge" ? JudgeReward() : null;
+
     public static StepReward JudgeReward(double scale = 10) => (images, prompts, t) =>
     {
         using var cpu = images.detach().to(Device.CPU).to(ScalarType.Float32);

@@ -46,7 +46,8 @@ public sealed record WorldStudyConfig
     /// <summary>SPO: rounds of (prompts_per_round prompts sampled with a pool of k per step, then training on the kept pairs);
     /// LoRA rank 4 and lr 6e-5 as SPO's SD-1.5 config (r 8 at 3e-4 collapsed the world base with its 0.60-agreement scorer);
     /// threshold below SPO's 0.3 because the world's scorer separates candidates less sharply than PickScore.</summary>
-    public int spo_rounds { get; init; } = 40;
+    /// <summary>SPO optimizer steps (batches of 4 step pairs; a round of 4 prompts gives up to 4 × steps-per-chain pairs).</summary>
+    public int spo_max_train_steps { get; init; } = 300;
     public int spo_prompts_per_round { get; init; } = 4;
     public double spo_learning_rate { get; init; } = 6e-5;
     public int spo_lora_rank { get; init; } = 4;
@@ -78,7 +79,7 @@ public sealed record WorldMethod(string name, string label, string recipe, strin
 /// <summary>The shapes-world comparison: reuses (or builds) the base, makes judge-labelled pairs, fine-tunes each
 /// method by running its recipe (`dotnet fsi recipes/….fsx`, the same script and flags a GPU user runs), evaluates
 /// every model on held-out prompts with fixed seeds, and writes report.md, grid.png, curve.png and results.json.</summary>
-public static class WorldStudy
+public static partial class WorldStudy
 {
     public static readonly IReadOnlyDictionary<string, WorldMethod> Methods = new Dictionary<string, WorldMethod>
     {
@@ -196,7 +197,7 @@ public static class WorldStudy
                 var data = m == "dpo_shuffled" ? Path.Combine(outDir, "pairs_shuffled") : pairsDir;
                 var args = m == "spo" ? SpoArgs(c, baseDir, EnsureScorer(pipe, outDir, pairsDir, c, log), Path.Combine(pairsDir, "prompts.txt"), runDir, seed) : new List<string>
                 {
-                    "--model", baseDir, "--data", data, "--output_dir", runDir,
+                    "--pretrained_model_name_or_path", baseDir, "--dataset_name", data, "--output_dir", runDir,
                     "--max_train_steps", $"{c.max_train_steps}", "--train_batch_size", $"{c.train_batch_size}",
                     "--learning_rate", c.learning_rate.ToString("R", CultureInfo.InvariantCulture), "--lr_warmup_steps", $"{c.lr_warmup_steps}",
                     "--beta_dpo", c.beta_dpo.ToString("R", CultureInfo.InvariantCulture), "--checkpointing_steps", $"{c.checkpointing_steps}",
@@ -244,9 +245,10 @@ public static class WorldStudy
         // 5. Report.
         var md = Markdown(c, root, baseDir, pairsDir, new Report(outDir, baseVal, baseTest, runs, "", baseExtra), sw.Elapsed.TotalSeconds);
         var truth = ("target (rendered)", gridPrompts.Select((p, i) => (World.Render(p, 32, i), double.NaN)).ToList());
-        ImageCodecs.Save(DrawGrid(gridPrompts, grid.Prepend(truth).ToList()), Path.Combine(outDir, "grid.png"));
-        ImageCodecs.Save(DrawCurves(runs.Where(r => r.seed == c.seeds[0]).Select(r => (Methods[r.method].label, r.curve)).ToList(),
-            $"mean judge score on {c.curve_prompts} validation prompts"), Path.Combine(outDir, "curve.png"));
+        ImageCodecs.Save(Figures.Grid(gridPrompts, grid.Prepend(truth).ToList()), Path.Combine(outDir, "grid.png"));
+        Figures.LearningCurves(c.methods.Select(m => (Methods[m].label, (IReadOnlyList<List<(int step, double score)>>)runs.Where(r => r.method == m).Select(r => r.curve).ToList())).ToList(),
+            $"mean judge score ({c.curve_prompts} validation prompts)", Path.Combine(outDir, "curve.png"),
+            c.seeds.Length >= 2 ? $"Learning curves: mean over {c.seeds.Length} training seeds, 95% Student-t band" : "Learning curves (one training seed: no interval)");
         AtomicFile.WriteAllText(Path.Combine(outDir, "report.md"), md);
         AtomicFile.WriteAllText(Path.Combine(outDir, "results.json"), ResultsJson(c, baseVal, baseTest, runs, baseExtra).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         log($"world study: report {Path.Combine(outDir, "report.md")} (grid.png, curve.png, results.json) after {sw.Elapsed.TotalSeconds:F0} s");
@@ -255,11 +257,11 @@ public static class WorldStudy
 
     static List<string> SpoArgs(WorldStudyConfig c, string baseDir, string scorer, string prompts, string runDir, int seed) =>
     [
-        "--model", baseDir, "--scorer", scorer, "--prompts", prompts, "--output_dir", runDir,
-        "--rounds", $"{c.spo_rounds}", "--prompts_per_round", $"{c.spo_prompts_per_round}", "--train_batch_size", "4",
+        "--pretrained_model_name_or_path", baseDir, "--scorer", scorer, "--prompts_file", prompts, "--output_dir", runDir,
+        "--max_train_steps", $"{c.spo_max_train_steps}", "--prompts_per_round", $"{c.spo_prompts_per_round}", "--train_batch_size", "4",
         "--learning_rate", c.spo_learning_rate.ToString("R", CultureInfo.InvariantCulture), "--lora_rank", $"{c.spo_lora_rank}",
-        "--threshold", c.spo_threshold.ToString("R", CultureInfo.InvariantCulture), "--guidance_scale", c.guidance_scale.ToString("R", CultureInfo.InvariantCulture),
-        "--checkpointing_rounds", $"{Math.Max(1, c.spo_rounds / 3)}", "--resolution", "32", "--seed", $"{seed}",
+        "--spo_threshold", c.spo_threshold.ToString("R", CultureInfo.InvariantCulture), "--guidance_scale", c.guidance_scale.ToString("R", CultureInfo.InvariantCulture),
+        "--checkpointing_steps", $"{Math.Max(1, c.spo_max_train_steps / 3)}", "--save_merged_unet", "--resolution", "32", "--seed", $"{seed}",
     ];
 
     /// <summary>The learned scorer for SPO, cached in output_dir/scorer: a tiny CLIPModel (world vocabulary) trained with
@@ -428,293 +430,5 @@ public static class WorldStudy
         });
         Directory.CreateDirectory(folder);
         AtomicFile.WriteAllText(Path.Combine(folder, "pairs.jsonl"), string.Join("\n", outLines) + "\n");
-    }
-
-    // ---------- statistics ----------
-
-    public static readonly string[] Attributes = ["color", "shape", "size", "count", "relation", "background"];
-
-    public static double AttributeMean(IEnumerable<Judge.Result> rs, string attr)
-    {
-        var v = rs.Where(r => r.attributes.ContainsKey(attr)).Select(r => r.attributes[attr]).ToList();
-        return v.Count == 0 ? double.NaN : v.Average();
-    }
-
-    /// <summary>Win rate against the base on the same prompt and seed (ties count one half).</summary>
-    public static double WinRate(IReadOnlyList<Judge.Result> method, IReadOnlyList<Judge.Result> baseline) =>
-        method.Count == baseline.Count ? Wins(method, baseline).Average()
-        : throw new ArgumentException($"win rate needs matched samples, got {method.Count} vs {baseline.Count}");
-
-    /// <summary>Mean and 95% half-width: Student t over the values (training seeds), or normal over samples when one.</summary>
-    public static (double mean, double half) MeanCi(IReadOnlyList<double> v)
-    {
-        var mean = v.Average();
-        if (v.Count < 2) return (mean, double.NaN);
-        var sd = Math.Sqrt(v.Sum(x => (x - mean) * (x - mean)) / (v.Count - 1));
-        return (mean, StudentT975(v.Count - 1) * sd / Math.Sqrt(v.Count));
-    }
-
-    /// <summary>Two-sided 95% quantile of Student's t with df degrees of freedom.</summary>
-    public static double StudentT975(int df) => df switch
-    {
-        1 => 12.706,
-        2 => 4.303,
-        3 => 3.182,
-        4 => 2.776,
-        5 => 2.571,
-        6 => 2.447,
-        7 => 2.365,
-        8 => 2.306,
-        9 => 2.262,
-        10 => 2.228,
-        <= 20 => 2.086 + (20 - df) * (2.228 - 2.086) / 10,
-        <= 30 => 2.042 + (30 - df) * (2.086 - 2.042) / 10,
-        _ => 1.96,
-    };
-
-    // ---------- table helpers (paper-repro) ----------
-
-    static List<Judge.Result> Split(RunResult r, string split) => split switch
-    {
-        "validation" => r.validation,
-        "test" => r.test,
-        _ => ExtraSplit(r.extra, split),
-    };
-
-    static List<Judge.Result> BaseSplit(Report rep, string split) => split switch
-    {
-        "validation" => rep.base_validation,
-        "test" => rep.base_test,
-        _ => ExtraSplit(rep.base_extra, split),
-    };
-
-    static List<Judge.Result> ExtraSplit(IReadOnlyDictionary<string, List<Judge.Result>>? extra, string split) =>
-        extra != null && extra.TryGetValue(split, out var rs) ? rs
-        : throw new ArgumentException($"unknown split '{split}': expected \"validation\", \"test\""
-            + (extra is not { Count: > 0 } ? " (the study was run without extra samplers)" : $" or one of {string.Join(", ", extra.Keys.Select(k => $"\"{k}\""))}"));
-    static List<RunResult> RunsOf(Report rep, string method)
-    {
-        var rs = rep.runs.Where(r => r.method == method).OrderBy(r => r.seed).ToList();
-        return rs.Count > 0 ? rs : throw new ArgumentException($"the study has no runs of '{method}' (methods: {string.Join(", ", rep.runs.Select(r => r.method).Distinct())})");
-    }
-
-    /// <summary>Mean judge score on a split ("validation" or "test"): mean ± 95% interval over training seeds; "base" has no interval.</summary>
-    public static (double mean, double half) MeanScore(Report rep, string method, string split) =>
-        method == "base" ? (BaseSplit(rep, split).Average(r => r.score), double.NaN)
-        : Metric(RunsOf(rep, method), r => Split(r, split).Select(x => x.score).ToList());
-
-    /// <summary>Mean accuracy of one judge attribute over both held-out splits (per training seed, then mean ± interval).</summary>
-    public static (double mean, double half) MeanAttribute(Report rep, string method, string attribute) =>
-        method == "base" ? (AttributeMean(rep.base_validation.Concat(rep.base_test), attribute), double.NaN)
-        : Metric(RunsOf(rep, method), r => r.validation.Concat(r.test).Where(x => x.attributes.ContainsKey(attribute)).Select(x => x.attributes[attribute]).ToList());
-
-    /// <summary>Win rate of a method against the base on a split (same prompt and sampling seed), per training seed.</summary>
-    public static (double mean, double half) WinVsBase(Report rep, string method, string split) =>
-        Metric(RunsOf(rep, method), r => Wins(Split(r, split), BaseSplit(rep, split)));
-
-    /// <summary>Head-to-head win rate of a over b (same prompt, sampling seed and training seed).</summary>
-    public static (double mean, double half) HeadToHead(Report rep, string a, string b, string split)
-    {
-        var ra = RunsOf(rep, a);
-        var rb = RunsOf(rep, b).ToDictionary(r => r.seed);
-        var pairs = ra.Where(r => rb.ContainsKey(r.seed)).ToList();
-        if (pairs.Count >= 2) return MeanCi(pairs.Select(r => Wins(Split(r, split), Split(rb[r.seed], split)).Average()).ToList());
-        return Metric(pairs, r => Wins(Split(r, split), Split(rb[r.seed], split)));
-    }
-
-    /// <summary>Training wall seconds and peak memory of a method, averaged over its runs.</summary>
-    public static (double seconds, double peak_mb) Cost(Report rep, string method) =>
-        (RunsOf(rep, method).Average(r => r.train_seconds), RunsOf(rep, method).Average(r => r.peak_rss_mb));
-
-    static List<double> Wins(IReadOnlyList<Judge.Result> a, IReadOnlyList<Judge.Result> b) =>
-        a.Zip(b, (p, q) => Math.Abs(p.score - q.score) < 1e-9 ? 0.5 : p.score > q.score ? 1.0 : 0.0).ToList();
-
-    /// <summary>"m ± h" (or "m" without an interval); percent multiplies by 100 with one decimal.</summary>
-    public static string Cell((double mean, double half) x, bool percent = false) =>
-        percent ? (double.IsNaN(x.half) ? $"{(100 * x.mean).ToString("F1", CultureInfo.InvariantCulture)}%" : $"{(100 * x.mean).ToString("F1", CultureInfo.InvariantCulture)} ± {(100 * x.half).ToString("F1", CultureInfo.InvariantCulture)}%")
-        : Fmt(x);
-
-    static string Fmt((double mean, double half) x, int digits = 3) =>
-        double.IsNaN(x.half) ? x.mean.ToString($"F{digits}", CultureInfo.InvariantCulture)
-        : $"{x.mean.ToString($"F{digits}", CultureInfo.InvariantCulture)} ± {x.half.ToString($"F{digits}", CultureInfo.InvariantCulture)}";
-
-    /// <summary>Per-metric values of one method, one entry per training seed (or per sample when there is one seed).</summary>
-    static (double mean, double half) Metric(List<RunResult> runs, Func<RunResult, IReadOnlyList<double>> perSample)
-    {
-        if (runs.Count >= 2) return MeanCi(runs.Select(r => perSample(r).Average()).ToList());
-        var v = perSample(runs[0]);
-        var mean = v.Average();
-        var sd = Math.Sqrt(v.Sum(x => (x - mean) * (x - mean)) / Math.Max(1, v.Count - 1));
-        return (mean, 1.96 * sd / Math.Sqrt(v.Count));
-    }
-
-    static string Markdown(WorldStudyConfig c, string root, string baseDir, string pairsDir, Report rep, double seconds)
-    {
-        var runs = rep.runs;
-        var inv = CultureInfo.InvariantCulture;
-        var sb = new StringBuilder();
-        sb.AppendLine("# Shapes-world method comparison\n");
-        if (c.report_note is { Length: > 0 } note) sb.AppendLine(note + "\n");
-        var n = c.seeds.Length;
-        sb.AppendLine(n >= 2
-            ? $"Each cell: mean ± 95% interval over **{n} training seeds** ({string.Join(", ", c.seeds)}; Student t, {n - 1} df); each seed's value is the mean over {c.eval_prompts} held-out prompts × {c.eval_seeds} sampling seeds per split."
-            : $"One training seed ({c.seeds[0]}): ± is a 95% interval over the {c.eval_prompts} held-out prompts × {c.eval_seeds} sampling seeds (sampling noise only; the paper-repro tables use ≥ 3 training seeds).");
-        sb.AppendLine($"Same base, pairs and budget for every method: {c.max_train_steps} steps × {c.train_batch_size} pairs, lr {c.learning_rate.ToString(inv).ToLowerInvariant()}, warmup {c.lr_warmup_steps}, β {c.beta_dpo.ToString(inv)}; "
-            + $"sampling DDIM {c.sample_steps}, CFG {c.guidance_scale.ToString(inv)}. Judge score = 0.8·mean(attribute checks) + 0.2·quality. "
-            + "Validation = held-out prompts with colour–shape pairs seen in training; test = pairs never seen (red square, blue circle, purple triangle). "
-            + "Win rate = share of (prompt, seed) where the method's image beats the base's on the judge (ties ½).\n");
-        sb.AppendLine("| method | judge (validation) | judge (test, unseen) | win vs base (val) | win vs base (test) | colour | shape | size | count | relation | train s | peak MB |");
-        sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|");
-        // The same helpers as the paper-repro tables, so the report and RESULTS.md cannot disagree.
-        string[] attrs = ["color", "shape", "size", "count", "relation"];
-        foreach (var m in c.methods.Prepend("base"))
-        {
-            var (secs, mb) = m == "base" ? ("—", "—") : (Cost(rep, m).seconds.ToString("F0", inv), Cost(rep, m).peak_mb.ToString("F0", inv));
-            var wins = m == "base" ? "— | —" : $"{Fmt(WinVsBase(rep, m, "validation"))} | {Fmt(WinVsBase(rep, m, "test"))}";
-            sb.AppendLine($"| {(m == "base" ? "base" : Methods[m].label)} | {Fmt(MeanScore(rep, m, "validation"))} | {Fmt(MeanScore(rep, m, "test"))} | {wins} | "
-                + $"{string.Join(" | ", attrs.Select(a => Fmt(MeanAttribute(rep, m, a))))} | {secs} | {mb} |");
-        }
-        foreach (var x in c.extra_samplers)
-        {
-            var (v2, t2) = ($"validation@{x.name}", $"test@{x.name}");
-            var why = x.guidance_scale == 1 && x.eta == 0 ? " (no classifier-free guidance: what the model learned without the sampler's help; SUDO's self-pairs act as a learned guidance and show here)"
-                : x.eta == 1 ? " (the stochastic sampler SPO's chains use and its training optimizes)" : "";
-            sb.AppendLine($"\nThe same models, prompts and seeds judged with **{x.Describe()}**{why}:\n");
-            sb.AppendLine("| method | judge (validation) | judge (test, unseen) | win vs base (val) | win vs base (test) |");
-            sb.AppendLine("|---|---|---|---|---|");
-            foreach (var m in c.methods.Prepend("base"))
-            {
-                var wins = m == "base" ? "— | —" : $"{Fmt(WinVsBase(rep, m, v2))} | {Fmt(WinVsBase(rep, m, t2))}";
-                sb.AppendLine($"| {(m == "base" ? "base" : Methods[m].label)} | {Fmt(MeanScore(rep, m, v2))} | {Fmt(MeanScore(rep, m, t2))} | {wins} |");
-            }
-        }
-        sb.AppendLine("\n![base vs methods](grid.png)\n");
-        sb.AppendLine($"Grid: the first row is the prompt rendered by the world (the target); then the base and each method (training seed {c.seeds[0]}), sampling seed 0, judge score under each image. Columns 1–{c.grid_prompts / 2} are validation prompts, the rest test prompts (unseen combinations).\n");
-        sb.AppendLine($"![judge score against training step](curve.png)\n");
-        sb.AppendLine("## Methods and commands\n");
-        foreach (var m in c.methods)
-        {
-            var r = runs.First(x => x.method == m);
-            sb.AppendLine($"- **{Methods[m].label}** — {Methods[m].note}:\n  `{r.command.Replace(root + "/", "")}`");
-        }
-        sb.AppendLine($"\nBase: `{baseDir}`; pairs: `{pairsDir}` ({c.pair_prompts} train prompts × 2 base samples, label noise {c.label_noise.ToString(inv)}, tie margin {c.tie_margin.ToString(inv)}). "
-            + $"Train s and peak MB come from each run's train_summary.json (peak resident memory of the recipe process); threads: torch {get_num_threads()}. Whole study {seconds:F0} s.");
-        if (c.build_seconds is double build)
-            sb.AppendLine($"\n**Time**: system packages {c.setup_seconds ?? 0:F0} s (apt; reported apart), build {build:F0} s, study {seconds:F0} s — **{build + seconds:F0} s ({(build + seconds) / 60:F1} min) from command to report**.");
-        return sb.ToString();
-    }
-
-    static JsonObject ResultsJson(WorldStudyConfig c, List<Judge.Result> baseVal, List<Judge.Result> baseTest, List<RunResult> runs,
-        IReadOnlyDictionary<string, List<Judge.Result>> baseExtra)
-    {
-        JsonObject Summ(List<Judge.Result> val, List<Judge.Result> test, IReadOnlyDictionary<string, List<Judge.Result>>? extra)
-        {
-            var o = new JsonObject { ["judge_validation"] = val.Average(r => r.score), ["judge_test"] = test.Average(r => r.score) };
-            foreach (var a in Attributes) o[a] = AttributeMean(val.Concat(test), a);
-            if (extra != null)
-                foreach (var (split, rs) in extra)
-                {
-                    o[$"judge_{split}"] = rs.Average(r => r.score);
-                    if (!ReferenceEquals(extra, baseExtra)) o[$"win_rate_{split}"] = WinRate(rs, baseExtra[split]);
-                }
-            return o;
-        }
-        var arr = new JsonArray();
-        foreach (var r in runs)
-        {
-            var o = Summ(r.validation, r.test, r.extra);
-            o["method"] = r.method;
-            o["seed"] = r.seed;
-            o["win_rate_validation"] = WinRate(r.validation, baseVal);
-            o["win_rate_test"] = WinRate(r.test, baseTest);
-            o["train_seconds"] = r.train_seconds;
-            o["peak_rss_mb"] = r.peak_rss_mb;
-            o["curve"] = new JsonArray(r.curve.Select(p => (JsonNode)new JsonArray(p.step, p.score)).ToArray());
-            o["command"] = r.command;
-            arr.Add(o);
-        }
-        return new JsonObject
-        {
-            ["config"] = JsonNode.Parse(JsonSerializer.Serialize(c)),
-            ["base"] = Summ(baseVal, baseTest, baseExtra),
-            ["runs"] = arr,
-        };
-    }
-
-    // ---------- figures ----------
-
-    static readonly (byte, byte, byte)[] Palette = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75), (227, 119, 194)];
-
-    /// <summary>Rows of images under wrapped prompt captions, a label per row and the judge score under each image.</summary>
-    public static RgbImage DrawGrid(IReadOnlyList<string> prompts, IReadOnlyList<(string label, List<(RgbImage img, double score)> row)> rows, int scale = 4)
-    {
-        var cell = rows[0].row[0].img.Width * scale;
-        const int pad = 8, labelW = 184, scoreH = 14;
-        var captions = prompts.Select(p => Canvas.Wrap(p, cell)).ToList();
-        var capH = captions.Max(l => l.Count) * 9 + 6;
-        var rowH = cell + scoreH + pad;
-        var canvas = new Canvas(labelW + prompts.Count * (cell + pad) + pad, capH + rows.Count * rowH + pad, (255, 255, 255));
-        for (var j = 0; j < prompts.Count; j++)
-            for (var l = 0; l < captions[j].Count; l++)
-                canvas.Text(labelW + j * (cell + pad), 4 + l * 9, captions[j][l], (40, 40, 40));
-        for (var i = 0; i < rows.Count; i++)
-        {
-            var y = capH + i * rowH;
-            var lines = Canvas.Wrap(rows[i].label, labelW - 2 * pad, 2).Take(3).ToList();
-            for (var l = 0; l < lines.Count; l++) canvas.Text(pad, y + cell / 2 - lines.Count * 9 + l * 18, lines[l], (0, 0, 0), 2);
-            for (var j = 0; j < rows[i].row.Count; j++)
-            {
-                var (img, score) = rows[i].row[j];
-                var x = labelW + j * (cell + pad);
-                canvas.Blit(img, x, y, scale);
-                if (!double.IsNaN(score))
-                {
-                    var col = score >= 0.8 ? ((byte)20, (byte)140, (byte)40) : score >= 0.6 ? ((byte)180, (byte)120, (byte)0) : ((byte)190, (byte)30, (byte)30);
-                    canvas.Text(x, y + cell + 3, $"judge {score.ToString("F2", CultureInfo.InvariantCulture)}", col);
-                }
-            }
-        }
-        return canvas.ToImage();
-    }
-
-    /// <summary>A line plot (one line and legend entry per series) with axes, ticks and a title.</summary>
-    public static RgbImage DrawCurves(IReadOnlyList<(string label, List<(int step, double score)> points)> series, string title)
-    {
-        const int W = 720, H = 440, left = 70, right = 200, top = 40, bottom = 50;
-        var canvas = new Canvas(W, H, (255, 255, 255));
-        var all = series.SelectMany(s => s.points).ToList();
-        if (all.Count == 0) return canvas.ToImage();
-        var xmax = Math.Max(1, all.Max(p => p.step));
-        var ylo = Math.Floor(all.Min(p => p.score) * 20 - 1) / 20;
-        var yhi = Math.Ceiling(all.Max(p => p.score) * 20 + 1) / 20;
-        double X(double s) => left + s / xmax * (W - left - right);
-        double Y(double v) => top + (yhi - v) / (yhi - ylo) * (H - top - bottom);
-        canvas.Text(left, 12, title, (0, 0, 0), 2);
-        var grey = ((byte)225, (byte)225, (byte)225);
-        for (var v = ylo; v <= yhi + 1e-9; v += 0.05)
-        {
-            canvas.Line(left, Y(v), W - right, Y(v), grey);
-            canvas.Text(left - 36, (int)Y(v) - 3, v.ToString("F2", CultureInfo.InvariantCulture), (60, 60, 60));
-        }
-        var xticks = series.SelectMany(s => s.points.Select(p => p.step)).Distinct().OrderBy(s => s).ToList();
-        foreach (var s in xticks)
-        {
-            canvas.Line(X(s), top, X(s), H - bottom, grey);
-            var label = s.ToString(CultureInfo.InvariantCulture);
-            canvas.Text((int)X(s) - Canvas.TextWidth(label) / 2, H - bottom + 6, label, (60, 60, 60));
-        }
-        canvas.Line(left, top, left, H - bottom, (0, 0, 0), 2);
-        canvas.Line(left, H - bottom, W - right, H - bottom, (0, 0, 0), 2);
-        canvas.Text((left + W - right) / 2 - 40, H - 20, "training step", (0, 0, 0));
-        for (var i = 0; i < series.Count; i++)
-        {
-            var col = Palette[i % Palette.Length];
-            var pts = series[i].points.OrderBy(p => p.step).ToList();
-            for (var k = 1; k < pts.Count; k++) canvas.Line(X(pts[k - 1].step), Y(pts[k - 1].score), X(pts[k].step), Y(pts[k].score), col, 3);
-            foreach (var p in pts) canvas.FillRect((int)X(p.step) - 3, (int)Y(p.score) - 3, 7, 7, col);
-            canvas.FillRect(W - right + 16, top + 10 + i * 22, 14, 10, col);
-            canvas.Text(W - right + 36, top + 11 + i * 22, series[i].label, (0, 0, 0));
-        }
-        return canvas.ToImage();
     }
 }

@@ -108,6 +108,49 @@ static at::Tensor binary_scalar(int32_t op, at::Tensor& a, const at::Scalar& s) 
 
 extern "C" {
 
+// Each name comes from the enum constant itself (#x), so this table cannot drift from the codes.
+#define SUDO_OP(prefix, x) case prefix##x: return #x;
+const char* sudo_op_name(int32_t table, int32_t code) {
+  switch (table) {
+    case 0:
+      switch (code) {
+        SUDO_OP(SU_, NEG) SUDO_OP(SU_, EXP) SUDO_OP(SU_, LOG) SUDO_OP(SU_, SQRT) SUDO_OP(SU_, RSQRT) SUDO_OP(SU_, SIN)
+        SUDO_OP(SU_, COS) SUDO_OP(SU_, TANH) SUDO_OP(SU_, SIGMOID) SUDO_OP(SU_, ABS) SUDO_OP(SU_, RELU) SUDO_OP(SU_, SILU)
+        SUDO_OP(SU_, GELU) SUDO_OP(SU_, GELU_TANH) SUDO_OP(SU_, LOGSIGMOID) SUDO_OP(SU_, FLOOR) SUDO_OP(SU_, CEIL)
+        SUDO_OP(SU_, ROUND) SUDO_OP(SU_, SIGN) SUDO_OP(SU_, SQUARE) SUDO_OP(SU_, RECIPROCAL) SUDO_OP(SU_, LOG1P)
+        SUDO_OP(SU_, EXPM1) SUDO_OP(SU_, ERF) SUDO_OP(SU_, LOGICAL_NOT) SUDO_OP(SU_, ISNAN) SUDO_OP(SU_, ISINF)
+        SUDO_OP(SU_, ISFINITE) SUDO_OP(SU_, ZERO_) SUDO_OP(SU_, SQRT_) SUDO_OP(SU_, NEG_) SUDO_OP(SU_, EXP_)
+        SUDO_OP(SU_, LOG2) SUDO_OP(SU_, ATAN) SUDO_OP(SU_, TAN) SUDO_OP(SU_, ASIN) SUDO_OP(SU_, ACOS)
+        default: return code >= 0 && code < SU_COUNT ? "?" : nullptr;
+      }
+    case 1:
+      switch (code) {
+        SUDO_OP(SB_, ADD) SUDO_OP(SB_, SUB) SUDO_OP(SB_, MUL) SUDO_OP(SB_, DIV) SUDO_OP(SB_, POW) SUDO_OP(SB_, EQ)
+        SUDO_OP(SB_, NE) SUDO_OP(SB_, LT) SUDO_OP(SB_, LE) SUDO_OP(SB_, GT) SUDO_OP(SB_, GE) SUDO_OP(SB_, MAXIMUM)
+        SUDO_OP(SB_, MINIMUM) SUDO_OP(SB_, MATMUL) SUDO_OP(SB_, BMM) SUDO_OP(SB_, ATAN2) SUDO_OP(SB_, LOGICAL_AND)
+        SUDO_OP(SB_, LOGICAL_OR) SUDO_OP(SB_, REMAINDER) SUDO_OP(SB_, FLOOR_DIVIDE) SUDO_OP(SB_, ADD_) SUDO_OP(SB_, SUB_)
+        SUDO_OP(SB_, MUL_) SUDO_OP(SB_, DIV_) SUDO_OP(SB_, COPY_) SUDO_OP(SB_, MAXIMUM_INTO_)
+        default: return code >= 0 && code < SB_COUNT ? "?" : nullptr;
+      }
+    case 2:
+      switch (code) {
+        SUDO_OP(SS_, ADD) SUDO_OP(SS_, SUB) SUDO_OP(SS_, MUL) SUDO_OP(SS_, DIV) SUDO_OP(SS_, POW) SUDO_OP(SS_, EQ)
+        SUDO_OP(SS_, NE) SUDO_OP(SS_, LT) SUDO_OP(SS_, LE) SUDO_OP(SS_, GT) SUDO_OP(SS_, GE) SUDO_OP(SS_, RSUB)
+        SUDO_OP(SS_, RDIV) SUDO_OP(SS_, RPOW) SUDO_OP(SS_, REMAINDER) SUDO_OP(SS_, FMOD) SUDO_OP(SS_, ADD_)
+        SUDO_OP(SS_, SUB_) SUDO_OP(SS_, MUL_) SUDO_OP(SS_, DIV_) SUDO_OP(SS_, FILL_) SUDO_OP(SS_, POW_)
+        default: return code >= 0 && code < SS_COUNT ? "?" : nullptr;
+      }
+    case 3:
+      switch (code) {
+        SUDO_OP(SR_, SUM) SUDO_OP(SR_, MEAN) SUDO_OP(SR_, AMAX) SUDO_OP(SR_, AMIN) SUDO_OP(SR_, LOGSUMEXP)
+        SUDO_OP(SR_, PROD) SUDO_OP(SR_, ALL) SUDO_OP(SR_, ANY)
+        default: return code >= 0 && code < SR_COUNT ? "?" : nullptr;
+      }
+    default: return nullptr;
+  }
+}
+#undef SUDO_OP
+
 sudo_tensor sudo_unary(int32_t op, sudo_tensor a) { TRY_T(return wrap(unary(op, T(a)));) }
 sudo_tensor sudo_binary(int32_t op, sudo_tensor a, sudo_tensor b) { TRY_T(return wrap(binary(op, T(a), T(b)));) }
 sudo_tensor sudo_binary_scalar(int32_t op, sudo_tensor a, sudo_scalar s) {

@@ -11,7 +11,7 @@ extern "C" {
 #define SUDO_EXPORT __attribute__((visibility("default")))
 
 // Bumped whenever a signature or an op code below changes; checked by the C# side at start-up.
-#define SUDO_ABI_VERSION 4
+#define SUDO_ABI_VERSION 5
 
 typedef void* sudo_tensor;
 typedef void* sudo_generator;
@@ -23,7 +23,9 @@ typedef struct {
   int32_t kind;  // 0 = floating, 1 = integer, 2 = bool
 } sudo_scalar;
 
-// Unary op codes (keep in sync with Native.cs: UnaryOp).
+// Unary op codes. The C# enums (Tensor.Ops.cs: UnaryOp, BinaryOp, ScalarOp, ReduceOp) mirror these tables; at start-up
+// the binding compares every code's name with sudo_op_name, so an entry out of order fails loudly instead of running
+// another op.
 enum {
   SU_NEG = 0, SU_EXP, SU_LOG, SU_SQRT, SU_RSQRT, SU_SIN, SU_COS, SU_TANH, SU_SIGMOID, SU_ABS,
   SU_RELU, SU_SILU, SU_GELU, SU_GELU_TANH, SU_LOGSIGMOID, SU_FLOOR, SU_CEIL, SU_ROUND, SU_SIGN,
@@ -52,6 +54,9 @@ enum { SR_SUM = 0, SR_MEAN, SR_AMAX, SR_AMIN, SR_LOGSUMEXP, SR_PROD, SR_ALL, SR_
 
 // ---- library -------------------------------------------------------------------------------
 SUDO_EXPORT int32_t sudo_abi_version(void);
+// The name of op `code` in op table `table` (0 unary SU_, 1 binary SB_, 2 scalar SS_, 3 reduction SR_) without its
+// prefix (e.g. "GELU_TANH"), or NULL for a code past the table's end.
+SUDO_EXPORT const char* sudo_op_name(int32_t table, int32_t code);
 SUDO_EXPORT const char* sudo_torch_version(void);      // libtorch headers the shim was built with
 SUDO_EXPORT const char* sudo_torch_library_path(void); // libtorch file actually loaded (dladdr)
 SUDO_EXPORT const char* sudo_build_torch_path(void);   // libtorch directory the shim was linked against

@@ -1,13 +1,12 @@
 // SPO (step-aware preference optimization): the step-wise resampler that builds (x_t, x^w, x^l) pairs online
 // with a step-aware preference model, and the per-step DPO training on DDIM transition log-probabilities
-// (spo_spec.md §2 SD-1.5 procedure, §3 loss; SPO multi_sample_pipeline.py and train_spo.py).
+// (SPO multi_sample_pipeline.py and train_spo.py, SD-1.5 procedure).
 using Sudo.Diffusion;
 using Sudo.Models;
-using Sudo.Preference;
 using Sudo.Torch;
 using static Sudo.Torch.torch;
 
-namespace Sudo.Training;
+namespace Sudo.Preference;
 
 /// <summary>One training transition: x_t at timestep t, the preferred and rejected x_{t'} (both drawn from
 /// x_t — or, for SDXL's inner steps, from their own x_t), and the prompt's text conditioning.</summary>
@@ -45,6 +44,9 @@ public sealed record SpoConfig
 
     /// <summary>SPO's SDXL defaults: k = 2, threshold 0.4, 3 inner steps, 1024 px.</summary>
     public static SpoConfig SDXL => new() { num_sample_each_step = 2, threshold = 0.4, num_inner_step = 3, resolution = 1024 };
+
+    /// <summary>SPO's preset for a pipeline: SDXL's for an SDXL pipeline, SD-1.5's otherwise.</summary>
+    public static SpoConfig For(StableDiffusionPipeline pipe) => pipe.IsSDXL ? SDXL : SD15;
 }
 
 /// <summary>A step-aware reward: decoded x̂₀ images [N, 3, H, W] in [−1, 1], their prompts and the timestep they
@@ -220,7 +222,8 @@ public sealed class SpoSampler
 /// at x_t, DDIM transition log-probabilities of x^w and x^l, clamped-ratio step DPO (β = 10, ε = 0.1).</summary>
 public static class SpoLoss
 {
-    public static LossOutput Compute(StableDiffusionPipeline pipe, Lora lora, IReadOnlyList<StepPair> batch, SpoConfig c)
+    /// <param name="loss">the method's transition loss; default Losses.spo with the config's β and clip ε.</param>
+    public static LossOutput Compute(StableDiffusionPipeline pipe, Lora lora, IReadOnlyList<StepPair> batch, SpoConfig c, TransitionLossFn? loss = null)
     {
         var ddim = (DDIMScheduler)pipe.scheduler;
         using var scope = NewDisposeScope();
@@ -249,13 +252,14 @@ public static class SpoLoss
             refL = sharedXt ? refW : Eps(xtl);
         }
         Tensor Lp(Tensor eps, Tensor xt, Tensor prev) => ddim.step_with_logprob(eps, t, xt, c.eta, prev_sample: prev).log_prob;
-        var o = Losses.spo(Lp(epsW, xtw, xw), Lp(refW, xtw, xw), Lp(epsL, xtl, xl), Lp(refL, xtl, xl), c.beta, c.clip_eps);
+        var inputs = new TransitionInputs(Lp(epsW, xtw, xw), Lp(refW, xtw, xw), Lp(epsL, xtl, xl), Lp(refL, xtl, xl));
+        var o = loss is null ? Losses.spo(inputs.logp_policy_w, inputs.logp_ref_w, inputs.logp_policy_l, inputs.logp_ref_l, c.beta, c.clip_eps) : loss(inputs);
         var diag = o.diagnostics.ToDictionary(kv => kv.Key, kv => scope.MoveToOuter(kv.Value));
         return new LossOutput(scope.MoveToOuter(o.loss), diag);
     }
 }
 
-/// <summary>Training the step-aware preference model (spo_spec.md §1.3): a pair of images of one caption,
+/// <summary>Training the step-aware preference model (SPO's step-aware preference-model training): a pair of images of one caption,
 /// t ~ U{0..999} per pair, one shared noise, the frozen base model's CFG x̂₀ decoded by the VAE, then
 /// PickScore's pairwise loss on the time-conditioned scores. With t = 0 the clean images are scored.</summary>
 public static class SpmTraining
@@ -298,196 +302,5 @@ public static class SpmTraining
         var sl = spm.score(Prepare(pixelsL, noiseShared), ids, timesteps.to(ScalarType.Float32));
         var (loss, acc) = StepAwarePreferenceModel.pairwise_loss(sw, sl);
         return (scope.MoveToOuter(loss), scope.MoveToOuter(acc));
-    }
-}
-
-/// <summary>The SPO loop: per round, sample chains for a batch of prompts with the current policy (LoRA),
-/// keep the pairs the preference model separates, and take optimizer steps on minibatches of them.</summary>
-public sealed class SpoTrainer : IDisposable
-{
-    public StableDiffusionPipeline pipe { get; }
-    public Lora lora { get; }
-    public SpoSampler sampler { get; }
-    public torch.optim.AdamW optimizer { get; }
-    public SpoConfig config { get; }
-    public int global_step { get; private set; }
-    private readonly Generator _rng;
-    private readonly double _maxGradNorm;
-
-    /// <summary>SPO's defaults: LoRA rank 4 (α = r, gaussian init) on to_q/k/v/out, AdamW lr 6e-5 (SD-1.5
-    /// config), weight decay 1e-4; gradient clipping 1.0 that really clips (upstream's clips nothing).</summary>
-    public SpoTrainer(StableDiffusionPipeline pipe, StepAwarePreferenceModel spm, CLIPTokenizer scorerTokenizer, SpoConfig config,
-        int lora_rank = 4, double learning_rate = 6e-5, double max_grad_norm = 1.0, long seed = 0)
-        : this(pipe, config, new SpoSampler(pipe, spm, scorerTokenizer, config), lora_rank, learning_rate, max_grad_norm, seed) =>
-        spm.requires_grad_(false).eval();
-
-    /// <summary>SPO with any step-aware reward in place of the preference model (see <see cref="StepReward"/>).</summary>
-    public SpoTrainer(StableDiffusionPipeline pipe, StepReward reward, SpoConfig config,
-        int lora_rank = 4, double learning_rate = 6e-5, double max_grad_norm = 1.0, long seed = 0)
-        : this(pipe, config, new SpoSampler(pipe, config, reward), lora_rank, learning_rate, max_grad_norm, seed)
-    {
-    }
-
-    private SpoTrainer(StableDiffusionPipeline pipe, SpoConfig config, SpoSampler sampler,
-        int lora_rank, double learning_rate, double max_grad_norm, long seed)
-    {
-        this.pipe = pipe;
-        this.config = config;
-        _rng = new Generator(seed);
-        _maxGradNorm = max_grad_norm;
-        pipe.unet.requires_grad_(false);
-        pipe.vae.requires_grad_(false);
-        pipe.components.text_encoder.requires_grad_(false);
-        lora = Lora.Attach(pipe.unet, new LoraConfig(lora_rank, lora_rank), _rng);
-        this.sampler = sampler;
-        optimizer = new torch.optim.AdamW(lora.parameters(), learning_rate, weight_decay: 1e-4);
-    }
-
-    /// <summary>The UNet with the LoRA merged, as a diffusers folder (weights unmerged again afterwards).</summary>
-    public void SaveMergedUnet(string folder)
-    {
-        lora.merge();
-        try
-        {
-            pipe.unet.save_pretrained(folder);
-        }
-        finally
-        {
-            lora.unmerge();
-        }
-    }
-
-    /// <summary>One round: sample, then train on the kept pairs in minibatches. Returns per-step metrics.</summary>
-    public List<Dictionary<string, double>> Round(IReadOnlyList<string> prompts, int train_batch_size = 2)
-    {
-        var gens = prompts.Select(_ => new Generator(randint(0, long.MaxValue / 2, [1], _rng).item<long>())).ToArray();
-        List<StepPair> pairs;
-        try
-        {
-            pipe.unet.eval();
-            pairs = sampler.Sample(prompts, gens);
-        }
-        finally
-        {
-            foreach (var g in gens) g.Dispose();
-        }
-        var metrics = new List<Dictionary<string, double>>();
-        try
-        {
-            using var perm = randperm(pairs.Count, _rng);
-            var order = perm.ToArray<long>();
-            pipe.unet.train();
-            for (var s = 0; s + train_batch_size <= order.Length; s += train_batch_size)
-            {
-                using var scope = NewDisposeScope();
-                var batch = order[s..(s + train_batch_size)].Select(i => pairs[(int)i]).ToList();
-                var o = SpoLoss.Compute(pipe, lora, batch, config);
-                optimizer.zero_grad();
-                o.loss.backward();
-                var norm = _maxGradNorm > 0 ? nn.utils.clip_grad_norm_(lora.parameters(), _maxGradNorm) : double.NaN;
-                optimizer.step();
-                global_step++;
-                metrics.Add(new Dictionary<string, double>
-                {
-                    ["step"] = global_step,
-                    ["loss"] = o.loss.item(),
-                    ["pairs_in_round"] = pairs.Count,
-                    ["ratio_w"] = o.diagnostics["ratio_w"].mean().item(),
-                    ["ratio_l"] = o.diagnostics["ratio_l"].mean().item(),
-                    ["implicit_acc"] = o.diagnostics["implicit_acc"].item(),
-                    ["grad_norm"] = norm,
-                });
-            }
-        }
-        finally
-        {
-            foreach (var p in pairs) p.Dispose();
-        }
-        return metrics;
-    }
-
-    /// <summary>Trains to <paramref name="max_train_steps"/> optimizer steps, drawing prompts_per_round prompts per
-    /// round from <paramref name="prompts"/> with the trainer's generator; checkpoints (LoRA, optimizer, RNG,
-    /// step) every checkpointing_steps into output_dir/checkpoint-N atomically and resumes from the latest. Rounds are
-    /// trained whole (every kept pair of a round is used), so the run ends at the first round boundary at or past
-    /// max_train_steps and checkpoints fall on round boundaries — which keeps resuming exact.</summary>
-    public void Train(IReadOnlyList<string> prompts, int max_train_steps, string output_dir, int train_batch_size = 2, int prompts_per_round = 2,
-        int checkpointing_steps = 0, bool resume = true, Action<string>? log = null, int max_empty_rounds = 20)
-    {
-        var caller = log;
-        log ??= Console.WriteLine;
-        Directory.CreateDirectory(output_dir);
-        if (resume && Trainer.LatestCheckpoint(output_dir) is { } ck)
-        {
-            Load(ck);
-            log($"resumed from {ck} at step {global_step}");
-        }
-        var empty = 0;
-        var lastCheckpoint = global_step;
-        var jsonl = Path.Combine(output_dir, "metrics.jsonl");
-        TrainingProgress.Run("spo", max_train_steps, global_step, 1, caller, progress =>
-        {
-            while (global_step < max_train_steps)
-            {
-                var round = Enumerable.Range(0, prompts_per_round).Select(_ => prompts[(int)randint(0, prompts.Count, [1], _rng).item<long>()]).ToList();
-                var ms = Round(round, train_batch_size);
-                empty = ms.Count == 0 ? empty + 1 : 0;
-                if (empty >= max_empty_rounds)
-                    throw new InvalidOperationException($"{max_empty_rounds} rounds in a row gave fewer than {train_batch_size} pairs passing the threshold {config.threshold}: the preference model does not separate the candidates");
-                foreach (var m in ms)
-                {
-                    var line = new System.Text.Json.Nodes.JsonObject();
-                    foreach (var (k, v) in m) line[k] = double.IsFinite(v) ? v : null;
-                    File.AppendAllText(jsonl, line.ToJsonString() + "\n");
-                }
-                if (ms.Count > 0) progress.Step(global_step, ms[^1]);
-                if (checkpointing_steps > 0 && global_step / checkpointing_steps > lastCheckpoint / checkpointing_steps)
-                {
-                    progress.Log($"saved {Save(output_dir)}");
-                    lastCheckpoint = global_step;
-                }
-            }
-        });
-        lora.save(Path.Combine(output_dir, "lora"));
-    }
-
-    public string Save(string output_dir)
-    {
-        var final = Path.Combine(output_dir, $"checkpoint-{global_step}");
-        var tmp = Path.Combine(output_dir, $".tmp-checkpoint-{global_step}-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(tmp);
-        try
-        {
-            lora.save(Path.Combine(tmp, "lora"));
-            optimizer.save(Path.Combine(tmp, "optimizer.safetensors"));
-            RngState.Save(tmp, _rng);
-            File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), new System.Text.Json.Nodes.JsonObject { ["global_step"] = global_step, ["method"] = "spo" }.ToJsonString());
-            AtomicFile.PublishDirectory(tmp, final);
-            return final;
-        }
-        catch
-        {
-            if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
-            throw;
-        }
-    }
-
-    public void Load(string path)
-    {
-        var state = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(path, "trainer_state.json")))!.AsObject();
-        if ((string?)state["method"] != "spo") throw new InvalidDataException($"{path} is not an SPO checkpoint");
-        var sd = safetensors.load_file(Path.Combine(path, "lora", "pytorch_lora_weights.safetensors"), mmap: false);
-        lora.load_state_dict(sd);
-        foreach (var t in sd.Values) t.Dispose();
-        optimizer.load(Path.Combine(path, "optimizer.safetensors"));
-        RngState.Load(path, _rng);
-        global_step = state["global_step"]!.GetValue<int>();
-    }
-
-    public void Dispose()
-    {
-        optimizer.Dispose();
-        lora.Dispose();
-        _rng.Dispose();
     }
 }

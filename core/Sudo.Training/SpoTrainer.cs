@@ -1,0 +1,312 @@
+// The SPO training loop over the step-wise resampler (core/Sudo.Preference/Spo.cs): sample, keep the pairs the
+// step-aware preference model separates, per-step DPO on DDIM transition log-probabilities (SPO train_spo.py).
+using Sudo.Diffusion;
+using Sudo.Models;
+using Sudo.Preference;
+using Sudo.Torch;
+using static Sudo.Torch.torch;
+
+namespace Sudo.Training;
+
+/// <summary>The SPO loop: per round, sample chains for a batch of prompts with the current policy (LoRA),
+/// keep the pairs the preference model separates, and take optimizer steps on minibatches of them. Checkpoints,
+/// metrics and the run record are <see cref="TrainingRun"/>'s, as for the offline trainer.</summary>
+public sealed class SpoTrainer : IDisposable
+{
+    public StableDiffusionPipeline pipe { get; }
+    public Lora lora { get; }
+    public SpoSampler sampler { get; }
+    public torch.optim.AdamW optimizer { get; }
+    /// <summary>The sampling settings (from the model's preset, SpoConfig.For).</summary>
+    public SpoConfig config { get; }
+    /// <summary>The run settings (recorded in run_config.json and every checkpoint).</summary>
+    public SpoTrainConfig settings { get; private set; }
+    public Method method { get; }
+    public int global_step { get; private set; }
+    private readonly Generator _rng;
+    private readonly TransitionLossFn _loss;
+    private readonly StableDiffusionPipeline? _ownedPipe;
+    private readonly IDisposable? _ownedScorer;
+    private int _promptEpoch, _promptPosition;
+    private int[] _promptOrder = [];
+
+    /// <summary>SPO's defaults: LoRA rank 4 (α = r, gaussian init) on to_q/k/v/out, AdamW lr 6e-5 (SD-1.5
+    /// config), weight decay 1e-4; gradient clipping 1.0 that really clips (upstream's clips nothing).</summary>
+    public SpoTrainer(StableDiffusionPipeline pipe, StepAwarePreferenceModel spm, CLIPTokenizer scorerTokenizer, SpoConfig config,
+        int lora_rank = 4, double learning_rate = 6e-5, double max_grad_norm = 1.0, long seed = 0)
+        : this(pipe, config, new SpoSampler(pipe, spm, scorerTokenizer, config),
+            new SpoTrainConfig { lora_rank = lora_rank, learning_rate = learning_rate, max_grad_norm = max_grad_norm, seed = seed, resolution = config.resolution }, null) =>
+        spm.requires_grad_(false).eval();
+
+    /// <summary>SPO with any step-aware reward in place of the preference model (see <see cref="StepReward"/>).</summary>
+    public SpoTrainer(StableDiffusionPipeline pipe, StepReward reward, SpoConfig config,
+        int lora_rank = 4, double learning_rate = 6e-5, double max_grad_norm = 1.0, long seed = 0)
+        : this(pipe, config, new SpoSampler(pipe, config, reward),
+            new SpoTrainConfig { lora_rank = lora_rank, learning_rate = learning_rate, max_grad_norm = max_grad_norm, seed = seed, resolution = config.resolution }, null)
+    {
+    }
+
+    private SpoTrainer(StableDiffusionPipeline pipe, SpoConfig config, SpoSampler sampler, SpoTrainConfig settings, Method? method,
+        StableDiffusionPipeline? ownedPipe = null, IDisposable? ownedScorer = null)
+    {
+        this.pipe = pipe;
+        this.config = config;
+        this.method = method ?? Methods.spo(config);
+        _loss = this.method.transition_loss;
+        this.settings = settings with { method = this.method.name };
+        (_ownedPipe, _ownedScorer) = (ownedPipe, ownedScorer);
+        _rng = new Generator(settings.seed);
+        pipe.unet.requires_grad_(false);
+        pipe.vae.requires_grad_(false);
+        pipe.components.text_encoder.requires_grad_(false);
+        lora = Lora.Attach(pipe.unet, new LoraConfig(settings.lora_rank, settings.lora_rank), _rng);
+        this.sampler = sampler;
+        optimizer = new torch.optim.AdamW(lora.parameters(), settings.learning_rate, weight_decay: settings.adam_weight_decay);
+    }
+
+    /// <summary>An SPO run from its settings: loads the pipeline (DDIM), takes SPO's sampling preset for the model
+    /// (SD-1.5 or SDXL, SpoConfig.For) with the settings' threshold and resolution, and scores with
+    /// <paramref name="reward"/> when given, else with a step-aware preference model from settings.scorer (a CLIPModel
+    /// such as PickScore, wrapped fresh, or a saved step-aware model). <paramref name="method"/>: an SPO-style method
+    /// of a recipe (its pair source must be a StepwiseResampler); default the spo preset.</summary>
+    public static SpoTrainer Open(SpoTrainConfig settings, StepReward? reward = null, Method? method = null)
+    {
+        settings.Validate();
+        var device = Device.Parse(settings.device);
+        var folder = Hub.Resolve(settings.pretrained_model_name_or_path, settings.hub_cache_dir, settings.revision ?? "main");
+        var pipe = StableDiffusionPipeline.from_pretrained(folder, "ddim", ScalarType.Float32, device, variant: settings.variant);
+        try
+        {
+            var preset = SpoConfig.For(pipe);
+            var c = preset with
+            {
+                threshold = settings.spo_threshold ?? preset.threshold,
+                num_inference_steps = settings.num_inference_steps ?? preset.num_inference_steps,
+                divert_start_step = settings.divert_start_step ?? preset.divert_start_step,
+                num_sample_each_step = settings.num_sample_each_step ?? preset.num_sample_each_step,
+                guidance_scale = settings.guidance_scale ?? preset.guidance_scale,
+                num_inner_step = settings.num_inner_step ?? preset.num_inner_step,
+                resolution = settings.resolution ?? (pipe.IsSDXL ? preset.resolution : pipe.unet.config.sample_size * pipe.vae_scale_factor),
+            };
+            if (method is { pairs: StepwiseResampler r }) c = r.settings with { threshold = c.threshold, resolution = c.resolution };
+            else if (method != null) throw new ArgumentException($"method {method.name} trains on {method.pairs.Describe()}; SpoTrainer needs a StepwiseResampler pair source");
+            method ??= Methods.spo(c);
+            settings = settings with
+            {
+                resolution = c.resolution,
+                spo_threshold = c.threshold,
+                num_inference_steps = c.num_inference_steps,
+                divert_start_step = c.divert_start_step,
+                num_sample_each_step = c.num_sample_each_step,
+                guidance_scale = c.guidance_scale,
+                num_inner_step = c.num_inner_step,
+            };
+            if (reward != null) return new SpoTrainer(pipe, c, new SpoSampler(pipe, c, reward), settings, method, pipe);
+            var scorer = settings.scorer ?? throw new ArgumentException("SPO needs a scorer: --scorer <CLIPModel folder> (PickScore-like) or a step-aware preference-model folder");
+            var spm = StepAwarePreferenceModel.from_pretrained(scorer);
+            spm.requires_grad_(false).eval();
+            return new SpoTrainer(pipe, c, new SpoSampler(pipe, spm, pipe.components.tokenizer, c), settings, method, pipe, spm);
+        }
+        catch
+        {
+            pipe.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The UNet with the LoRA merged, as a diffusers folder (weights unmerged again afterwards).</summary>
+    public void SaveMergedUnet(string folder)
+    {
+        lora.merge();
+        try
+        {
+            pipe.unet.save_pretrained(folder);
+        }
+        finally
+        {
+            lora.unmerge();
+        }
+    }
+
+    /// <summary>One round: sample, then train on the kept pairs in minibatches. Returns per-step metrics.</summary>
+    public List<Dictionary<string, double>> Round(IReadOnlyList<string> prompts, int train_batch_size = 2)
+    {
+        var gens = prompts.Select(_ => new Generator(randint(0, long.MaxValue / 2, [1], _rng).item<long>())).ToArray();
+        List<StepPair> pairs;
+        try
+        {
+            pipe.unet.eval();
+            pairs = sampler.Sample(prompts, gens);
+        }
+        finally
+        {
+            foreach (var g in gens) g.Dispose();
+        }
+        var metrics = new List<Dictionary<string, double>>();
+        try
+        {
+            using var perm = randperm(pairs.Count, _rng);
+            var order = perm.ToArray<long>();
+            pipe.unet.train();
+            for (var s = 0; s + train_batch_size <= order.Length; s += train_batch_size)
+            {
+                using var scope = NewDisposeScope();
+                var batch = order[s..(s + train_batch_size)].Select(i => pairs[(int)i]).ToList();
+                var o = SpoLoss.Compute(pipe, lora, batch, config, _loss);
+                optimizer.zero_grad();
+                o.loss.backward();
+                var norm = settings.max_grad_norm > 0 ? nn.utils.clip_grad_norm_(lora.parameters(), settings.max_grad_norm) : double.NaN;
+                optimizer.step();
+                global_step++;
+                var m = new Dictionary<string, double>
+                {
+                    ["step"] = global_step,
+                    ["loss"] = o.loss.item(),
+                    ["pairs_in_round"] = pairs.Count,
+                    ["grad_norm"] = norm,
+                };
+                foreach (var (k, t) in o.diagnostics)
+                    if (k is not ("logits" or "loss_per_sample" or "ratio_w_clamped" or "ratio_l_clamped")) m[k] = t.numel() == 1 ? t.item() : t.mean().item();
+                metrics.Add(m);
+            }
+        }
+        finally
+        {
+            foreach (var p in pairs) p.Dispose();
+        }
+        return metrics;
+    }
+
+    /// <summary>The record of this run (settings with the sampling preset resolved, the method, the machine).</summary>
+    public System.Text.Json.Nodes.JsonObject RunRecordNode() => RunRecord.Make(settings, method.Describe());
+
+    /// <summary>Trains to settings.max_train_steps optimizer steps, drawing prompts_per_round prompts per round from
+    /// <paramref name="prompts"/> with the trainer's generator; checkpoints every checkpointing_steps into
+    /// output_dir/checkpoint-N (TrainingRun's format) and resumes as the offline trainer does (refusing changed
+    /// settings). Rounds are trained whole (every kept pair of a round is used), so the run ends at the first round
+    /// boundary at or past max_train_steps and checkpoints fall on round boundaries — which keeps resuming exact.
+    /// Saves the LoRA (diffusers/PEFT keys) to output_dir/lora.</summary>
+    public void Train(IReadOnlyList<string> prompts, Action<string>? log = null)
+    {
+        if (prompts.Count == 0) throw new ArgumentException("SPO needs at least one prompt");
+        var caller = log;
+        log ??= Console.WriteLine;
+        var s = settings;
+        using var run = new TrainingRun(s.output_dir, RunRecordNode(), TrainingRun.TensorBoardDir(s.output_dir, s.report_to, s.logging_dir, s.tracker_project_name), s.checkpoints_total_limit);
+        if (run.ResumePoint(s.resume_from_checkpoint) is { } ck)
+        {
+            RunRecord.CheckResume(ck, run.Record["config"]!.AsObject(), s.resume_allow_changes);
+            Load(ck);
+            log($"resumed from {ck} at step {global_step}");
+        }
+        run.WriteRecord();
+        log($"{method.Describe()}\n{prompts.Count} prompts, {s.prompts_per_round} per round, {s.train_batch_size} step pairs per optimizer step, LoRA rank {s.lora_rank}, lr {s.learning_rate:G3}; {s.max_train_steps} optimizer steps");
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var empty = 0;
+        var lastCheckpoint = global_step;
+        TrainingProgress.Run(method.name, s.max_train_steps, global_step, 1, caller, progress =>
+        {
+            while (global_step < s.max_train_steps)
+            {
+                var round = NextPrompts(prompts, s.prompts_per_round);
+                var ms = Round(round, s.train_batch_size);
+                empty = ms.Count == 0 ? empty + 1 : 0;
+                if (empty >= s.max_empty_rounds)
+                    throw new InvalidOperationException($"{s.max_empty_rounds} rounds in a row gave fewer than {s.train_batch_size} pairs passing the threshold {config.threshold}: the preference model does not separate the candidates");
+                foreach (var m in ms) run.Log((int)m["step"], m);
+                if (ms.Count > 0) progress.Step(global_step, ms[^1]);
+                if (s.checkpointing_steps > 0 && global_step / s.checkpointing_steps > lastCheckpoint / s.checkpointing_steps)
+                {
+                    progress.Log($"saved {Save(run)}");
+                    lastCheckpoint = global_step;
+                }
+            }
+        });
+        lora.save(Path.Combine(s.output_dir, "lora"));
+        if (s.save_merged_unet) SaveMergedUnet(Path.Combine(s.output_dir, "unet"));
+        TrainingRun.WriteSummary(s.output_dir, method.name, global_step, sw.Elapsed.TotalSeconds);
+        log($"done: {global_step} steps in {sw.Elapsed.TotalSeconds:F1} s; LoRA in {Path.Combine(s.output_dir, "lora")}");
+    }
+
+    /// <summary>The next prompts of a shuffled pass over the prompt list (a new seeded permutation each pass, as a
+    /// shuffling data loader gives SPO's prompt set): every prompt is trained equally often. The position is
+    /// checkpointed, so a resumed run continues the same sequence.</summary>
+    private List<string> NextPrompts(IReadOnlyList<string> prompts, int count)
+    {
+        var round = new List<string>(count);
+        while (round.Count < count)
+        {
+            if (_promptOrder.Length != prompts.Count) ShufflePrompts(_promptEpoch, prompts.Count);
+            if (_promptPosition >= _promptOrder.Length)
+            {
+                ShufflePrompts(_promptEpoch + 1, prompts.Count);
+                _promptPosition = 0;
+            }
+            round.Add(prompts[_promptOrder[_promptPosition++]]);
+        }
+        return round;
+    }
+
+    private void ShufflePrompts(int epoch, int n)
+    {
+        _promptEpoch = epoch;
+        using var g = new Generator(settings.seed + 1_000_003L * (epoch + 1));
+        using var perm = randperm(n, g);
+        _promptOrder = perm.ToArray<long>().Select(v => (int)v).ToArray();
+    }
+
+    /// <summary>Train with these run settings changed (the form tests and older recipes use).</summary>
+    public void Train(IReadOnlyList<string> prompts, int max_train_steps, string output_dir, int train_batch_size = 2, int prompts_per_round = 2,
+        int checkpointing_steps = 0, bool resume = true, Action<string>? log = null, int max_empty_rounds = 20, string? resume_allow_changes = null)
+    {
+        settings = settings with
+        {
+            resume_allow_changes = resume_allow_changes,
+            max_train_steps = max_train_steps,
+            output_dir = output_dir,
+            train_batch_size = train_batch_size,
+            prompts_per_round = prompts_per_round,
+            checkpointing_steps = checkpointing_steps,
+            resume_from_checkpoint = resume ? "latest" : null,
+            max_empty_rounds = max_empty_rounds,
+        };
+        Train(prompts, log);
+    }
+
+    public string Save(TrainingRun run) => run.SaveCheckpoint(global_step, new System.Text.Json.Nodes.JsonObject
+    {
+        ["global_step"] = global_step,
+        ["method"] = method.name,
+        ["prompt_epoch"] = _promptEpoch,
+        ["prompt_position"] = _promptPosition,
+    }, tmp =>
+    {
+        lora.save(Path.Combine(tmp, "lora"));
+        if (settings.save_merged_unet) SaveMergedUnet(Path.Combine(tmp, "unet"));
+        optimizer.save(Path.Combine(tmp, "optimizer.safetensors"));
+        RngState.Save(tmp, _rng);
+    });
+
+    public void Load(string path)
+    {
+        var state = TrainingRun.ReadState(path, method.name);
+        var sd = safetensors.load_file(Path.Combine(path, "lora", "pytorch_lora_weights.safetensors"), mmap: false);
+        lora.load_state_dict(sd);
+        foreach (var t in sd.Values) t.Dispose();
+        optimizer.load(Path.Combine(path, "optimizer.safetensors"));
+        RngState.Load(path, _rng);
+        global_step = state["global_step"]!.GetValue<int>();
+        _promptEpoch = state["prompt_epoch"]?.GetValue<int>() ?? 0;
+        _promptPosition = state["prompt_position"]?.GetValue<int>() ?? 0;
+        _promptOrder = [];   // regenerated from the epoch on the next draw
+    }
+
+    public void Dispose()
+    {
+        optimizer.Dispose();
+        lora.Dispose();
+        _rng.Dispose();
+        _ownedScorer?.Dispose();
+        _ownedPipe?.Dispose();
+    }
+}

@@ -1,0 +1,204 @@
+// The settings of a training run. Field names and defaults are Diffusion-DPO train.py's (the SUDO fork keeps
+// them: its parse_args) unless a comment says otherwise; the record initialisers are the
+// only defaults (the flag binder, the CLI, recipes and the study start from them). docs/flags.md lists every flag
+// of train.py and of diffusers' train_diffusion_dpo.py with what Sudo does with it.
+using System.Text.Json.Serialization;
+using Sudo.Preference;
+using Sudo.Torch;
+
+namespace Sudo.Training;
+
+/// <summary>An offline run (Diffusion-DPO, SFT, SUDO, or a recipe's method over a pair folder).</summary>
+public sealed record TrainConfig
+{
+    /// <summary>A preset of <see cref="Methods"/> (dpo, sft, sudo); a recipe's own method sets its name here.</summary>
+    public string method { get; init; } = "dpo";
+    public string pretrained_model_name_or_path { get; init; } = "";
+    /// <summary>Hub revision of pretrained_model_name_or_path (the snapshot refs/&lt;revision&gt; names; default main).</summary>
+    public string? revision { get; init; }
+    /// <summary>Weight-file variant (diffusion_pytorch_model.&lt;variant&gt;.safetensors, e.g. fp16), as diffusers' --variant.</summary>
+    public string? variant { get; init; }
+    /// <summary>Another VAE (e.g. madebyollin/sdxl-vae-fp16-fix for SDXL).</summary>
+    public string? pretrained_vae_model_name_or_path { get; init; }
+    /// <summary>Start the policy and the reference from this UNet folder instead of the pipeline's.</summary>
+    public string? unet_init { get; init; }
+    /// <summary>A local pair folder (pairs.jsonl / pairs.csv and the images). Sudo never downloads.</summary>
+    public string? dataset_name { get; init; }
+    /// <summary>A local pair folder, used when dataset_name is not given (train.py's imagefolder alternative).</summary>
+    public string? train_data_dir { get; init; }
+    /// <summary>The datasets cache (train.py's meaning). Model ids are looked up in hub_cache_dir.</summary>
+    public string? cache_dir { get; init; }
+    /// <summary>Sudo: the model hub cache for org/name ids (default $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub).</summary>
+    public string? hub_cache_dir { get; init; }
+    public string caption_column { get; init; } = "caption";
+    /// <summary>Records are shuffled only for the split "train" (as train.py); other splits are read in order.</summary>
+    public string split { get; init; } = "train";
+    /// <summary>Keep this many records after a seeded shuffle (train.py: shuffle(seed).select(range(n))).</summary>
+    public int? max_train_samples { get; init; }
+    public string output_dir { get; init; } = "sd-model-finetuned";
+    public string logging_dir { get; init; } = "logs";
+    /// <summary>tensorboard (default) or none; JSONL and CSV metrics are always written.</summary>
+    public string report_to { get; init; } = "tensorboard";
+    public string tracker_project_name { get; init; } = "tuning";
+    public int train_batch_size { get; init; } = 1;
+    public int gradient_accumulation_steps { get; init; } = 1;
+    /// <summary>Optimizer steps; null trains num_train_epochs epochs instead.</summary>
+    public int? max_train_steps { get; init; } = 2000;
+    public int num_train_epochs { get; init; } = 100;
+    public double learning_rate { get; init; } = 1e-8;
+    public bool scale_lr { get; init; }
+    public string lr_scheduler { get; init; } = "constant_with_warmup";
+    public int lr_warmup_steps { get; init; } = 500;
+    /// <summary>cosine: the number of half-waves is 2·lr_num_cycles·½ (diffusers get_cosine_schedule_with_warmup's num_cycles = 0.5).</summary>
+    public double lr_num_cycles { get; init; } = 0.5;
+    public int checkpointing_steps { get; init; } = 500;
+    /// <summary>Keep at most this many checkpoint-N folders (older ones are deleted after a save); null keeps all.</summary>
+    public int? checkpoints_total_limit { get; init; }
+    /// <summary>"latest" (train.py's default: resume when a checkpoint exists), a checkpoint path, or null / "none".</summary>
+    public string? resume_from_checkpoint { get; init; } = "latest";
+    /// <summary>Sudo: settings that may differ from the checkpoint's on resume (comma-separated field names);
+    /// every other difference is refused.</summary>
+    public string? resume_allow_changes { get; init; }
+    public double beta_dpo { get; init; } = 5000;
+    /// <summary>Sudo seeds 0 by default so one command gives one result (train.py leaves it unset: a random seed).</summary>
+    public long seed { get; init; }
+    public bool sdxl { get; init; }
+    public bool use_adafactor { get; init; }
+    public int? resolution { get; init; }
+    public bool random_crop { get; init; }
+    public bool no_hflip { get; init; }
+    public bool gradient_checkpointing { get; init; }
+    /// <summary>no, bf16 or fp16. Unset: train.py's fp16 on CUDA; on a CPU, where libtorch cannot compute fp16, no.</summary>
+    public string? mixed_precision { get; init; }
+    /// <summary>TF32 matmuls on CUDA (train.py --allow_tf32); CPUs have no TF32 mode, so it changes nothing there.</summary>
+    public bool allow_tf32 { get; init; }
+    /// <summary>Run bf16 (mixed precision or the bf16 reference) on a CPU even where the probe measures it slower than
+    /// fp32; without it such a run is refused with the measured slow-down (Precision.Judge).</summary>
+    public bool allow_slow_bf16 { get; init; }
+    public double proportion_empty_prompts { get; init; } = 0.2;
+    public double adam_beta1 { get; init; } = 0.9;
+    public double adam_beta2 { get; init; } = 0.999;
+    public double adam_weight_decay { get; init; } = 1e-2;
+    public double adam_epsilon { get; init; } = 1e-8;
+    public double max_grad_norm { get; init; } = 1.0;
+    /// <summary>SUDO: forbid self-pairs (upstream's randperm allows them; off by default).</summary>
+    public bool sudo_derangement { get; init; }
+    public double sudo_lambda_dpo { get; init; } = 0.5;
+    public double sudo_lambda_mse { get; init; } = 0.5;
+    /// <summary>LoRA rank (0 = full fine-tune). With LoRA the reference is the same UNet with adapters off.</summary>
+    public int lora_rank { get; init; }
+    public double? lora_alpha { get; init; }
+    /// <summary>Keep the frozen reference UNet in bf16 (full fine-tune only).</summary>
+    public bool reference_bf16 { get; init; }
+    public int max_nonfinite_steps { get; init; } = 5;
+    /// <summary>Cache each image's VAE posterior (mean, std) and each caption's text embedding: latents are
+    /// then sampled from the cached posterior (as upstream samples from the live one). Needs a fixed crop:
+    /// center crop and no flip.</summary>
+    public bool cache_latents { get; init; }
+    /// <summary>Fixed prompts sampled into output_dir/samples/step-N.png every validation_steps steps.</summary>
+    public string[]? validation_prompts { get; init; }
+    /// <summary>A text file of validation prompts (one per line), used when validation_prompts is not given.</summary>
+    public string? validation_prompts_file { get; init; }
+    public int validation_steps { get; init; }
+    /// <summary>AI-feedback relabelling: a CLIPModel folder (PickScore/HPS-like) whose preference replaces the labels.</summary>
+    public string? choice_model { get; init; }
+    /// <summary>Keep an exponential moving average of the trained weights (0 = off), saved as unet_ema/.</summary>
+    public double ema_decay { get; init; }
+    public int log_every { get; init; } = 10;
+    public string device { get; init; } = "cpu";
+
+    /// <summary>The pair folder: dataset_name, else train_data_dir.</summary>
+    [JsonIgnore]
+    public string DatasetFolder => dataset_name ?? train_data_dir
+        ?? throw new ArgumentException("--dataset_name <local pair folder> (or --train_data_dir) is required: a folder with pairs.jsonl (caption, winner, loser — or image_0, image_1, label_0) and the images");
+
+    /// <summary>mixed_precision with its default resolved for the device.</summary>
+    [JsonIgnore]
+    public string MixedPrecision => mixed_precision ?? (Device.Parse(device).Type == DeviceType.CPU ? "no" : "fp16");
+
+    [JsonIgnore]
+    public MethodSettings MethodSettings => new()
+    {
+        beta_dpo = beta_dpo,
+        sudo_lambda_dpo = sudo_lambda_dpo,
+        sudo_lambda_mse = sudo_lambda_mse,
+        sudo_derangement = sudo_derangement,
+    };
+
+    public void Validate()
+    {
+        if (string.IsNullOrWhiteSpace(pretrained_model_name_or_path)) throw new ArgumentException("--pretrained_model_name_or_path is required");
+        if (train_batch_size < 1 || gradient_accumulation_steps < 1 || max_train_steps is < 1 || num_train_epochs < 1)
+            throw new ArgumentException("--train_batch_size, --gradient_accumulation_steps, --max_train_steps and --num_train_epochs must be ≥ 1");
+        if (MixedPrecision is not ("no" or "bf16" or "fp16")) throw new ArgumentException($"--mixed_precision {mixed_precision}: expected no, bf16 or fp16");
+        if (MixedPrecision == "fp16" && Device.Parse(device).Type == DeviceType.CPU) throw new ArgumentException("--mixed_precision fp16 needs CUDA (libtorch 1.13 cannot compute fp16 on CPU): use bf16");
+        if (lora_rank < 0) throw new ArgumentException("--lora_rank must be ≥ 0");
+        if (proportion_empty_prompts is < 0 or > 1) throw new ArgumentException("--proportion_empty_prompts must be in [0, 1]");
+        if (cache_latents && (random_crop || !no_hflip))
+            throw new ArgumentException("--cache_latents needs a fixed crop: pass --no_hflip and leave --random_crop off (cached latents cannot be re-augmented)");
+        if (ema_decay is < 0 or >= 1) throw new ArgumentException("--ema_decay must be in [0, 1)");
+        if (report_to is not ("tensorboard" or "none" or "all"))
+            throw new ArgumentException($"--report_to {report_to}: Sudo writes tensorboard (and always metrics.jsonl / metrics.csv); wandb and comet_ml need a network service: use tensorboard or none");
+        if (max_train_samples is < 1) throw new ArgumentException("--max_train_samples must be ≥ 1");
+        if (checkpoints_total_limit is < 1) throw new ArgumentException("--checkpoints_total_limit must be ≥ 1");
+    }
+}
+
+/// <summary>An SPO run (online step-wise pairs, LoRA). Shared fields keep the names of <see cref="TrainConfig"/>;
+/// defaults are SPO's SD-1.5 config (SPO's SD-1.5 training config: LoRA rank 4, AdamW lr 6e-5, weight decay 1e-4); the sampling
+/// settings (k, threshold, inner steps, resolution) come from the model: SpoConfig.For(pipeline).</summary>
+public sealed record SpoTrainConfig
+{
+    public string method { get; init; } = "spo";
+    public string pretrained_model_name_or_path { get; init; } = "";
+    public string? revision { get; init; }
+    public string? variant { get; init; }
+    public string? hub_cache_dir { get; init; }
+    /// <summary>A text file of prompts, one per line (../shared/prompts has the papers' sets).</summary>
+    public string? prompts_file { get; init; }
+    /// <summary>A CLIPModel folder (PickScore-like) the step-aware preference model starts from, a step-aware
+    /// preference-model folder, or the name of a reward a world registers (e.g. world-judge).</summary>
+    public string? scorer { get; init; }
+    public string output_dir { get; init; } = "sd-model-finetuned";
+    public string logging_dir { get; init; } = "logs";
+    public string report_to { get; init; } = "tensorboard";
+    public string tracker_project_name { get; init; } = "tuning";
+    /// <summary>Step pairs per optimizer step.</summary>
+    public int train_batch_size { get; init; } = 2;
+    /// <summary>Prompts sampled per round (each gives one chain with pairs at every step from divert_start_step).</summary>
+    public int prompts_per_round { get; init; } = 2;
+    public int max_train_steps { get; init; } = 2000;
+    public double learning_rate { get; init; } = 6e-5;
+    public double adam_weight_decay { get; init; } = 1e-4;
+    public double max_grad_norm { get; init; } = 1.0;
+    public int lora_rank { get; init; } = 4;
+    public int checkpointing_steps { get; init; } = 500;
+    public int? checkpoints_total_limit { get; init; }
+    public string? resume_from_checkpoint { get; init; } = "latest";
+    public string? resume_allow_changes { get; init; }
+    public long seed { get; init; }
+    /// <summary>Override the model's preset threshold (0.3 SD-1.5, 0.4 SDXL).</summary>
+    public double? spo_threshold { get; init; }
+    /// <summary>Overrides of the model's sampling preset (unset: SpoConfig.For(pipeline)).</summary>
+    public int? num_inference_steps { get; init; }
+    public int? divert_start_step { get; init; }
+    /// <summary>Candidates per branching (k).</summary>
+    public int? num_sample_each_step { get; init; }
+    public double? guidance_scale { get; init; }
+    public int? num_inner_step { get; init; }
+    public int? resolution { get; init; }
+    /// <summary>Also write the UNet with the LoRA merged into every checkpoint and output_dir/unet (a diffusers UNet
+    /// folder other tools load directly; large for SD-size models).</summary>
+    public bool save_merged_unet { get; init; }
+    /// <summary>Rounds that keep no pair in a row before the run stops (the scorer does not separate the candidates).</summary>
+    public int max_empty_rounds { get; init; } = 20;
+    public string device { get; init; } = "cpu";
+
+    public void Validate()
+    {
+        if (string.IsNullOrWhiteSpace(pretrained_model_name_or_path)) throw new ArgumentException("--pretrained_model_name_or_path is required");
+        if (train_batch_size < 1 || prompts_per_round < 1 || max_train_steps < 1) throw new ArgumentException("--train_batch_size, --prompts_per_round and --max_train_steps must be ≥ 1");
+        if (lora_rank < 1) throw new ArgumentException("SPO trains LoRA adapters: --lora_rank must be ≥ 1 (SPO uses 4)");
+        if (report_to is not ("tensorboard" or "none" or "all")) throw new ArgumentException($"--report_to {report_to}: use tensorboard or none");
+    }
+}
