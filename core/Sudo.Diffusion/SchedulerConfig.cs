@@ -2,6 +2,7 @@
 // ignored; missing ones take the class defaults of diffusers 0.27.2).
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Sudo.Models;
 
 namespace Sudo.Diffusion;
 
@@ -40,9 +41,8 @@ public sealed record SchedulerConfig
     }
 
     /// <summary>Python's json writes NaN / Infinity / -Infinity bare (diffusers' lambda_min_clipped): quote
-    /// them so System.Text.Json reads them as strings.</summary>
-    public static JsonNode? ParsePythonJson(string json) =>
-        JsonNode.Parse(System.Text.RegularExpressions.Regex.Replace(json, @"(?<=[:\[,]\s*)(-?Infinity|NaN)(?=\s*[,\]\}])", "\"$1\""));
+    /// them so System.Text.Json reads them as named literals.</summary>
+    public static JsonNode? ParsePythonJson(string json) => ConfigJson.ParsePython(json);
 
     public static SchedulerConfig FromJson(string json, string source = "scheduler config")
     {
@@ -58,55 +58,10 @@ public sealed record SchedulerConfig
         return FromJson(o, source);
     }
 
+    /// <summary>The record from a parsed scheduler_config.json (System.Text.Json; the initialisers are the defaults).</summary>
     public static SchedulerConfig FromJson(JsonObject o, string source = "scheduler config")
     {
-        var d = new SchedulerConfig();
-        T Get<T>(string k, T dflt)
-        {
-            var n = o[k];
-            if (n is null) return dflt;
-            try { return n.GetValue<T>(); }
-            catch (Exception e) when (e is InvalidOperationException or FormatException)
-            {
-                throw new InvalidDataException($"{source}: field '{k}' = {n.ToJsonString()} is not a {typeof(T).Name}");
-            }
-        }
-        double Num(string k, double dflt) => o[k] is JsonValue v && v.TryGetValue<string>(out var s)
-            ? s switch
-            {
-                "-Infinity" => double.NegativeInfinity,
-                "Infinity" => double.PositiveInfinity,
-                "NaN" => double.NaN,
-                _ => double.Parse(s, System.Globalization.CultureInfo.InvariantCulture),
-            }
-            : Get(k, dflt);
-        var c = d with
-        {
-            _class_name = Get("_class_name", d._class_name),
-            num_train_timesteps = Get("num_train_timesteps", d.num_train_timesteps),
-            beta_start = Num("beta_start", d.beta_start),
-            beta_end = Num("beta_end", d.beta_end),
-            beta_schedule = Get("beta_schedule", d.beta_schedule),
-            trained_betas = o["trained_betas"] is JsonArray tb ? tb.Select(x => x!.GetValue<double>()).ToArray() : null,
-            prediction_type = Get("prediction_type", d.prediction_type),
-            steps_offset = Get("steps_offset", 0),
-            set_alpha_to_one = Get("set_alpha_to_one", true),
-            clip_sample = Get("clip_sample", true),
-            clip_sample_range = Num("clip_sample_range", 1.0),
-            thresholding = Get("thresholding", false),
-            timestep_spacing = o["timestep_spacing"] is null ? null : Get<string>("timestep_spacing", "leading"),
-            rescale_betas_zero_snr = Get("rescale_betas_zero_snr", false),
-            variance_type = o["variance_type"] is null ? d.variance_type : Get<string?>("variance_type", null),
-            use_karras_sigmas = Get("use_karras_sigmas", false),
-            interpolation_type = Get("interpolation_type", "linear"),
-            algorithm_type = Get("algorithm_type", "dpmsolver++"),
-            solver_order = Get("solver_order", 2),
-            solver_type = Get("solver_type", "midpoint"),
-            lower_order_final = Get("lower_order_final", true),
-            euler_at_final = Get("euler_at_final", false),
-            final_sigmas_type = Get("final_sigmas_type", "zero"),
-            lambda_min_clipped = o["lambda_min_clipped"] is null ? double.NegativeInfinity : Num("lambda_min_clipped", double.NegativeInfinity),
-        };
+        var c = ConfigJson.Read<SchedulerConfig>(o, source);
         if (c.prediction_type is not ("epsilon" or "v_prediction" or "sample"))
             throw new NotSupportedException($"{source}: prediction_type '{c.prediction_type}' is not supported (epsilon, v_prediction, sample)");
         if (c.thresholding) throw new NotSupportedException($"{source}: dynamic thresholding is not supported");

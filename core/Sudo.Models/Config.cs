@@ -1,105 +1,126 @@
-// Typed configs read from diffusers' / transformers' config.json: unknown fields are ignored, missing
-// fields take the library's defaults (diffusers 0.27.2, transformers 4.38).
+// Typed configs read from diffusers' / transformers' config.json with System.Text.Json: unknown fields are ignored,
+// missing fields take the record initialisers, which are the library's defaults (diffusers 0.27.2, transformers 4.38).
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
 
 namespace Sudo.Models;
 
-/// <summary>Reads config.json fields with the reference library's defaults and clear errors.</summary>
-internal sealed class ConfigReader(JsonObject obj, string source)
+/// <summary>Reads a reference library's config.json into a config record with System.Text.Json: the record
+/// initialisers are the only defaults (a missing field or a JSON null keeps the initialiser's value, as the
+/// libraries' constructors do), unknown fields are ignored, per-block settings may be one value or a list, and
+/// Python's bare NaN / Infinity are read. Errors name the file and the field.</summary>
+public static class ConfigJson
 {
-    public string Source { get; } = source;
+    public static readonly JsonSerializerOptions Options = new()
+    {
+        Converters = { new IntOrListConverter(), new BoolOrListConverter() },
+        NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
+        ReadCommentHandling = JsonCommentHandling.Skip,
+        AllowTrailingCommas = true,
+    };
 
-    public static ConfigReader Load(string path)
+    /// <summary>Python's json writes NaN / Infinity / -Infinity bare (diffusers' lambda_min_clipped): quote
+    /// them so System.Text.Json reads them as named literals.</summary>
+    public static JsonNode? ParsePython(string json) =>
+        JsonNode.Parse(System.Text.RegularExpressions.Regex.Replace(json, @"(?<=[:\[,]\s*)(-?Infinity|NaN)(?=\s*[,\]\}])", "\"$1\""));
+
+    /// <param name="keepNull">fields whose JSON null means something (not "the default"): they are read as null.</param>
+    public static T Read<T>(string path, params string[] keepNull)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"config not found: {path}", path);
+        JsonObject o;
         try
         {
-            var node = JsonNode.Parse(File.ReadAllText(path)) as JsonObject
-                ?? throw new InvalidDataException($"{path}: config.json must be a JSON object");
-            return new ConfigReader(node, path);
+            o = ParsePython(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"{path}: config.json must be a JSON object");
         }
         catch (JsonException e)
         {
             throw new InvalidDataException($"{path}: not valid JSON: {e.Message}", e);
         }
+        return Read<T>(o, path, keepNull);
     }
 
-    public ConfigReader Sub(string key) =>
-        new(obj[key] as JsonObject ?? [], $"{Source}:{key}");
-
-    public bool Has(string key) => obj[key] is not null;
-
-    private InvalidDataException Bad(string key, string expected) =>
-        new($"{Source}: field '{key}' = {obj[key]?.ToJsonString()} is not {expected}");
-
-    public int Int(string key, int dflt)
+    public static T Read<T>(JsonObject o, string source, params string[] keepNull)
     {
-        var n = obj[key];
-        if (n is null) return dflt;
-        try { return n.GetValue<int>(); }
-        catch (Exception e) when (e is InvalidOperationException or FormatException) { throw Bad(key, "an integer"); }
-    }
-
-    public int? IntOrNull(string key)
-    {
-        var n = obj[key];
-        return n is null ? null : Int(key, 0);
-    }
-
-    public double Double(string key, double dflt)
-    {
-        var n = obj[key];
-        if (n is null) return dflt;
-        try { return n.GetValue<double>(); }
-        catch (Exception e) when (e is InvalidOperationException or FormatException) { throw Bad(key, "a number"); }
-    }
-
-    public double? DoubleOrNull(string key) => obj[key] is null ? null : Double(key, 0);
-
-    public bool Bool(string key, bool dflt)
-    {
-        var n = obj[key];
-        if (n is null) return dflt;
-        try { return n.GetValue<bool>(); }
-        catch (Exception e) when (e is InvalidOperationException or FormatException) { throw Bad(key, "true/false"); }
-    }
-
-    public string? Str(string key, string? dflt)
-    {
-        var n = obj[key];
-        if (n is null) return dflt;
-        try { return n.GetValue<string>(); }
-        catch (Exception e) when (e is InvalidOperationException or FormatException) { throw Bad(key, "a string"); }
-    }
-
-    public string[] Strs(string key, string[] dflt)
-    {
-        var n = obj[key];
-        if (n is null) return dflt;
-        if (n is not JsonArray a) throw Bad(key, "a list of strings");
-        return a.Select(x => x?.GetValue<string>() ?? throw Bad(key, "a list of strings")).ToArray();
-    }
-
-    /// <summary>An int or a list of ints (diffusers accepts both for per-block settings); null when absent.</summary>
-    public int[]? IntOrList(string key)
-    {
-        var n = obj[key];
-        if (n is null) return null;
-        if (n is JsonArray a)
+        var clean = (JsonObject)WithoutNulls(o)!;
+        foreach (var k in keepNull)
+            if (o.TryGetPropertyValue(k, out var v) && v is null) clean[k] = null;
+        try
         {
-            try { return a.Select(x => x!.GetValue<int>()).ToArray(); }
-            catch (Exception e) when (e is InvalidOperationException or FormatException or NullReferenceException) { throw Bad(key, "an integer or a list of integers"); }
+            return clean.Deserialize<T>(Options) ?? throw new InvalidDataException($"{source}: empty config");
         }
-        return [Int(key, 0)];
+        catch (JsonException e)
+        {
+            var field = (e.Path ?? "").TrimStart('$').TrimStart('.');
+            var value = field.Length > 0 ? Find(o, field)?.ToJsonString() : null;
+            throw new InvalidDataException($"{source}: field '{field}'{(value is null ? "" : $" = {value}")} is not a valid {typeof(T).Name} setting: {e.Message}", e);
+        }
     }
 
-    public bool[]? BoolOrList(string key)
+    static JsonNode? Find(JsonObject o, string path)
     {
-        var n = obj[key];
-        if (n is null) return null;
-        if (n is JsonArray a) return a.Select(x => x!.GetValue<bool>()).ToArray();
-        return [Bool(key, false)];
+        JsonNode? n = o;
+        foreach (var part in path.Split('.'))
+        {
+            var key = part.Split('[')[0];
+            n = n is JsonObject jo ? jo[key] : null;
+        }
+        return n;
+    }
+
+    static JsonNode? WithoutNulls(JsonNode? n) => n switch
+    {
+        JsonObject o => new JsonObject(o.Where(kv => kv.Value is not null).Select(kv => KeyValuePair.Create(kv.Key, WithoutNulls(kv.Value)))),
+        JsonArray a => new JsonArray(a.Select(x => x?.DeepClone()).ToArray()),
+        _ => n?.DeepClone(),
+    };
+
+    /// <summary>An int or a list of ints (diffusers accepts both for per-block settings).</summary>
+    sealed class IntOrListConverter : JsonConverter<int[]>
+    {
+        public override int[] Read(ref Utf8JsonReader reader, Type type, JsonSerializerOptions options)
+        {
+            if (reader.TokenType == JsonTokenType.Number) return [reader.GetInt32()];
+            if (reader.TokenType != JsonTokenType.StartArray) throw new JsonException("expected an integer or a list of integers");
+            var list = new List<int>();
+            while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+                list.Add(reader.TokenType == JsonTokenType.Number ? reader.GetInt32() : throw new JsonException("expected a list of integers"));
+            return list.ToArray();
+        }
+
+        public override void Write(Utf8JsonWriter writer, int[] value, JsonSerializerOptions options) => JsonSerializer.Serialize(writer, value);
+    }
+
+    sealed class BoolOrListConverter : JsonConverter<bool[]>
+    {
+        public override bool[] Read(ref Utf8JsonReader reader, Type type, JsonSerializerOptions options)
+        {
+            if (reader.TokenType is JsonTokenType.True or JsonTokenType.False) return [reader.GetBoolean()];
+            if (reader.TokenType != JsonTokenType.StartArray) throw new JsonException("expected true/false or a list of them");
+            var list = new List<bool>();
+            while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+                list.Add(reader.TokenType is JsonTokenType.True or JsonTokenType.False ? reader.GetBoolean() : throw new JsonException("expected a list of true/false"));
+            return list.ToArray();
+        }
+
+        public override void Write(Utf8JsonWriter writer, bool[] value, JsonSerializerOptions options) => JsonSerializer.Serialize(writer, value);
+    }
+
+    /// <summary>An int, or a list whose first entry is taken (diffusers' sample_size may be [h, w]).</summary>
+    public sealed class FirstIntConverter : JsonConverter<int>
+    {
+        public override int Read(ref Utf8JsonReader reader, Type type, JsonSerializerOptions options)
+        {
+            if (reader.TokenType == JsonTokenType.Number) return reader.GetInt32();
+            if (reader.TokenType != JsonTokenType.StartArray || !reader.Read() || reader.TokenType != JsonTokenType.Number)
+                throw new JsonException("expected an integer or a list of integers");
+            var first = reader.GetInt32();
+            while (reader.Read() && reader.TokenType != JsonTokenType.EndArray) { }
+            return first;
+        }
+
+        public override void Write(Utf8JsonWriter writer, int value, JsonSerializerOptions options) => writer.WriteNumberValue(value);
     }
 }
 
@@ -118,6 +139,7 @@ internal static class PerBlock
 /// <summary>diffusers.UNet2DConditionModel's constructor arguments (the ones SD1.x, SD2.x and SDXL use).</summary>
 public sealed record UNet2DConditionConfig
 {
+    [JsonConverter(typeof(ConfigJson.FirstIntConverter))]
     public int sample_size { get; init; } = 64;
     public int in_channels { get; init; } = 4;
     public int out_channels { get; init; } = 4;
@@ -160,53 +182,11 @@ public sealed record UNet2DConditionConfig
 
     public int NumBlocks => down_block_types.Length;
 
-    public static UNet2DConditionConfig FromFile(string path) => From(ConfigReader.Load(path));
-
-    internal static UNet2DConditionConfig From(ConfigReader r)
+    public static UNet2DConditionConfig FromFile(string path)
     {
-        var d = new UNet2DConditionConfig();
-        var c = d with
-        {
-            sample_size = r.IntOrList("sample_size")?[0] ?? d.sample_size,
-            in_channels = r.Int("in_channels", d.in_channels),
-            out_channels = r.Int("out_channels", d.out_channels),
-            center_input_sample = r.Bool("center_input_sample", false),
-            flip_sin_to_cos = r.Bool("flip_sin_to_cos", true),
-            freq_shift = r.Int("freq_shift", 0),
-            down_block_types = r.Strs("down_block_types", d.down_block_types),
-            mid_block_type = r.Str("mid_block_type", d.mid_block_type) ?? "",
-            up_block_types = r.Strs("up_block_types", d.up_block_types),
-            only_cross_attention = r.BoolOrList("only_cross_attention") ?? [false],
-            block_out_channels = r.IntOrList("block_out_channels") ?? d.block_out_channels,
-            layers_per_block = r.IntOrList("layers_per_block") ?? d.layers_per_block,
-            downsample_padding = r.Int("downsample_padding", 1),
-            mid_block_scale_factor = r.Double("mid_block_scale_factor", 1),
-            dropout = r.Double("dropout", 0),
-            act_fn = r.Str("act_fn", "silu") ?? "silu",
-            norm_num_groups = r.Int("norm_num_groups", 32),
-            norm_eps = r.Double("norm_eps", 1e-5),
-            cross_attention_dim = r.IntOrList("cross_attention_dim") ?? d.cross_attention_dim,
-            transformer_layers_per_block = r.IntOrList("transformer_layers_per_block") ?? [1],
-            reverse_transformer_layers_per_block = r.IntOrList("reverse_transformer_layers_per_block"),
-            attention_head_dim = r.IntOrList("attention_head_dim") ?? d.attention_head_dim,
-            num_attention_heads = r.IntOrList("num_attention_heads"),
-            use_linear_projection = r.Bool("use_linear_projection", false),
-            upcast_attention = r.Bool("upcast_attention", false),
-            resnet_time_scale_shift = r.Str("resnet_time_scale_shift", "default") ?? "default",
-            addition_embed_type = r.Str("addition_embed_type", null),
-            addition_time_embed_dim = r.IntOrNull("addition_time_embed_dim"),
-            projection_class_embeddings_input_dim = r.IntOrNull("projection_class_embeddings_input_dim"),
-            class_embed_type = r.Str("class_embed_type", null),
-            num_class_embeds = r.IntOrNull("num_class_embeds"),
-            conv_in_kernel = r.Int("conv_in_kernel", 3),
-            conv_out_kernel = r.Int("conv_out_kernel", 3),
-            time_embedding_type = r.Str("time_embedding_type", "positional") ?? "positional",
-            time_embedding_dim = r.IntOrNull("time_embedding_dim"),
-            time_cond_proj_dim = r.IntOrNull("time_cond_proj_dim"),
-            encoder_hid_dim_type = r.Str("encoder_hid_dim_type", null),
-            attention_type = r.Str("attention_type", "default") ?? "default",
-        };
-        c.Validate(r.Source);
+        // mid_block_type null is diffusers' "no mid block", which Validate refuses; other nulls mean the default.
+        var c = ConfigJson.Read<UNet2DConditionConfig>(path, "mid_block_type");
+        c.Validate(path);
         return c;
     }
 
@@ -264,6 +244,7 @@ public sealed record AutoencoderKLConfig
     public string act_fn { get; init; } = "silu";
     public int latent_channels { get; init; } = 4;
     public int norm_num_groups { get; init; } = 32;
+    [JsonConverter(typeof(ConfigJson.FirstIntConverter))]
     public int sample_size { get; init; } = 32;
     public double scaling_factor { get; init; } = 0.18215;
     public double? shift_factor { get; init; }
@@ -272,34 +253,13 @@ public sealed record AutoencoderKLConfig
     public bool use_post_quant_conv { get; init; } = true;
     public bool mid_block_add_attention { get; init; } = true;
 
-    public static AutoencoderKLConfig FromFile(string path) => From(ConfigReader.Load(path));
-
-    internal static AutoencoderKLConfig From(ConfigReader r)
+    public static AutoencoderKLConfig FromFile(string path)
     {
-        var d = new AutoencoderKLConfig();
-        var c = d with
-        {
-            in_channels = r.Int("in_channels", 3),
-            out_channels = r.Int("out_channels", 3),
-            down_block_types = r.Strs("down_block_types", d.down_block_types),
-            up_block_types = r.Strs("up_block_types", d.up_block_types),
-            block_out_channels = r.IntOrList("block_out_channels") ?? d.block_out_channels,
-            layers_per_block = r.Int("layers_per_block", 1),
-            act_fn = r.Str("act_fn", "silu") ?? "silu",
-            latent_channels = r.Int("latent_channels", 4),
-            norm_num_groups = r.Int("norm_num_groups", 32),
-            sample_size = r.IntOrList("sample_size")?[0] ?? 32,
-            scaling_factor = r.Double("scaling_factor", 0.18215),
-            shift_factor = r.DoubleOrNull("shift_factor"),
-            force_upcast = r.Bool("force_upcast", true),
-            use_quant_conv = r.Bool("use_quant_conv", true),
-            use_post_quant_conv = r.Bool("use_post_quant_conv", true),
-            mid_block_add_attention = r.Bool("mid_block_add_attention", true),
-        };
+        var c = ConfigJson.Read<AutoencoderKLConfig>(path);
         if (c.down_block_types.Any(t => t != "DownEncoderBlock2D") || c.up_block_types.Any(t => t != "UpDecoderBlock2D"))
-            throw new NotSupportedException($"{r.Source}: only DownEncoderBlock2D / UpDecoderBlock2D VAEs are supported");
+            throw new NotSupportedException($"{path}: only DownEncoderBlock2D / UpDecoderBlock2D VAEs are supported");
         if (c.block_out_channels.Length != c.down_block_types.Length)
-            throw new InvalidDataException($"{r.Source}: block_out_channels has {c.block_out_channels.Length} entries for {c.down_block_types.Length} blocks");
+            throw new InvalidDataException($"{path}: block_out_channels has {c.block_out_channels.Length} entries for {c.down_block_types.Length} blocks");
         return c;
     }
 
@@ -330,27 +290,7 @@ public sealed record CLIPTextConfig
     public int bos_token_id { get; init; } = 49406;
     public int eos_token_id { get; init; } = 49407;
 
-    public static CLIPTextConfig FromFile(string path) => From(ConfigReader.Load(path));
-
-    internal static CLIPTextConfig From(ConfigReader r)
-    {
-        var d = new CLIPTextConfig();
-        return d with
-        {
-            vocab_size = r.Int("vocab_size", d.vocab_size),
-            hidden_size = r.Int("hidden_size", d.hidden_size),
-            intermediate_size = r.Int("intermediate_size", d.intermediate_size),
-            projection_dim = r.Int("projection_dim", d.projection_dim),
-            num_hidden_layers = r.Int("num_hidden_layers", d.num_hidden_layers),
-            num_attention_heads = r.Int("num_attention_heads", d.num_attention_heads),
-            max_position_embeddings = r.Int("max_position_embeddings", d.max_position_embeddings),
-            hidden_act = r.Str("hidden_act", d.hidden_act) ?? d.hidden_act,
-            layer_norm_eps = r.Double("layer_norm_eps", d.layer_norm_eps),
-            pad_token_id = r.Int("pad_token_id", d.pad_token_id),
-            bos_token_id = r.Int("bos_token_id", d.bos_token_id),
-            eos_token_id = r.Int("eos_token_id", d.eos_token_id),
-        };
-    }
+    public static CLIPTextConfig FromFile(string path) => ConfigJson.Read<CLIPTextConfig>(path);
 
     /// <summary>openai/clip-vit-large-patch14 text tower (SD1.5 text_encoder).</summary>
     public static CLIPTextConfig SD15 => new()
@@ -392,24 +332,6 @@ public sealed record CLIPVisionConfig
     public int patch_size { get; init; } = 32;
     public string hidden_act { get; init; } = "quick_gelu";
     public double layer_norm_eps { get; init; } = 1e-5;
-
-    internal static CLIPVisionConfig From(ConfigReader r)
-    {
-        var d = new CLIPVisionConfig();
-        return d with
-        {
-            hidden_size = r.Int("hidden_size", d.hidden_size),
-            intermediate_size = r.Int("intermediate_size", d.intermediate_size),
-            projection_dim = r.Int("projection_dim", d.projection_dim),
-            num_hidden_layers = r.Int("num_hidden_layers", d.num_hidden_layers),
-            num_attention_heads = r.Int("num_attention_heads", d.num_attention_heads),
-            num_channels = r.Int("num_channels", d.num_channels),
-            image_size = r.Int("image_size", d.image_size),
-            patch_size = r.Int("patch_size", d.patch_size),
-            hidden_act = r.Str("hidden_act", d.hidden_act) ?? d.hidden_act,
-            layer_norm_eps = r.Double("layer_norm_eps", d.layer_norm_eps),
-        };
-    }
 }
 
 /// <summary>transformers.CLIPConfig: text and vision towers plus the shared projection.</summary>
@@ -420,15 +342,7 @@ public sealed record CLIPConfig
     public int projection_dim { get; init; } = 512;
     public double logit_scale_init_value { get; init; } = 2.6592;
 
-    public static CLIPConfig FromFile(string path) => From(ConfigReader.Load(path));
-
-    internal static CLIPConfig From(ConfigReader r) => new()
-    {
-        text_config = CLIPTextConfig.From(r.Sub("text_config")),
-        vision_config = CLIPVisionConfig.From(r.Sub("vision_config")),
-        projection_dim = r.Int("projection_dim", 512),
-        logit_scale_init_value = r.Double("logit_scale_init_value", 2.6592),
-    };
+    public static CLIPConfig FromFile(string path) => ConfigJson.Read<CLIPConfig>(path);
 }
 
 /// <summary>Writes a config record as the reference library's config.json: property names are the JSON

@@ -70,7 +70,7 @@ public static class UpstreamFlags
         new("scale_lr", "False", "False", "lr × accumulation × batch × processes", FlagStatus.Supported),
         new("lr_scheduler", "constant_with_warmup", "constant", "diffusers scheduler name", FlagStatus.Supported, "constant, constant_with_warmup, linear, cosine"),
         new("lr_warmup_steps", "500", "500", "warmup steps", FlagStatus.Supported),
-        new("lr_num_cycles", null, "1", "cosine_with_restarts cycles", FlagStatus.Rejected, "cosine_with_restarts is not implemented; cosine takes Sudo's --lr_num_cycles (0.5 = one half-wave)"),
+        new("lr_num_cycles", null, "1", "cosine_with_restarts cycles", FlagStatus.Rejected, "cosine_with_restarts is not implemented (cosine is one half-wave, as diffusers' get_scheduler gives it)"),
         new("lr_power", null, "1.0", "polynomial scheduler power", FlagStatus.Rejected, "the polynomial scheduler is not implemented"),
         new("use_adafactor", "False", null, "Adafactor; no explicit clipping", FlagStatus.Supported),
         new("use_8bit_adam", null, "False", "8-bit Adam (bitsandbytes)", FlagStatus.Rejected, "no 8-bit optimizer on this backend"),
@@ -233,6 +233,31 @@ public static class Flags
         var clone = (T)typeof(T).GetMethod("<Clone>$")!.Invoke(value0, null)!;
         foreach (var (k, v) in values) props[k].SetValue(clone, v);
         return new Bound<T>(clone, notes, given, extraValues);
+    }
+
+    /// <summary>The command line that binds to <paramref name="value"/>: `--name value` for every field that differs
+    /// from the record's initialiser (booleans as bare flags or `--name false`, lists as several values, null as
+    /// `none`). Flags.Bind(ToArgs(x)) equals x; the study launches recipes with it.</summary>
+    public static List<string> ToArgs<T>(T value) where T : class
+    {
+        var defaults = RunRecord.ConfigNode(Activator.CreateInstance<T>());
+        var args = new List<string>();
+        foreach (var p in typeof(T).GetProperties(BindingFlags.Public | BindingFlags.Instance).Where(p => p.CanWrite))
+        {
+            var v = p.GetValue(value);
+            var node = System.Text.Json.JsonSerializer.SerializeToNode(v, p.PropertyType);
+            if (System.Text.Json.Nodes.JsonNode.DeepEquals(node, defaults[p.Name])) continue;
+            switch (v)
+            {
+                case null: args.AddRange(["--" + p.Name, "none"]); break;
+                case bool b: args.AddRange(b ? ["--" + p.Name] : ["--" + p.Name, "false"]); break;
+                case string[] list: args.Add("--" + p.Name); args.AddRange(list); break;
+                case double d: args.AddRange(["--" + p.Name, d.ToString("R", CultureInfo.InvariantCulture)]); break;
+                case IFormattable f: args.AddRange(["--" + p.Name, f.ToString(null, CultureInfo.InvariantCulture)]); break;
+                default: args.AddRange(["--" + p.Name, v.ToString()!]); break;
+            }
+        }
+        return args;
     }
 
     /// <summary>Flags of a script that trains nothing: each must be one of <paramref name="options"/> (name → default).</summary>

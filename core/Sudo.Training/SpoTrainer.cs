@@ -27,7 +27,7 @@ public sealed class SpoTrainer : IDisposable
     private readonly TransitionLossFn _loss;
     private readonly StableDiffusionPipeline? _ownedPipe;
     private readonly IDisposable? _ownedScorer;
-    private int _promptEpoch, _promptPosition;
+    private int _promptEpoch, _promptPosition, _rounds;
     private int[] _promptOrder = [];
 
     /// <summary>SPO's defaults: LoRA rank 4 (α = r, gaussian init) on to_q/k/v/out, AdamW lr 6e-5 (SD-1.5
@@ -233,6 +233,10 @@ public sealed class SpoTrainer : IDisposable
     /// checkpointed, so a resumed run continues the same sequence.</summary>
     private List<string> NextPrompts(IReadOnlyList<string> prompts, int count)
     {
+        _rounds++;
+        var n = prompts.Count;
+        if (settings.prompt_order == "cycle")
+            return Enumerable.Range(0, count).Select(j => prompts[(((j - _rounds) % n) + n) % n]).ToList();
         var round = new List<string>(count);
         while (round.Count < count)
         {
@@ -279,6 +283,7 @@ public sealed class SpoTrainer : IDisposable
         ["method"] = method.name,
         ["prompt_epoch"] = _promptEpoch,
         ["prompt_position"] = _promptPosition,
+        ["rounds"] = _rounds,
     }, tmp =>
     {
         lora.save(Path.Combine(tmp, "lora"));
@@ -298,6 +303,7 @@ public sealed class SpoTrainer : IDisposable
         global_step = state["global_step"]!.GetValue<int>();
         _promptEpoch = state["prompt_epoch"]?.GetValue<int>() ?? 0;
         _promptPosition = state["prompt_position"]?.GetValue<int>() ?? 0;
+        _rounds = state["rounds"]?.GetValue<int>() ?? 0;
         _promptOrder = [];   // regenerated from the epoch on the next draw
     }
 

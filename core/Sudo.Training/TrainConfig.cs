@@ -49,8 +49,6 @@ public sealed record TrainConfig
     public bool scale_lr { get; init; }
     public string lr_scheduler { get; init; } = "constant_with_warmup";
     public int lr_warmup_steps { get; init; } = 500;
-    /// <summary>cosine: the number of half-waves is 2·lr_num_cycles·½ (diffusers get_cosine_schedule_with_warmup's num_cycles = 0.5).</summary>
-    public double lr_num_cycles { get; init; } = 0.5;
     public int checkpointing_steps { get; init; } = 500;
     /// <summary>Keep at most this many checkpoint-N folders (older ones are deleted after a save); null keeps all.</summary>
     public int? checkpoints_total_limit { get; init; }
@@ -190,6 +188,10 @@ public sealed record SpoTrainConfig
     /// <summary>Also write the UNet with the LoRA merged into every checkpoint and output_dir/unet (a diffusers UNet
     /// folder other tools load directly; large for SD-size models).</summary>
     public bool save_merged_unet { get; init; }
+    /// <summary>How rounds draw their prompts: shuffle (a new seeded permutation per pass over the list, as a shuffling
+    /// data loader) or cycle (round r takes the window of prompts_per_round prompts starting r places back: a fixed,
+    /// overlapping sweep).</summary>
+    public string prompt_order { get; init; } = "shuffle";
     /// <summary>Rounds that keep no pair in a row before the run stops (the scorer does not separate the candidates).</summary>
     public int max_empty_rounds { get; init; } = 20;
     public string device { get; init; } = "cpu";
@@ -199,6 +201,7 @@ public sealed record SpoTrainConfig
         if (string.IsNullOrWhiteSpace(pretrained_model_name_or_path)) throw new ArgumentException("--pretrained_model_name_or_path is required");
         if (train_batch_size < 1 || prompts_per_round < 1 || max_train_steps < 1) throw new ArgumentException("--train_batch_size, --prompts_per_round and --max_train_steps must be ≥ 1");
         if (lora_rank < 1) throw new ArgumentException("SPO trains LoRA adapters: --lora_rank must be ≥ 1 (SPO uses 4)");
+        if (prompt_order is not ("shuffle" or "cycle")) throw new ArgumentException($"--prompt_order {prompt_order}: expected shuffle or cycle");
         if (report_to is not ("tensorboard" or "none" or "all")) throw new ArgumentException($"--report_to {report_to}: use tensorboard or none");
     }
 }

@@ -114,7 +114,7 @@ public sealed class Trainer : IDisposable
         // train.py: max_train_steps, or num_train_epochs × ceil(batches per epoch ÷ accumulation) when it is unset.
         var batchesPerEpoch = data.Pairs.Count / config.train_batch_size;
         total_steps = config.max_train_steps ?? config.num_train_epochs * (int)Math.Ceiling(batchesPerEpoch / (double)config.gradient_accumulation_steps);
-        scheduler = torch.optim.lr_scheduler.get_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, total_steps, config.lr_num_cycles);
+        scheduler = torch.optim.lr_scheduler.get_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, total_steps);
         if (config.ema_decay > 0)
             using (no_grad()) _ema = _trainable.Select(p => { var e = p.detach().clone(); DisposeScope.Current?.Detach(e); return e; }).ToArray();
         NewEpoch(0);

@@ -115,6 +115,30 @@ public class FlagTests
     }
 
     [Test]
+    public void ToArgsRoundTrips()
+    {
+        var c = new TrainConfig
+        {
+            method = "sudo",
+            pretrained_model_name_or_path = "m",
+            dataset_name = "d with space",
+            max_train_steps = null,
+            learning_rate = 2.5e-5,
+            no_hflip = true,
+            scale_lr = false,
+            resolution = 32,
+            validation_prompts = ["a b", "c"],
+            beta_dpo = 1234.5,
+            seed = 7,
+        };
+        var args = Flags.ToArgs(c);
+        Assert.That(args, Does.Contain("--max_train_steps").And.Contain("none").And.Not.Contain("--scale_lr"), "only what differs from the defaults");
+        Assert.That(RunRecord.ConfigNode(Flags.Bind<TrainConfig>(args).value).ToJsonString(), Is.EqualTo(RunRecord.ConfigNode(c).ToJsonString()));
+        var s = new SpoTrainConfig { pretrained_model_name_or_path = "m", spo_threshold = 0.1, save_merged_unet = true, lora_rank = 8 };
+        Assert.That(RunRecord.ConfigNode(Flags.Bind<SpoTrainConfig>(Flags.ToArgs(s)).value).ToJsonString(), Is.EqualTo(RunRecord.ConfigNode(s).ToJsonString()));
+    }
+
+    [Test]
     public void BadFlagsAreRefusedWithAReason()
     {
         var unknown = Assert.Throws<ArgumentException>(() => Flags.Bind<TrainConfig>(["--learning_rte", "1e-5"]))!;

@@ -134,7 +134,7 @@ public class WorldMethodTests
     [
         "--pretrained_model_name_or_path", _base, "--scorer", "world-judge", "--prompts_file", Path.Combine(_dir, "prompts.txt"), "--output_dir", Path.Combine(_dir, "spo"),
         "--max_train_steps", $"{SpoSteps}", "--prompts_per_round", "4", "--num_sample_each_step", "8", "--train_batch_size", "8", "--learning_rate", "4e-4", "--lora_rank", "4",
-        "--spo_threshold", "0.1", "--guidance_scale", "3", "--num_inference_steps", $"{SampleSteps}", "--divert_start_step", "0", "--resolution", "32", "--checkpointing_steps", "0", "--seed", "0",
+        "--spo_threshold", "0.1", "--guidance_scale", "3", "--num_inference_steps", $"{SampleSteps}", "--divert_start_step", "0", "--resolution", "32", "--checkpointing_steps", "0", "--prompt_order", "cycle", "--seed", "0",
     ];
 
     /// <summary>The run folder of a training from <see cref="TrainAll"/>, or its failure.</summary>

@@ -195,14 +195,23 @@ public static partial class WorldStudy
                 var spec = Methods[m];
                 var runDir = Path.Combine(outDir, "runs", $"{m}-seed{seed}");
                 var data = m == "dpo_shuffled" ? Path.Combine(outDir, "pairs_shuffled") : pairsDir;
-                var args = m == "spo" ? SpoArgs(c, baseDir, EnsureScorer(pipe, outDir, pairsDir, c, log), Path.Combine(pairsDir, "prompts.txt"), runDir, seed) : new List<string>
+                // The recipe's flags are the binder's (Flags.ToArgs): every setting that differs from train.py's default.
+                var args = m == "spo" ? SpoArgs(c, baseDir, EnsureScorer(pipe, outDir, pairsDir, c, log), Path.Combine(pairsDir, "prompts.txt"), runDir, seed) : Flags.ToArgs(new TrainConfig
                 {
-                    "--pretrained_model_name_or_path", baseDir, "--dataset_name", data, "--output_dir", runDir,
-                    "--max_train_steps", $"{c.max_train_steps}", "--train_batch_size", $"{c.train_batch_size}",
-                    "--learning_rate", c.learning_rate.ToString("R", CultureInfo.InvariantCulture), "--lr_warmup_steps", $"{c.lr_warmup_steps}",
-                    "--beta_dpo", c.beta_dpo.ToString("R", CultureInfo.InvariantCulture), "--checkpointing_steps", $"{c.checkpointing_steps}",
-                    "--resolution", "32", "--no_hflip", "true", "--proportion_empty_prompts", "0.1", "--seed", $"{seed}",
-                };
+                    pretrained_model_name_or_path = baseDir,
+                    dataset_name = data,
+                    output_dir = runDir,
+                    max_train_steps = c.max_train_steps,
+                    train_batch_size = c.train_batch_size,
+                    learning_rate = c.learning_rate,
+                    lr_warmup_steps = c.lr_warmup_steps,
+                    beta_dpo = c.beta_dpo,
+                    checkpointing_steps = c.checkpointing_steps,
+                    resolution = 32,
+                    no_hflip = true,
+                    proportion_empty_prompts = 0.1,
+                    seed = seed,
+                });
                 args.AddRange(spec.extra_args);
                 var command = $"dotnet fsi {spec.recipe} -- {string.Join(" ", args.Select(a => a.Contains(' ') ? $"\"{a}\"" : a))}";
                 var summaryPath = Path.Combine(runDir, "train_summary.json");
@@ -255,14 +264,24 @@ public static partial class WorldStudy
         return new Report(outDir, baseVal, baseTest, runs, md, baseExtra);
     }
 
-    static List<string> SpoArgs(WorldStudyConfig c, string baseDir, string scorer, string prompts, string runDir, int seed) =>
-    [
-        "--pretrained_model_name_or_path", baseDir, "--scorer", scorer, "--prompts_file", prompts, "--output_dir", runDir,
-        "--max_train_steps", $"{c.spo_max_train_steps}", "--prompts_per_round", $"{c.spo_prompts_per_round}", "--train_batch_size", "4",
-        "--learning_rate", c.spo_learning_rate.ToString("R", CultureInfo.InvariantCulture), "--lora_rank", $"{c.spo_lora_rank}",
-        "--spo_threshold", c.spo_threshold.ToString("R", CultureInfo.InvariantCulture), "--guidance_scale", c.guidance_scale.ToString("R", CultureInfo.InvariantCulture),
-        "--checkpointing_steps", $"{Math.Max(1, c.spo_max_train_steps / 3)}", "--save_merged_unet", "--resolution", "32", "--seed", $"{seed}",
-    ];
+    static List<string> SpoArgs(WorldStudyConfig c, string baseDir, string scorer, string prompts, string runDir, int seed) => Flags.ToArgs(new SpoTrainConfig
+    {
+        pretrained_model_name_or_path = baseDir,
+        scorer = scorer,
+        prompts_file = prompts,
+        output_dir = runDir,
+        max_train_steps = c.spo_max_train_steps,
+        prompts_per_round = c.spo_prompts_per_round,
+        train_batch_size = 4,
+        learning_rate = c.spo_learning_rate,
+        lora_rank = c.spo_lora_rank,
+        spo_threshold = c.spo_threshold,
+        guidance_scale = c.guidance_scale,
+        checkpointing_steps = Math.Max(1, c.spo_max_train_steps / 3),
+        save_merged_unet = true,
+        resolution = 32,
+        seed = seed,
+    });
 
     /// <summary>The learned scorer for SPO, cached in output_dir/scorer: a tiny CLIPModel (world vocabulary) trained with
     /// PickScore's loss on the study's pairs (plus rendered correct-vs-corrupted pairs when scorer_render_pairs &gt; 0),
