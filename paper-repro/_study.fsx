@@ -32,13 +32,13 @@ cached runs and evaluations are reused; this script took %.0f min of wall time h
 regenerates all three papers' tables, see paper-repro/README.md for its measured total).
 
 Toy world: the shipped shapes-world base (`assets/world/base`), %d train prompts → judge-labelled pairs (label noise %.2f,
-ties dropped), every method %d steps × %d pairs (lr %g, β %g; SPO: %d rounds × %d prompts, LoRA r %d) through its recipe,
+ties dropped), every method %d steps × %d pairs (lr %g, β %g; SPO: %d steps × 4 step pairs, %d prompts per round, LoRA r %d) through its recipe,
 **%d training seeds** (%s). Each seed is judged on %d held-out prompts per split × %d sampling seeds (the same prompts and seeds
 for every model). Cells are mean ± 95%% interval over the training seeds (Student t, %d df). Score = the world's judge
 (0.8·attribute checks + 0.2·quality), the toy analogue of the papers' reward models; win rate = share of (prompt, seed) where
 the image beats the other model's image on the judge (ties ½).
 """     script (clock.Elapsed.TotalMinutes) config.pair_prompts config.label_noise config.max_train_steps config.train_batch_size
-        config.learning_rate config.beta_dpo config.spo_rounds config.spo_prompts_per_round config.spo_lora_rank
+        config.learning_rate config.beta_dpo config.spo_max_train_steps config.spo_prompts_per_round config.spo_lora_rank
         config.seeds.Length (String.Join(", ", config.seeds)) config.eval_prompts config.eval_seeds (config.seeds.Length - 1)
 
 /// Whether a win rate's 95% interval lies above, below or across 50%.

@@ -203,8 +203,8 @@ let main argv =
         let trainAt = argv |> Array.tryFindIndex (fun a -> a = "train")
         let argv, trainArgv =
             match trainAt with
-            | Some i when i % 2 = 0 && argv.[.. i - 1] |> Array.chunkBySize 2 |> Array.forall (fun p -> p.[0].StartsWith "--") ->
-                argv.[.. i], argv.[i + 1 ..]
+            | Some i when i % 2 = 0 && Array.take i argv |> Array.chunkBySize 2 |> Array.forall (fun p -> p.[0].StartsWith "--") ->
+                Array.take (i + 1) argv, Array.skip (i + 1) argv
             | _ -> argv, [||]
         let args = parser.ParseCommandLine(argv)
         args.TryGetResult Torch_Threads |> Option.iter Sudo.Torch.torch.set_num_threads

@@ -12,11 +12,13 @@ public static class RunRecord
 {
     public const string FileName = "run_config.json";
 
-    /// <summary>Fields that name where and how a run is written or shown, never what it computes: they may differ on resume.</summary>
+    /// <summary>Fields that say where and how often a run is written, shown or guarded, never what it computes: they may
+    /// differ on resume (validation samples use their own generators, so they leave the training draws alone).</summary>
     public static readonly IReadOnlySet<string> FreeOnResume = new HashSet<string>
     {
         "output_dir", "resume_from_checkpoint", "resume_allow_changes", "log_every", "logging_dir", "report_to",
-        "tracker_project_name", "allow_slow_bf16", "checkpoints_total_limit", "hub_cache_dir",
+        "tracker_project_name", "allow_slow_bf16", "checkpoints_total_limit", "hub_cache_dir", "checkpointing_steps",
+        "validation_prompts", "validation_prompts_file", "validation_steps", "max_nonfinite_steps", "max_empty_rounds",
     };
 
     static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };

@@ -80,8 +80,8 @@ Training cost (4× A100): SPO total 80 GPU-h (SD-1.5: 48 fine-tuning + 32 SPM) v
 # SD-1.5: 4k prompts, 10 epochs in the paper; SPM = the released step-aware model (or one trained with SpmTraining).
 ./sudoml train --method spo --pretrained_model_name_or_path runwayml/stable-diffusion-v1-5 \
     --prompts_file /data/spo_4k_prompts.txt --scorer /models/sd-v1-5_step-aware_preference_model --resolution 512
-# From F#: dotnet fsi recipes/spo.fsx -- --model runwayml/stable-diffusion-v1-5 --scorer /models/spm \
-#     --prompts /data/spo_4k_prompts.txt --rounds 2000 --prompts_per_round 10 --resolution 512
+# From F#, the same flags: dotnet fsi recipes/spo.fsx -- --pretrained_model_name_or_path runwayml/stable-diffusion-v1-5 \
+#     --scorer /models/spm --prompts_file /data/spo_4k_prompts.txt --prompts_per_round 10 --resolution 512
 # SDXL (MSPO, k = 2, threshold 0.4, 3 inner steps): --pretrained_model_name_or_path stabilityai/stable-diffusion-xl-base-1.0
 ```
 """)

@@ -46,8 +46,8 @@ public sealed record WorldStudyConfig
     /// <summary>SPO: rounds of (prompts_per_round prompts sampled with a pool of k per step, then training on the kept pairs);
     /// LoRA rank 4 and lr 6e-5 as SPO's SD-1.5 config (r 8 at 3e-4 collapsed the world base with its 0.60-agreement scorer);
     /// threshold below SPO's 0.3 because the world's scorer separates candidates less sharply than PickScore.</summary>
-    /// <summary>SPO optimizer steps (batches of 4 step pairs; a round of 4 prompts gives up to 4 × steps-per-chain pairs).</summary>
-    public int spo_max_train_steps { get; init; } = 300;
+    /// <summary>SPO optimizer steps (batches of 4 step pairs; a round of 4 prompts gives up to 4 × 16 pairs, so 640 steps ≈ 40 rounds).</summary>
+    public int spo_max_train_steps { get; init; } = 640;
     public int spo_prompts_per_round { get; init; } = 4;
     public double spo_learning_rate { get; init; } = 6e-5;
     public int spo_lora_rank { get; init; } = 4;
@@ -279,6 +279,8 @@ public static partial class WorldStudy
         guidance_scale = c.guidance_scale,
         checkpointing_steps = Math.Max(1, c.spo_max_train_steps / 3),
         save_merged_unet = true,
+        // The sweep the recorded paper-repro SPO rows were made with; see WorldMethodTests for how much the order matters here.
+        prompt_order = "cycle",
         resolution = 32,
         seed = seed,
     });
