@@ -131,8 +131,9 @@ public class WorldMethodTests
     ];
 
     /// <summary>SPO's micro run sweeps the prompts in a fixed overlapping window (--prompt_order cycle): measured
-    /// 2026-11-29 (AMD EPYC, 160 steps ≈ 40 rounds): +0.033, t 5.29. With shuffled passes over the same 8 prompts the
-    /// gain was +0.002 (t 0.23, 200 steps) and −0.017 (t −2.02, 160 steps): on this toy the schedule decides the outcome,
+    /// 2026-11-29 (AMD EPYC, 160 steps ≈ 40 rounds): +0.033, t 5.29. With other prompt orders over the same 8 prompts the
+    /// gain was +0.002 (t 0.23: independent random draws, 200 steps) and −0.017 (t −2.02: shuffled passes, 160 steps):
+    /// on this toy the schedule decides the outcome,
     /// which the closing note of issue 13 records as an open question rather than tuning the check.</summary>
     static string[] SpoArgs() =>
     [
