@@ -16,6 +16,7 @@ let farthestCaption =
     { new OfflinePairSource() with
         member _.name = "farthest_caption"
         member _.uses_dataset_losers = false
+        member _.Validate(batchSize) = if batchSize < 2 then invalidArg "train_batch_size" "farthest_caption pairs captions within a micro-batch: --train_batch_size must be ≥ 2"
         member _.Plan(batch, generator) =
             use order = torch.randperm(int64 batch.Count, generator)          // random tie-break, drawn from the checkpointed generator
             let rank = order.ToArray<int64>()
@@ -32,6 +33,5 @@ let dpoPlusMse =
         LossOutput(scope.MoveToOuter(dpo.loss + mse * lambda), diagnostics))
 
 let method = Method("sudo_far_caption", farthestCaption, dpoPlusMse, ReferencePolicy.FrozenCopy, loss_description = sprintf "DPO (β %g) + %g·MSE" config.beta_dpo lambda)
-if config.train_batch_size < 2 then failwith "sudo_far_caption pairs captions within a micro-batch: --train_batch_size must be ≥ 2"
 let trainer = new Trainer(config, method)
 trainer.Train()

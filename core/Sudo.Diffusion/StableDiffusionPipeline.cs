@@ -112,15 +112,21 @@ public sealed class StableDiffusionPipeline : IDisposable
         var comps = PipelineComponents.from_pretrained(path, variant, dtype, device, cache_dir);
         try
         {
-            var cfg = comps.scheduler_config is { } p ? SchedulerConfig.FromFile(p) : SchedulerConfig.SD15;
-            var s = scheduler is null ? Scheduler.FromConfig(cfg) : Scheduler.ByName(scheduler, cfg);
-            return new StableDiffusionPipeline(comps, s);
+            return FromComponents(comps, scheduler);
         }
         catch
         {
             comps.Dispose();
             throw;
         }
+    }
+
+    /// <summary>A pipeline over loaded components (it takes ownership of them) with the folder's scheduler, or
+    /// ddim/ddpm/euler/dpmpp2m built from the folder's scheduler config.</summary>
+    public static StableDiffusionPipeline FromComponents(PipelineComponents comps, string? scheduler = null)
+    {
+        var cfg = comps.scheduler_config is { } p ? SchedulerConfig.FromFile(p) : SchedulerConfig.SD15;
+        return new StableDiffusionPipeline(comps, scheduler is null ? Scheduler.FromConfig(cfg) : Scheduler.ByName(scheduler, cfg));
     }
 
     /// <summary>Replaces the scheduler (the old one is disposed).</summary>

@@ -70,7 +70,7 @@ public sealed class Trainer : IDisposable
         var comps = PipelineComponents.from_pretrained(modelFolder, config.variant, ScalarType.Float32, device);
         if (config.pretrained_vae_model_name_or_path is { } vaePath)
             comps = comps.WithVae(AutoencoderKL.from_pretrained(Hub.Resolve(vaePath, config.hub_cache_dir), config.variant, ScalarType.Float32, device));
-        pipe = new StableDiffusionPipeline(comps, Scheduler.ByName("ddpm", comps.scheduler_config is { } sc ? SchedulerConfig.FromFile(sc) : SchedulerConfig.SD15));
+        pipe = StableDiffusionPipeline.FromComponents(comps, "ddpm");
         if (config.unet_init is { } init)
         {
             using var scope = NewDisposeScope();

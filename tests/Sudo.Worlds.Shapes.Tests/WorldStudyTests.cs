@@ -13,12 +13,12 @@ public class WorldStudyTests
     [Test]
     public void IntervalsAndWinRatesMatchHandComputedValues()
     {
-        var (m, h) = WorldStudy.MeanCi([1.0, 2.0, 3.0]);
+        var (m, h) = Statistics.MeanCi([1.0, 2.0, 3.0]);
         Assert.That(m, Is.EqualTo(2.0).Within(1e-12));
         // For 2 degrees of freedom the quantile has a closed form: t_p = (2p − 1) / √(2p(1 − p)) = 4.30265 at p = 0.975.
         var t2 = (2 * 0.975 - 1) / Math.Sqrt(2 * 0.975 * 0.025);
         Assert.That(h, Is.EqualTo(t2 * 1.0 / Math.Sqrt(3)).Within(1e-9), "t(0.975, 2) · sd / √n with sd = 1");
-        Assert.That(double.IsNaN(WorldStudy.MeanCi([0.7]).half), Is.True, "no interval from one seed");
+        Assert.That(double.IsNaN(Statistics.MeanCi([0.7]).half), Is.True, "no interval from one seed");
         // t(0.975) from MathNet, against printed tables (3 decimals) and the normal limit.
         Assert.That(Statistics.StudentT975(1), Is.EqualTo(12.706).Within(5e-4));
         Assert.That(Statistics.StudentT975(15), Is.EqualTo(2.131).Within(5e-4));

@@ -29,9 +29,6 @@ public static partial class WorldStudy
         method.Count == baseline.Count ? Wins(method, baseline).Average()
         : throw new ArgumentException($"win rate needs matched samples, got {method.Count} vs {baseline.Count}");
 
-    /// <summary>Mean and 95% half-width over training seeds (<see cref="Statistics.MeanCi"/>).</summary>
-    public static (double mean, double half) MeanCi(IReadOnlyList<double> v) => Statistics.MeanCi(v);
-
     // ---------- table helpers (paper-repro) ----------
 
     static List<Judge.Result> Split(RunResult r, string split) => split switch
@@ -78,7 +75,7 @@ public static partial class WorldStudy
         var ra = RunsOf(rep, a);
         var rb = RunsOf(rep, b).ToDictionary(r => r.seed);
         var pairs = ra.Where(r => rb.ContainsKey(r.seed)).ToList();
-        if (pairs.Count >= 2) return MeanCi(pairs.Select(r => Wins(Split(r, split), Split(rb[r.seed], split)).Average()).ToList());
+        if (pairs.Count >= 2) return Statistics.MeanCi(pairs.Select(r => Wins(Split(r, split), Split(rb[r.seed], split)).Average()).ToList());
         return Metric(pairs, r => Wins(Split(r, split), Split(rb[r.seed], split)));
     }
 
@@ -101,7 +98,7 @@ public static partial class WorldStudy
     /// <summary>Per-metric values of one method, one entry per training seed (or per sample when there is one seed).</summary>
     static (double mean, double half) Metric(List<RunResult> runs, Func<RunResult, IReadOnlyList<double>> perSample)
     {
-        if (runs.Count >= 2) return MeanCi(runs.Select(r => perSample(r).Average()).ToList());
+        if (runs.Count >= 2) return Statistics.MeanCi(runs.Select(r => perSample(r).Average()).ToList());
         var v = perSample(runs[0]);
         var mean = v.Average();
         var sd = Math.Sqrt(v.Sum(x => (x - mean) * (x - mean)) / Math.Max(1, v.Count - 1));
