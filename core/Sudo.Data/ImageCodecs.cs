@@ -134,6 +134,13 @@ public static unsafe partial class ImageCodecs
 
     private const int TJPF_RGB = 0, TJSAMP_444 = 0, TJFLAG_ACCURATEDCT = 4096;
 
+    [LibraryImport(TurboJpeg)] private static partial int tjGetErrorCode(IntPtr h);
+
+    private const int TJPF_CMYK = 11, TJCS_CMYK = 3, TJCS_YCCK = 4, TJERR_WARNING = 0;
+
+    /// <summary>Decodes a JPEG to RGB as Pillow's Image.open(...).convert("RGB") does: greyscale expanded, CMYK/YCCK
+    /// converted with Pillow's cmyk2rgb (Adobe files hold inverted CMYK), EXIF orientation not applied, libjpeg
+    /// warnings tolerated except a premature end of data (Pillow: "image file is truncated").</summary>
     public static RgbImage DecodeJpeg(byte[] data, string what = "JPEG data")
     {
         if (!IsJpeg(data)) throw new InvalidDataException($"{what}: not a JPEG (bad signature)");
@@ -148,17 +155,57 @@ public static unsafe partial class ImageCodecs
                     throw new InvalidDataException($"{what}: corrupt JPEG header ({Marshal.PtrToStringUTF8(tjGetErrorStr2(h))})");
                 if (w <= 0 || hh <= 0 || (long)w * hh > MaxPixels)
                     throw new InvalidDataException($"{what}: JPEG size {w}×{hh} is invalid or exceeds {MaxPixels} pixels");
-                var outp = new byte[(long)w * hh * 3];
+                var cmyk = cs is TJCS_CMYK or TJCS_YCCK;
+                var channels = cmyk ? 4 : 3;
+                var outp = new byte[(long)w * hh * channels];
                 fixed (byte* o = outp)
-                    if (tjDecompress2(h, p, (nuint)data.Length, o, w, w * 3, hh, TJPF_RGB, TJFLAG_ACCURATEDCT) != 0)
-                        throw new InvalidDataException($"{what}: corrupt or truncated JPEG ({Marshal.PtrToStringUTF8(tjGetErrorStr2(h))})");
-                return new RgbImage(w, hh, outp);
+                    if (tjDecompress2(h, p, (nuint)data.Length, o, w, w * channels, hh, cmyk ? TJPF_CMYK : TJPF_RGB, TJFLAG_ACCURATEDCT) != 0)
+                    {
+                        var msg = Marshal.PtrToStringUTF8(tjGetErrorStr2(h)) ?? "";
+                        if (tjGetErrorCode(h) != TJERR_WARNING || msg.Contains("Premature end", StringComparison.OrdinalIgnoreCase))
+                            throw new InvalidDataException($"{what}: corrupt or truncated JPEG ({msg})");
+                    }
+                return new RgbImage(w, hh, cmyk ? CmykToRgb(outp, HasAdobeMarker(data)) : outp);
             }
         }
         finally
         {
             tjDestroy(h);
         }
+    }
+
+    /// <summary>Whether the JPEG has an Adobe APP14 segment before its first scan (then CMYK is stored inverted).</summary>
+    private static bool HasAdobeMarker(byte[] d)
+    {
+        var i = 2;
+        while (i + 4 <= d.Length && d[i] == 0xFF)
+        {
+            var marker = d[i + 1];
+            if (marker == 0xDA) break;   // start of scan
+            var len = (d[i + 2] << 8) | d[i + 3];
+            if (marker == 0xEE && len >= 7 && i + 9 <= d.Length && d.AsSpan(i + 4, 5).SequenceEqual("Adobe"u8)) return true;
+            i += 2 + len;
+        }
+        return false;
+    }
+
+    /// <summary>Pillow's cmyk2rgb (libImaging/Convert.c): nk = 255 − k; c' = nk − c·nk/255 (MULDIV255, rounded).</summary>
+    private static byte[] CmykToRgb(byte[] cmyk, bool inverted)
+    {
+        var n = cmyk.Length / 4;
+        var rgb = new byte[n * 3];
+        for (var i = 0; i < n; i++)
+        {
+            int Ch(int k) => inverted ? 255 - cmyk[4 * i + k] : cmyk[4 * i + k];
+            var nk = 255 - Ch(3);
+            for (var c = 0; c < 3; c++)
+            {
+                var tmp = Ch(c) * nk + 128;
+                var v = nk - (((tmp >> 8) + tmp) >> 8);
+                rgb[3 * i + c] = (byte)Math.Clamp(v, 0, 255);
+            }
+        }
+        return rgb;
     }
 
     public static byte[] EncodeJpeg(RgbImage img, int quality = 95)

@@ -11,17 +11,41 @@ namespace Sudo.Data;
 
 public sealed record PreferencePair(string caption, string winner, string loser);
 
-public sealed class PairDataset
+public sealed class PairDataset : PreferenceData
 {
     public string Folder { get; }
     public IReadOnlyList<PreferencePair> Pairs { get; }
     public int DroppedTies { get; }
 
-    private PairDataset(string folder, List<PreferencePair> pairs, int ties)
+    private PairDataset(string folder, List<PreferencePair> pairs, int ties, DataCounts? counts = null)
     {
         Folder = folder;
         Pairs = pairs;
         DroppedTies = ties;
+        _counts = counts ?? new DataCounts { rows = pairs.Count + ties };
+        if (counts is null && ties > 0) _counts.Drop("ties (label_0 0.5)", ties);
+        _counts.kept = pairs.Count;
+    }
+
+    private readonly DataCounts _counts;
+    /// <summary>Records per block (each image is its own file: a block only batches file reads).</summary>
+    public const int RecordsPerBlock = 16;
+    public override string Source => $"pair folder {Folder}";
+    public override int Count => Pairs.Count;
+    public override int BlockCount => (Pairs.Count + RecordsPerBlock - 1) / RecordsPerBlock;
+    public override int BlockStart(int block) => block * RecordsPerBlock;
+    public override int BlockLength(int block) => Math.Min(RecordsPerBlock, Pairs.Count - block * RecordsPerBlock);
+    public override DataCounts Counts => _counts;
+
+    public override PairRecord[] ReadBlock(int block)
+    {
+        var start = BlockStart(block);
+        return Enumerable.Range(start, BlockLength(block)).Select(i =>
+        {
+            var p = Pairs[i];
+            EncodedImage Image(string f) => new(File.ReadAllBytes(Path.Combine(Folder, f)), Path.Combine(Folder, f), f);
+            return new PairRecord(i, i, p.caption, Image(p.winner), Image(p.loser), $"{Folder}, pair {i}");
+        }).ToArray();
     }
 
     /// <param name="captionColumn">the field holding the caption (train.py's --caption_column, default caption).</param>
@@ -97,15 +121,18 @@ public sealed class PairDataset
         return new PairDataset(Folder, pairs, DroppedTies + ties);
     }
 
-    /// <summary>The first <paramref name="n"/> records after a shuffle seeded with <paramref name="seed"/> (train.py's
-    /// --max_train_samples: dataset.shuffle(seed).select(range(n))); the whole set when n ≥ its size.</summary>
+    /// <summary>The <paramref name="n"/> records upstream's --max_train_samples keeps (dataset.shuffle(seed).select(range(n)),
+    /// numpy's permutation), in dataset order; n larger than the dataset is an error, as upstream.</summary>
     public PairDataset Truncated(int n, long seed)
     {
-        if (n >= Pairs.Count) return this;
-        using var g = new Generator(seed);
-        using var perm = randperm(Pairs.Count, g);
-        var keep = perm.ToArray<long>().Take(n).Select(i => Pairs[(int)i]).ToList();
-        return new PairDataset(Folder, keep, DroppedTies);
+        if (n > Pairs.Count) throw new ArgumentException($"--max_train_samples {n} exceeds the {Pairs.Count} pairs of {Folder}; upstream's select(range(N)) raises IndexError here");
+        // numpy's default_rng(seed).permutation, as datasets' shuffle(seed) (kept in dataset order).
+        var chosen = new HashSet<long>(NumpyRandom.Permutation(seed, Pairs.Count).Take(n));
+        var keep = Pairs.Where((_, i) => chosen.Contains(i)).ToList();
+        var counts = new DataCounts { rows = _counts.rows };
+        foreach (var (k, v) in _counts.dropped) counts.Drop(k, v);
+        counts.Drop("not selected (--max_train_samples)", Pairs.Count - n);
+        return new PairDataset(Folder, keep, DroppedTies, counts);
     }
 
     private static List<string> SplitCsv(string line)

@@ -1,0 +1,291 @@
+// Columnar shards read block by block: parquet files through ParquetSharp (Apache Arrow C++'s parquet reader, the
+// code pyarrow runs) with one block per row group, and Arrow IPC stream files (the `datasets` cache and
+// save_to_disk format, written by pa.RecordBatchStreamWriter) through Apache.Arrow over a memory map, one block per
+// record batch. Only the requested columns of one block are materialised, so memory is bounded by the block size,
+// not by the file or the dataset.
+using System.Buffers;
+using System.IO.MemoryMappedFiles;
+using Apache.Arrow;
+using Apache.Arrow.Ipc;
+using Apache.Arrow.Types;
+using ParquetSharp;
+
+namespace Sudo.Data;
+
+/// <summary>The column types a preference table uses, as `datasets` features name them.</summary>
+public enum ColumnKind { Float64, Int64, String, Binary, Other }
+
+/// <summary>One shard (a file) of a split: blocks of rows, read one block and a few columns at a time.
+/// Instances are safe to use from several threads.</summary>
+public abstract class TableShard : IDisposable
+{
+    /// <summary>The path as resolved (a Hub snapshot path, not its blob), shown in messages.</summary>
+    public string Path { get; }
+    /// <summary>The file name as it is shown in messages (what a user finds on disk).</summary>
+    public string Name => System.IO.Path.GetFileName(Path);
+    /// <summary>The file actually read (a link stub followed to its blob).</summary>
+    protected string DataPath { get; }
+    protected TableShard(string path)
+    {
+        Path = path;
+        DataPath = DatasetResolver.FollowLinkStub(path);
+    }
+
+    public abstract int BlockCount { get; }
+    public abstract long BlockRows(int block);
+    public long Rows => Enumerable.Range(0, BlockCount).Sum(BlockRows);
+    /// <summary>Column names with their kind and the type as the file states it (for messages).</summary>
+    public abstract IReadOnlyDictionary<string, (ColumnKind kind, string type)> Columns { get; }
+
+    public abstract double?[] ReadFloat64(int block, string column);
+    public abstract long?[] ReadInt64(int block, string column);
+    public abstract string?[] ReadString(int block, string column);
+    public abstract byte[]?[] ReadBinary(int block, string column);
+    /// <summary>The bytes the block's listed columns take in memory once read (an estimate from the file metadata).</summary>
+    public abstract long BlockBytes(int block, IEnumerable<string> columns);
+
+    public virtual void Dispose() { }
+
+    public static TableShard Open(string path) =>
+        path.EndsWith(".arrow", StringComparison.OrdinalIgnoreCase) ? new ArrowStreamShard(path) : new ParquetShard(path);
+
+    protected InvalidDataException WrongType(string column, string found, ColumnKind expected) =>
+        new($"{Name}: column '{column}' has type {found}, expected {KindName(expected)} (file {Path})");
+
+    public static string KindName(ColumnKind k) => k switch
+    {
+        ColumnKind.Float64 => "float64 (parquet DOUBLE)",
+        ColumnKind.Int64 => "int64 (parquet INT64)",
+        ColumnKind.String => "string (parquet BYTE_ARRAY UTF8)",
+        ColumnKind.Binary => "binary (parquet BYTE_ARRAY)",
+        _ => "another type",
+    };
+
+    protected void Require(string column, ColumnKind kind)
+    {
+        if (!Columns.TryGetValue(column, out var c))
+            throw new InvalidDataException($"{Name}: no column '{column}' (columns: {string.Join(", ", Columns.Keys)}; file {Path})");
+        if (c.kind != kind) throw WrongType(column, c.type, kind);
+    }
+}
+
+/// <summary>A parquet file; blocks are row groups. The footer is read once; each block read opens its own reader
+/// (arrow's ReadableFile uses positional reads), so worker threads never share parser state.</summary>
+public sealed class ParquetShard : TableShard
+{
+    private readonly long[] _rows;
+    private readonly long[][] _columnBytes;
+    private readonly Dictionary<string, (ColumnKind, string)> _columns = new();
+    private readonly Dictionary<string, int> _index = new();
+
+    public ParquetShard(string path) : base(path)
+    {
+        try
+        {
+            using var f = new ParquetFileReader(DataPath);
+            var md = f.FileMetaData;
+            var schema = md.Schema;
+            for (var i = 0; i < schema.NumColumns; i++)
+            {
+                var c = schema.Column(i);
+                var name = c.Path.ToDotString();
+                _index[name] = i;
+                var logical = c.LogicalType;
+                var kind = (c.PhysicalType, logical) switch
+                {
+                    (PhysicalType.Double, _) => ColumnKind.Float64,
+                    (PhysicalType.Int64, NoneLogicalType or IntLogicalType { BitWidth: 64 }) => ColumnKind.Int64,
+                    (PhysicalType.ByteArray, StringLogicalType) => ColumnKind.String,
+                    (PhysicalType.ByteArray, NoneLogicalType) => ColumnKind.Binary,
+                    _ => ColumnKind.Other,
+                };
+                var type = logical is NoneLogicalType ? c.PhysicalType.ToString().ToUpperInvariant() : $"{c.PhysicalType.ToString().ToUpperInvariant()} {logical}";
+                if (c.PhysicalType == PhysicalType.ByteArray && logical is StringLogicalType) type = "string (BYTE_ARRAY UTF8)";
+                _columns[name] = (kind, type);
+            }
+            _rows = new long[md.NumRowGroups];
+            _columnBytes = new long[md.NumRowGroups][];
+            for (var g = 0; g < md.NumRowGroups; g++)
+            {
+                using var rg = f.RowGroup(g);
+                _rows[g] = rg.MetaData.NumRows;
+                _columnBytes[g] = new long[schema.NumColumns];
+                for (var i = 0; i < schema.NumColumns; i++)
+                    using (var cm = rg.MetaData.GetColumnChunkMetaData(i)) _columnBytes[g][i] = cm.TotalUncompressedSize;
+            }
+        }
+        catch (ParquetException e)
+        {
+            throw new InvalidDataException($"{Name}: not a valid parquet file (truncated or corrupt; a complete file ends with the magic bytes 'PAR1' after its footer): {FirstLine(e.Message)} (file {path})", e);
+        }
+    }
+
+    internal static string FirstLine(string s) => s.Split('\n')[0].Trim();
+
+    public override int BlockCount => _rows.Length;
+    public override long BlockRows(int block) => _rows[block];
+    public override IReadOnlyDictionary<string, (ColumnKind kind, string type)> Columns => _columns;
+
+    public override long BlockBytes(int block, IEnumerable<string> columns) =>
+        columns.Where(_index.ContainsKey).Sum(c => _columnBytes[block][_index[c]]);
+
+    private T[] Read<T>(int block, string column, ColumnKind kind)
+    {
+        Require(column, kind);
+        try
+        {
+            using var f = new ParquetFileReader(DataPath);
+            using var rg = f.RowGroup(block);
+            using var col = rg.Column(_index[column]);
+            using var reader = col.LogicalReader<T>();
+            return reader.ReadAll(checked((int)_rows[block]));
+        }
+        catch (ParquetException e)
+        {
+            throw new InvalidDataException($"{Name}: cannot read column '{column}' of row group {block}: {FirstLine(e.Message)} (file {Path})", e);
+        }
+    }
+
+    public override double?[] ReadFloat64(int block, string column) => Read<double?>(block, column, ColumnKind.Float64);
+    public override long?[] ReadInt64(int block, string column) => Read<long?>(block, column, ColumnKind.Int64);
+    public override string?[] ReadString(int block, string column) => Read<string?>(block, column, ColumnKind.String);
+    public override byte[]?[] ReadBinary(int block, string column) => Read<byte[]?>(block, column, ColumnKind.Binary);
+}
+
+/// <summary>An Arrow IPC stream file, memory-mapped: record batches are blocks and are read zero-copy (a block's
+/// columns are copied out only when asked for). Files of 2 GiB and more are read through a file stream.</summary>
+public sealed class ArrowStreamShard : TableShard
+{
+    private readonly MemoryMappedFile? _map;
+    private readonly MemoryMappedViewAccessor? _view;
+    private readonly MappedMemory? _memory;
+    private readonly long[] _rows;
+    private readonly long[][] _bytes;
+    private readonly Dictionary<string, (ColumnKind, string)> _columns = new();
+    private readonly Dictionary<string, int> _index = new();
+
+    public unsafe ArrowStreamShard(string path) : base(path)
+    {
+        var length = new FileInfo(DataPath).Length;
+        if (length == 0) throw new InvalidDataException($"{Name}: empty file, not an Arrow IPC stream (file {path})");
+        if (length < int.MaxValue)
+        {
+            _map = MemoryMappedFile.CreateFromFile(DataPath, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            _view = _map.CreateViewAccessor(0, length, MemoryMappedFileAccess.Read);
+            byte* p = null;
+            _view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
+            _memory = new MappedMemory(p + _view.PointerOffset, (int)length);
+        }
+        var rows = new List<long>();
+        var bytes = new List<long[]>();
+        try
+        {
+            using var r = NewReader(out var stream);
+            using (stream)
+            {
+                var schema = r.Schema;
+                for (var i = 0; i < schema.FieldsList.Count; i++)
+                {
+                    var field = schema.FieldsList[i];
+                    _index[field.Name] = i;
+                    var kind = field.DataType.TypeId switch
+                    {
+                        ArrowTypeId.Double => ColumnKind.Float64,
+                        ArrowTypeId.Int64 => ColumnKind.Int64,
+                        ArrowTypeId.String or ArrowTypeId.LargeString => ColumnKind.String,
+                        ArrowTypeId.Binary or ArrowTypeId.LargeBinary => ColumnKind.Binary,
+                        _ => ColumnKind.Other,
+                    };
+                    _columns[field.Name] = (kind, field.DataType.Name);
+                }
+                while (r.ReadNextRecordBatch() is { } batch)
+                    using (batch)
+                    {
+                        rows.Add(batch.Length);
+                        bytes.Add(Enumerable.Range(0, batch.ColumnCount).Select(c => ArrayBytes(batch.Column(c))).ToArray());
+                    }
+            }
+        }
+        catch (Exception e) when (e is not InvalidDataException)
+        {
+            Dispose();
+            throw new InvalidDataException($"{Name}: not a valid Arrow IPC stream (truncated or corrupt): {ParquetShard.FirstLine(e.Message)} (file {path})", e);
+        }
+        _rows = rows.ToArray();
+        _bytes = bytes.ToArray();
+    }
+
+    private static long ArrayBytes(IArrowArray a) => a.Data.Buffers.Sum(b => (long)b.Length);
+
+    private ArrowStreamReader NewReader(out Stream? stream)
+    {
+        if (_memory != null)
+        {
+            stream = null;
+            return new ArrowStreamReader(_memory.Memory);
+        }
+        stream = new FileStream(DataPath, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+        return new ArrowStreamReader(stream, leaveOpen: true);
+    }
+
+    public override int BlockCount => _rows.Length;
+    public override long BlockRows(int block) => _rows[block];
+    public override IReadOnlyDictionary<string, (ColumnKind kind, string type)> Columns => _columns;
+    public override long BlockBytes(int block, IEnumerable<string> columns) => columns.Where(_index.ContainsKey).Sum(c => _bytes[block][_index[c]]);
+
+    private T[] Read<T>(int block, string column, ColumnKind kind, Func<IArrowArray, int, T> get)
+    {
+        Require(column, kind);
+        try
+        {
+            using var r = NewReader(out var stream);
+            using (stream)
+            {
+                for (var b = 0; b < block; b++) r.ReadNextRecordBatch()?.Dispose();
+                using var batch = r.ReadNextRecordBatch() ?? throw new InvalidDataException($"{Name}: record batch {block} is missing");
+                var a = batch.Column(_index[column]);
+                var result = new T[a.Length];
+                for (var i = 0; i < a.Length; i++) result[i] = get(a, i);
+                return result;
+            }
+        }
+        catch (Exception e) when (e is not InvalidDataException)
+        {
+            throw new InvalidDataException($"{Name}: cannot read column '{column}' of record batch {block}: {ParquetShard.FirstLine(e.Message)} (file {Path})", e);
+        }
+    }
+
+    public override double?[] ReadFloat64(int block, string column) => Read(block, column, ColumnKind.Float64, (a, i) => ((DoubleArray)a).GetValue(i));
+    public override long?[] ReadInt64(int block, string column) => Read(block, column, ColumnKind.Int64, (a, i) => ((Int64Array)a).GetValue(i));
+    public override string?[] ReadString(int block, string column) => Read(block, column, ColumnKind.String, (a, i) => a switch
+    {
+        StringArray s => s.IsNull(i) ? null : s.GetString(i),
+        LargeStringArray s => s.IsNull(i) ? null : s.GetString(i),
+        _ => throw new InvalidDataException($"{Name}: column '{column}' is not a string array"),
+    });
+    public override byte[]?[] ReadBinary(int block, string column) => Read(block, column, ColumnKind.Binary, (a, i) => a switch
+    {
+        BinaryArray s => s.IsNull(i) ? null : s.GetBytes(i).ToArray(),
+        LargeBinaryArray s => s.IsNull(i) ? null : s.GetBytes(i).ToArray(),
+        _ => throw new InvalidDataException($"{Name}: column '{column}' is not a binary array"),
+    });
+
+    public override void Dispose()
+    {
+        if (_view != null)
+        {
+            _view.SafeMemoryMappedViewHandle.ReleasePointer();
+            _view.Dispose();
+        }
+        _map?.Dispose();
+    }
+
+    /// <summary>A read-only window over mapped memory, so that Arrow reads record batches without copying.</summary>
+    private sealed unsafe class MappedMemory(byte* pointer, int length) : MemoryManager<byte>
+    {
+        public override Span<byte> GetSpan() => new(pointer, length);
+        public override MemoryHandle Pin(int elementIndex = 0) => new(pointer + elementIndex);
+        public override void Unpin() { }
+        protected override void Dispose(bool disposing) { }
+    }
+}
