@@ -22,10 +22,19 @@ public sealed record TrainConfig
     public string? pretrained_vae_model_name_or_path { get; init; }
     /// <summary>Start the policy and the reference from this UNet folder instead of the pipeline's.</summary>
     public string? unet_init { get; init; }
-    /// <summary>A local pair folder (pairs.jsonl / pairs.csv and the images). Sudo never downloads.</summary>
+    /// <summary>A hub id (yuvalkirstain/pickapic_v2: read from the datasets cache or the Hub cache), a save_to_disk
+    /// folder, a folder of parquet files, or a local pair folder (pairs.jsonl / pairs.csv). Sudo never downloads.</summary>
     public string? dataset_name { get; init; }
-    /// <summary>A local pair folder, used when dataset_name is not given (train.py's imagefolder alternative).</summary>
+    /// <summary>The datasets config folder (default "default").</summary>
+    public string? dataset_config_name { get; init; }
+    /// <summary>A local dataset folder, used when dataset_name is not given.</summary>
     public string? train_data_dir { get; init; }
+    /// <summary>Keep only pairs whose two images both come from a Dreamlike model ('dream' in model_0 and model_1).</summary>
+    public bool dreamlike_pairs_only { get; init; }
+    /// <summary>Sudo: skip (and count) pairs whose image is null or does not decode, instead of stopping.</summary>
+    public bool skip_bad_rows { get; init; }
+    /// <summary>Background threads decoding and transforming images (0: on the training thread).</summary>
+    public int dataloader_num_workers { get; init; }
     /// <summary>The datasets cache (train.py's meaning). Model ids are looked up in hub_cache_dir.</summary>
     public string? cache_dir { get; init; }
     /// <summary>Sudo: the model hub cache for org/name ids (default $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub).</summary>
@@ -108,7 +117,7 @@ public sealed record TrainConfig
     /// <summary>The pair folder: dataset_name, else train_data_dir.</summary>
     [JsonIgnore]
     public string DatasetFolder => dataset_name ?? train_data_dir
-        ?? throw new ArgumentException("--dataset_name <local pair folder> (or --train_data_dir) is required: a folder with pairs.jsonl (caption, winner, loser — or image_0, image_1, label_0) and the images");
+        ?? throw new ArgumentException("--dataset_name is required: a hub id in the local caches (yuvalkirstain/pickapic_v2 with --cache_dir), a save_to_disk or parquet folder, or a pair folder with pairs.jsonl");
 
     /// <summary>mixed_precision with its default resolved for the device.</summary>
     [JsonIgnore]
@@ -138,6 +147,7 @@ public sealed record TrainConfig
         if (report_to is not ("tensorboard" or "none" or "all"))
             throw new ArgumentException($"--report_to {report_to}: Sudo writes tensorboard (and always metrics.jsonl / metrics.csv); wandb and comet_ml need a network service: use tensorboard or none");
         if (max_train_samples is < 1) throw new ArgumentException("--max_train_samples must be ≥ 1");
+        if (dataloader_num_workers < 0) throw new ArgumentException("--dataloader_num_workers must be ≥ 0");
         if (checkpoints_total_limit is < 1) throw new ArgumentException("--checkpoints_total_limit must be ≥ 1");
     }
 }

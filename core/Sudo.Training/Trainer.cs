@@ -23,7 +23,12 @@ public sealed class Trainer : IDisposable
     public UNet2DConditionModel unet => pipe.unet;
     public UNet2DConditionModel? reference { get; private set; }
     public Lora? lora { get; private set; }
-    public PairDataset data { get; }
+    /// <summary>The training pairs: a pair folder or a parquet/Arrow dataset (see PreferenceData.Open).</summary>
+    public PreferenceData data { get; }
+    /// <summary>Epoch order, decoding and transforms (position and epoch are checkpointed).</summary>
+    public PairLoader loader { get; }
+    /// <summary>Raised with each micro-batch's records before its forward (logging, data audits).</summary>
+    public event Action<IReadOnlyList<PairRecord>>? BatchLoaded;
     public torch.optim.Optimizer optimizer { get; }
     public torch.optim.lr_scheduler.LambdaLR scheduler { get; }
     /// <summary>Dynamic loss scaling, enabled for fp16 (as accelerate's GradScaler); a pass-through otherwise.</summary>
@@ -35,9 +40,6 @@ public sealed class Trainer : IDisposable
     private readonly OfflinePairSource _pairs;
     private readonly LossFn _loss;
     private readonly Generator _rng;
-    private int _epoch;
-    private int _position;
-    private int[] _order = [];
     private int _nonfinite;
     private readonly Parameter[] _trainable;
     private readonly Dictionary<string, (Tensor mean, Tensor std)> _latentCache = new();
@@ -65,7 +67,15 @@ public sealed class Trainer : IDisposable
         if (config.reference_bf16) Precision.RequireUsableBf16(device, config.allow_slow_bf16, "--reference_bf16");
         manual_seed(config.seed);
         _rng = new Generator(config.seed);
-        var loaded = PairDataset.Load(config.DatasetFolder, config.caption_column);
+        var loaded = PreferenceData.Open(config.DatasetFolder, new TableOptions
+        {
+            split = config.split,
+            caption_column = config.caption_column,
+            dreamlike_pairs_only = config.dreamlike_pairs_only,
+            max_train_samples = config.max_train_samples,
+            seed = config.seed,
+            skip_bad_rows = config.skip_bad_rows,
+        }, config.cache_dir, config.dataset_config_name, config.hub_cache_dir);
         var modelFolder = Hub.Resolve(config.pretrained_model_name_or_path, config.hub_cache_dir, config.revision ?? "main");
         var comps = PipelineComponents.from_pretrained(modelFolder, config.variant, ScalarType.Float32, device);
         if (config.pretrained_vae_model_name_or_path is { } vaePath)
@@ -79,12 +89,13 @@ public sealed class Trainer : IDisposable
         }
         if (config.choice_model is { } cm)
         {
+            if (loaded is not PairDataset folder)
+                throw new ArgumentException($"--choice_model relabels pair folders only; {loaded.Source} is a table dataset (relabelling it needs a scoring pass over its images: not implemented)");
             using var scorer = new ClipScorer(CLIPModel.from_pretrained(cm), pipe.components.tokenizer);
             pairs = new AiFeedbackPairs(scorer.Score, pairs);
-            loaded = pairs.Prepare(loaded);
+            loaded = pairs.Prepare(folder);
         }
-        else loaded = pairs.Prepare(loaded);
-        if (config.max_train_samples is { } n) loaded = loaded.Truncated(n, config.seed);
+        else if (loaded is PairDataset folder) loaded = pairs.Prepare(folder);
         data = loaded;
         _pairs = pairs;
         if (config.sdxl != pipe.IsSDXL)
@@ -112,12 +123,23 @@ public sealed class Trainer : IDisposable
             : new torch.optim.AdamW(_trainable, lr, config.adam_beta1, config.adam_beta2, config.adam_epsilon, config.adam_weight_decay);
         scaler = new torch.amp.GradScaler(enabled: config.MixedPrecision == "fp16");
         // train.py: max_train_steps, or num_train_epochs × ceil(batches per epoch ÷ accumulation) when it is unset.
-        var batchesPerEpoch = data.Pairs.Count / config.train_batch_size;
+        loader = new PairLoader(data, new LoaderOptions
+        {
+            resolution = Resolution,
+            batch_size = config.train_batch_size,
+            seed = config.seed,
+            shuffle = config.split == "train",   // train.py: shuffle=(split == 'train')
+            random_crop = config.random_crop,
+            hflip = !config.no_hflip,
+            workers = config.dataloader_num_workers,
+            losers = pairs.uses_dataset_losers,
+            skip_bad_rows = config.skip_bad_rows,
+        });
+        var batchesPerEpoch = data.Count / config.train_batch_size;
         total_steps = config.max_train_steps ?? config.num_train_epochs * (int)Math.Ceiling(batchesPerEpoch / (double)config.gradient_accumulation_steps);
         scheduler = torch.optim.lr_scheduler.get_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, total_steps);
         if (config.ema_decay > 0)
             using (no_grad()) _ema = _trainable.Select(p => { var e = p.detach().clone(); DisposeScope.Current?.Detach(e); return e; }).ToArray();
-        NewEpoch(0);
     }
 
     /// <summary>A frozen copy of a UNet (no gradients; optionally in bf16) — the DPO reference.</summary>
@@ -145,39 +167,13 @@ public sealed class Trainer : IDisposable
         var lines = new List<string>
         {
             method.Describe(),
-            $"{data.Pairs.Count} pairs ({data.DroppedTies} ties dropped) from {data.Folder}" + (_pairs != method.pairs ? $"; {_pairs.Describe()}" : ""),
+            $"{data.Count} pairs from {data.Source} ({data.Counts})" + (_pairs != method.pairs ? $"; {_pairs.Describe()}" : "") +
+                $"; {config.dataloader_num_workers} loader worker(s)",
             $"effective batch = {config.train_batch_size} pairs per device × {config.gradient_accumulation_steps} accumulation × 1 process = {eff} pairs; {total_steps} optimizer steps",
             $"optimizer {optimizer.GetType().Name}, lr {optimizer.param_groups[0].initial_lr:G3} ({config.lr_scheduler}, warmup {config.lr_warmup_steps}), {_trainable.Sum(p => p.numel()):N0} trainable parameters" + (lora != null ? $" (LoRA rank {config.lora_rank})" : ""),
             $"reference: {(method.reference == ReferencePolicy.None ? "none" : lora != null ? "the same UNet with LoRA adapters off" : "frozen copy" + (config.reference_bf16 ? " (bf16)" : ""))}; mixed precision {config.MixedPrecision}",
         };
         return string.Join("\n", lines);
-    }
-
-    private void NewEpoch(int epoch)
-    {
-        _epoch = epoch;
-        if (config.split != "train")
-        {
-            // train.py shuffles only the train split.
-            _order = Enumerable.Range(0, data.Pairs.Count).ToArray();
-        }
-        else
-        {
-            using var g = new Generator(config.seed + 1_000_003L * (epoch + 1));
-            using var perm = randperm(data.Pairs.Count, g);
-            _order = perm.ToArray<long>().Select(v => (int)v).ToArray();
-        }
-        _position = 0;
-    }
-
-    private int[] NextBatch()
-    {
-        var b = config.train_batch_size;
-        if (b > data.Pairs.Count) throw new ArgumentException($"--train_batch_size {b} exceeds the {data.Pairs.Count} pairs of the dataset");
-        if (_position + b > _order.Length) NewEpoch(_epoch + 1);   // drop_last, as upstream
-        var idx = _order[_position..(_position + b)];
-        _position += b;
-        return idx;
     }
 
     private Tensor EncodeCaptions(IReadOnlyList<string> captions)
@@ -199,23 +195,32 @@ public sealed class Trainer : IDisposable
         return scope.MoveToOuter(e.prompt_embeds.alias());
     }
 
-    /// <summary>The micro-batch forward: returns per-sample MSEs (fp32) of policy and reference.</summary>
+    /// <summary>The forward of the given pairs (dataset indices), loaded as in the current epoch.</summary>
     public StepInputs Forward(int[] indices)
     {
-        var b = indices.Length;
-        var records = indices.Select(i => data.Pairs[i]).ToArray();
+        var batch = loader.Load(indices, loader.epoch);
+        try { return Forward(batch); }
+        finally { foreach (var p in batch) p.Dispose(); }
+    }
+
+    /// <summary>The micro-batch forward: returns per-sample MSEs (fp32) of policy and reference.</summary>
+    public StepInputs Forward(LoadedPair[] batch)
+    {
+        var b = batch.Length;
+        var records = batch.Select(p => p.record.AsPair()).ToArray();
         var res = Resolution;
         Tensor latents, ehs, t, noise, xt, target;
         Tensor[]? added = null;
         using (no_grad())
             if (config.cache_latents)
             {
-                (Tensor mean, Tensor std) Posterior(string file)
+                // The loader's center-cropped, unflipped pixels (Validate requires both for --cache_latents).
+                (Tensor mean, Tensor std) Posterior(ImageRef r)
                 {
+                    var file = r.winner ? records[r.row].winner : records[r.row].loser;
                     if (!_latentCache.TryGetValue(file, out var c))
                     {
-                        var pix = Sudo.Data.Images.ToTensor(Sudo.Data.ImageCodecs.Load(Path.Combine(data.Folder, file)));
-                        pix = Sudo.Data.Images.CenterCrop(Sudo.Data.Images.ResizeShorterSide(pix, res, nn.InterpolationMode.Bilinear), res, res);
+                        var pix = r.winner ? batch[r.row].winner : batch[r.row].loser ?? throw new InvalidOperationException("the pair source uses losers it said it would not");
                         using var post = pipe.vae.encode(pix.unsqueeze(0).to(pipe.device, pipe.vae.encoder.conv_in.weight.dtype));
                         c = (post.mean.clone(), post.std.clone());
                         DisposeScope.Current?.Detach(c.mean);
@@ -225,19 +230,17 @@ public sealed class Trainer : IDisposable
                     return c;
                 }
                 var plan = _pairs.Plan(records, _rng);
-                string File(ImageRef r) => r.winner ? records[r.row].winner : records[r.row].loser;
-                var posts = plan.winners.Concat(plan.losers).Select(File).Select(Posterior).ToArray();
+                var posts = plan.winners.Concat(plan.losers).Select(Posterior).ToArray();
                 var mean = cat(posts.Select(p => p.mean).ToArray());
                 var std = cat(posts.Select(p => p.std).ToArray());
                 latents = pipe.vae.scale_latents(mean + std * randn(mean.shape, _rng).to(mean.device));
             }
             else
             {
-                var pairs = indices.Select(i => data.LoadPair(i, res, config.random_crop, !config.no_hflip, _rng)).ToArray();
-                // Every record's winner and loser with one shared crop/flip, then the source's pairing (SUDO: losers =
+                // Every image with its own crop/flip (the loader), then the source's pairing (SUDO: losers =
                 // winners[randperm(B)] in pixel space, as its train.py does).
                 var plan = _pairs.Plan(records, _rng);
-                Tensor Image(ImageRef r) => pairs[r.row][r.winner ? 0 : 1];
+                Tensor Image(ImageRef r) => r.winner ? batch[r.row].winner : batch[r.row].loser ?? throw new InvalidOperationException("the pair source uses losers it said it would not");
                 var winners = stack(plan.winners.Select(Image).ToArray());
                 var losers = stack(plan.losers.Select(Image).ToArray());
                 var pix = cat([winners, losers]).to(pipe.device, pipe.vae.encoder.conv_in.weight.dtype);
@@ -252,7 +255,7 @@ public sealed class Trainer : IDisposable
             t = cat([tB, tB]);
             xt = noise_schedule.add_noise(latents, noise, t);
             target = noise_schedule.target(latents, noise, t);
-            var captions = indices.Select(i => rand([1], _rng).item() < config.proportion_empty_prompts ? "" : data.Pairs[i].caption).ToList();
+            var captions = records.Select(r => rand([1], _rng).item() < config.proportion_empty_prompts ? "" : r.caption).ToList();
             var e = EncodeCaptions(captions);
             ehs = cat([e, e]);
             if (pipe.IsSDXL)
@@ -298,7 +301,11 @@ public sealed class Trainer : IDisposable
         for (var k = 0; k < accum; k++)
         {
             using var micro = NewDisposeScope();
-            var inputs = Forward(NextBatch());
+            var batch = loader.Next();
+            BatchLoaded?.Invoke(batch.Select(p => p.record).ToArray());
+            StepInputs inputs;
+            try { inputs = Forward(batch); }
+            finally { foreach (var p in batch) p.Dispose(); }
             var o = _loss(inputs);
             var lv = o.loss.item();
             if (!double.IsFinite(lv))
@@ -346,8 +353,8 @@ public sealed class Trainer : IDisposable
     public string SaveCheckpoint(TrainingRun run) => run.SaveCheckpoint(global_step, new JsonObject
     {
         ["global_step"] = global_step,
-        ["epoch"] = _epoch,
-        ["position"] = _position,
+        ["epoch"] = loader.epoch,
+        ["position"] = loader.position,
         ["lr_scheduler"] = JsonNode.Parse(scheduler.state_dict()),
         ["method"] = method.name,
         ["nonfinite_in_a_row"] = _nonfinite,
@@ -390,8 +397,7 @@ public sealed class Trainer : IDisposable
         scheduler.load_state_dict(state["lr_scheduler"]!.ToJsonString());
         RngState.Load(path, _rng);
         global_step = state["global_step"]!.GetValue<int>();
-        NewEpoch(state["epoch"]!.GetValue<int>());
-        _position = state["position"]!.GetValue<int>();
+        loader.Seek(state["epoch"]!.GetValue<int>(), state["position"]!.GetValue<int>());
         _nonfinite = state["nonfinite_in_a_row"]?.GetValue<int>() ?? 0;
         if (state["grad_scaler"] is { } gs) scaler.load_state_dict(gs.ToJsonString());
     }
@@ -470,6 +476,8 @@ public sealed class Trainer : IDisposable
         foreach (var (m, sd) in _latentCache.Values) { m.Dispose(); sd.Dispose(); }
         foreach (var t in _textCache.Values) t.Dispose();
         if (_ema != null) foreach (var t in _ema) t.Dispose();
+        loader.Dispose();
+        data.Dispose();
         lora?.Dispose();
         reference?.Dispose();
         optimizer.Dispose();

@@ -165,24 +165,24 @@ public class PickapicTests
                 AssertPairs(LoadAll(false), expected["pairs"]!.AsArray().Select(x => x!).ToList(), name);
                 break;
             case "error":
-            {
-                var ex = Assert.Catch(() => LoadAll(false), name)!;
-                TestContext.Out.WriteLine($"{name}: {ex.Message}");
-                Assert.That(ex, Is.InstanceOf<InvalidDataException>(), name);
-                foreach (var m in expected["error_must_mention"]!.AsArray()) Assert.That(ex.Message, Does.Contain(m!.GetValue<string>()), name);
-                break;
-            }
+                {
+                    var ex = Assert.Catch(() => LoadAll(false), name)!;
+                    TestContext.Out.WriteLine($"{name}: {ex.Message}");
+                    Assert.That(ex, Is.InstanceOf<InvalidDataException>(), name);
+                    foreach (var m in expected["error_must_mention"]!.AsArray()) Assert.That(ex.Message, Does.Contain(m!.GetValue<string>()), name);
+                    break;
+                }
             case "error_or_skip":
-            {
-                var ex = Assert.Catch<InvalidDataException>(() => LoadAll(false), name)!;
-                TestContext.Out.WriteLine($"{name}: {ex.Message}");
-                var first = c["corrupt_cells"]!.AsArray()[0]!;
-                Assert.That(ex.Message, Does.Contain(first["column"]!.GetValue<string>()).And.Contain($"row {first["row"]}").And.Contain(first["ranking_id"]!.ToString()));
-                var bad = c["corrupt_cells"]!.AsArray().Select(x => x!["row"]!.GetValue<long>()).ToHashSet();
-                var raw = c["expected"]!["raw_pairs_if_not_decoding"]!.AsArray().Select(x => x!).ToList();
-                AssertPairs(LoadAllSkipping(), raw.Where(p => !bad.Contains(p["row"]!.GetValue<long>())).ToList(), name + " skipping");
-                break;
-            }
+                {
+                    var ex = Assert.Catch<InvalidDataException>(() => LoadAll(false), name)!;
+                    TestContext.Out.WriteLine($"{name}: {ex.Message}");
+                    var first = c["corrupt_cells"]!.AsArray()[0]!;
+                    Assert.That(ex.Message, Does.Contain(first["column"]!.GetValue<string>()).And.Contain($"row {first["row"]}").And.Contain(first["ranking_id"]!.ToString()));
+                    var bad = c["corrupt_cells"]!.AsArray().Select(x => x!["row"]!.GetValue<long>()).ToHashSet();
+                    var raw = c["expected"]!["raw_pairs_if_not_decoding"]!.AsArray().Select(x => x!).ToList();
+                    AssertPairs(LoadAllSkipping(), raw.Where(p => !bad.Contains(p["row"]!.GetValue<long>())).ToList(), name + " skipping");
+                    break;
+                }
             default:
                 Assert.Fail($"cases.json: unknown outcome {outcome}");
                 break;
