@@ -51,6 +51,16 @@ let benchTrain () =
     printfn "%s" (json r)
     0
 
+let benchData () =
+    // Each measurement runs in a child process of this same command (peak RSS is per process).
+    let self =
+        match Environment.ProcessPath with
+        | p when IO.Path.GetFileNameWithoutExtension(p) = "dotnet" -> [| p; Environment.GetCommandLineArgs().[0]; "bench"; "data" |]
+        | p -> [| p; "bench"; "data" |]
+    let r = Sudo.Bench.DataBench.Run(self)
+    printfn "%s" (json r)
+    0
+
 let benchSample () =
     let r = Sudo.Bench.SampleBench.Run()
     printfn "%s" (json r)

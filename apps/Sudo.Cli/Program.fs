@@ -15,7 +15,34 @@ type BenchArgs =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Target _ -> "what to measure: engine, unet, sample, train."
+            | Target _ -> "what to measure: engine, unet, sample, train, data."
+
+type DataArgs =
+    | [<MainCommand; ExactlyOnce>] Args of action_and_dataset: string list
+    | [<CustomCommandLine("--split")>] Split of string
+    | [<CustomCommandLine("--cache_dir")>] Cache_Dir of string
+    | [<CustomCommandLine("--hub_cache_dir")>] Hub_Cache_Dir of string
+    | [<CustomCommandLine("--dataset_config_name")>] Dataset_Config_Name of string
+    | [<CustomCommandLine("--dreamlike_pairs_only")>] Dreamlike_Pairs_Only
+    | [<CustomCommandLine("--max_train_samples")>] Max_Train_Samples of int
+    | [<CustomCommandLine("--seed")>] Data_Seed of int64
+    | [<CustomCommandLine("--caption_column")>] Caption_Column of string
+    | [<CustomCommandLine("--grid")>] Grid of string
+    | [<CustomCommandLine("--sample")>] Sample_Pairs of int
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Args _ -> "inspect <dataset>: a hub id (with --cache_dir / --hub_cache_dir), a save_to_disk, parquet or pair folder."
+            | Split _ -> "split (default train)."
+            | Cache_Dir _ -> "the datasets cache (load_dataset's cache_dir)."
+            | Hub_Cache_Dir _ -> "the Hub cache root (default HF_HUB_CACHE / HF_HOME/hub)."
+            | Dataset_Config_Name _ -> "datasets config (default: default)."
+            | Dreamlike_Pairs_Only -> "keep pairs whose two models contain 'dream'."
+            | Max_Train_Samples _ -> "keep N pairs as train.py's shuffle(seed).select(range(N))."
+            | Data_Seed _ -> "seed for --max_train_samples (default 0)."
+            | Caption_Column _ -> "caption column (default caption)."
+            | Grid _ -> "PNG of a few winner | loser pairs (default: data_grid.png)."
+            | Sample_Pairs _ -> "pairs whose images are decoded for sizes and errors (default 64)."
 
 type DemoArgs =
     | Steps of int
@@ -177,6 +204,7 @@ type CliArgs =
     | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<TrainArgs>
     | [<CliPrefix(CliPrefix.None)>] Flags of ParseResults<FlagsArgs>
     | [<CliPrefix(CliPrefix.None)>] World of ParseResults<WorldArgs>
+    | [<CliPrefix(CliPrefix.None)>] Data of ParseResults<DataArgs>
     | Torch_Threads of int
     | Blas_Threads of int
     interface IArgParserTemplate with
@@ -191,11 +219,13 @@ type CliArgs =
             | Train _ -> "fine-tune: --method dpo (default), sft, sudo or spo, with Diffusion-DPO train.py's flags (docs/flags.md)."
             | Flags _ -> "the training flags: upstream meaning, default and what Sudo does with each."
             | World _ -> "the synthetic shapes world: prompts, ground-truth renders and the judge."
+            | Data _ -> "inspect a preference dataset before training: sudoml data inspect <dataset> [--split S] [--dreamlike_pairs_only] [--max_train_samples N]."
             | Torch_Threads _ -> "libtorch intra-op threads (default: all cores)."
             | Blas_Threads _ -> "OpenBLAS threads (default: all cores)."
 
 [<EntryPoint>]
 let main argv =
+    if Sudo.Bench.DataBench.RunChildIfAsked() then exit 0
     let parser = ArgumentParser.Create<CliArgs>(programName = "sudoml")
     try
         // `sudoml [--torch-threads N] [--blas-threads N] train <flags>`: the training flags are bound by
@@ -217,8 +247,28 @@ let main argv =
             | "unet" -> Commands.benchUnet ()
             | "sample" -> Commands.benchSample ()
             | "train" -> Commands.benchTrain ()
+            | "data" -> Commands.benchData ()
             | other ->
-                eprintfn "sudoml bench: unknown target '%s' (expected: engine, unet, sample, train)" other
+                eprintfn "sudoml bench: unknown target '%s' (expected: engine, unet, sample, train, data)" other
+                2
+        | Data a ->
+            match a.GetResult DataArgs.Args with
+            | [ "inspect"; dataset ] ->
+                let options =
+                    Sudo.Data.TableOptions(
+                        split = a.GetResult(DataArgs.Split, defaultValue = "train"),
+                        caption_column = a.GetResult(DataArgs.Caption_Column, defaultValue = "caption"),
+                        dreamlike_pairs_only = a.Contains DataArgs.Dreamlike_Pairs_Only,
+                        max_train_samples = (a.TryGetResult DataArgs.Max_Train_Samples |> Option.toNullable),
+                        seed = a.GetResult(DataArgs.Data_Seed, defaultValue = 0L))
+                use data =
+                    Sudo.Data.PreferenceData.Open(dataset, options, a.TryGetResult DataArgs.Cache_Dir |> Option.toObj,
+                                                  a.TryGetResult DataArgs.Dataset_Config_Name |> Option.toObj, a.TryGetResult DataArgs.Hub_Cache_Dir |> Option.toObj)
+                let report = Sudo.Data.DataInspection.Run(data, a.GetResult(DataArgs.Sample_Pairs, defaultValue = 64), 4, a.GetResult(DataArgs.Grid, defaultValue = "data_grid.png"))
+                printf "%s" (report.Format())
+                0
+            | other ->
+                eprintfn "sudoml data: expected `inspect <dataset>`, got %s" (String.Join(" ", other))
                 2
         | World a ->
             let size = a.GetResult(WorldArgs.Size, defaultValue = 64)

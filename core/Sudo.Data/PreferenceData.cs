@@ -51,6 +51,9 @@ public abstract class PreferenceData : IDisposable
     /// <summary>The pairs of one block with their image bytes, in dataset order.</summary>
     public abstract PairRecord[] ReadBlock(int block);
     public abstract DataCounts Counts { get; }
+    /// <summary>Caption and winner column of each pair of a block, without image bytes where the format allows.</summary>
+    public virtual (string caption, string? winner_column)[] ReadSummaries(int block) =>
+        ReadBlock(block).Select(r => (r.caption, r.winner_column)).ToArray();
     /// <summary>Bytes a block takes once read (an estimate), for the loader's memory bound.</summary>
     public virtual long BlockBytes(int block) => 0;
 

@@ -134,6 +134,15 @@ public sealed class PreferenceTable : PreferenceData
         return _shards[si].BlockBytes(b, [.. ImageColumns, Options.caption_column]);
     }
 
+    public override (string caption, string? winner_column)[] ReadSummaries(int block)
+    {
+        var (si, b, _, keep, _) = _blocks[block];
+        if (keep.Length == 0) return [];
+        var captions = _shards[si].ReadString(b, Options.caption_column);
+        var labels = _shards[si].ReadFloat64(b, "label_0");
+        return keep.Select(i => (captions[i] ?? "", (string?)(labels[i] == 1.0 ? "jpg_0" : "jpg_1"))).ToArray();
+    }
+
     public override PairRecord[] ReadBlock(int block)
     {
         var (si, b, firstRow, keep, start) = _blocks[block];

@@ -122,6 +122,11 @@ public static class Sampling
         return files;
     }
 
+    /// <summary>Prompts of a plain text file (one per line; empty and #-comment lines skipped), or of any prompt set
+    /// <see cref="Sudo.Data.PromptSets"/> reads (SPO's 4k JSON, PartiPrompts TSV, HPDv2 JSON, GenEval JSONL, a
+    /// parquet/Arrow file or dataset's caption column).</summary>
     public static List<string> ReadPrompts(string path) =>
-        File.ReadAllLines(path).Select(l => l.Trim()).Where(l => l.Length > 0 && !l.StartsWith('#')).ToList();
+        File.Exists(path) && Path.GetExtension(path).ToLowerInvariant() is not (".json" or ".jsonl" or ".tsv" or ".csv" or ".parquet" or ".arrow")
+            ? File.ReadAllLines(path).Select(l => l.Trim()).Where(l => l.Length > 0 && !l.StartsWith('#')).ToList()
+            : Sudo.Data.PromptSets.Read(path);
 }

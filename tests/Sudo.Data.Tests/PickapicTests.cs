@@ -206,3 +206,75 @@ public class PickapicTests
         Assert.That(r.Files.Select(Path.GetFileName), Is.All.StartWith("validation-"));
     }
 }
+
+public class PairLoaderTests
+{
+    static PreferenceData Open() => PickapicTests.OpenLayout("plain_parquet");
+
+    static List<(int index, float[] w, float[] l)> Drain(PairLoader loader, int batches)
+    {
+        var got = new List<(int, float[], float[])>();
+        for (var i = 0; i < batches; i++)
+            foreach (var p in loader.Next())
+            {
+                got.Add((p.record.index, p.winner.ToArray<float>(), p.loser!.ToArray<float>()));
+                p.Dispose();
+            }
+        return got;
+    }
+
+    /// <summary>The same pixels for every worker count, and across epochs a fresh order and fresh crops.</summary>
+    [Test]
+    public void ResultsDoNotDependOnWorkersAndResumeExactly()
+    {
+        using var d = Open();
+        var o = new LoaderOptions { resolution = 40, batch_size = 4, seed = 11, random_crop = true, shuffle_window_blocks = 2 };
+        var perEpoch = d.Count / 4;
+        List<(int, float[], float[])> reference;
+        using (var l0 = new PairLoader(d, o)) reference = Drain(l0, perEpoch + 3);
+        foreach (var w in new[] { 1, 3 })
+            using (var lw = new PairLoader(d, o with { workers = w }))
+            {
+                var got = Drain(lw, perEpoch + 3);
+                Assert.That(got.Select(g => g.Item1), Is.EqualTo(reference.Select(r => r.Item1)), $"{w} workers: order");
+                for (var i = 0; i < got.Count; i++) Assert.That(got[i].Item2, Is.EqualTo(reference[i].Item2), $"{w} workers: pixels of item {i}");
+            }
+        // An epoch serves each pair once (drop_last: the remainder is skipped), epochs differ in order and in crops.
+        var first = reference.Take(perEpoch * 4).Select(r => r.Item1).ToList();
+        Assert.That(first, Is.Unique);
+        Assert.That(first.Count, Is.EqualTo(perEpoch * 4));
+        var again = reference.Skip(perEpoch * 4).ToList();
+        var same = again.Select(a => reference.First(r => r.Item1 == a.Item1)).ToList();
+        Assert.That(again.Zip(same).Any(p => !p.First.Item2.SequenceEqual(p.Second.Item2)), "epoch 2 draws new crops/flips");
+        // Resume: a new loader seeked to (epoch 0, 8) continues exactly.
+        using var resumed = new PairLoader(d, o with { workers = 2 });
+        resumed.Seek(0, 8);
+        var tail = Drain(resumed, 3);
+        for (var i = 0; i < tail.Count; i++)
+        {
+            Assert.That(tail[i].Item1, Is.EqualTo(reference[8 + i].Item1));
+            Assert.That(tail[i].Item2, Is.EqualTo(reference[8 + i].Item2));
+        }
+    }
+
+    /// <summary>Winner and loser are transformed independently (upstream applies train_transforms to each image).</summary>
+    [Test]
+    public void WinnerAndLoserGetTheirOwnCropAndFlip()
+    {
+        using var d = Open();
+        using var loader = new PairLoader(d, new LoaderOptions { resolution = 32, batch_size = 1, seed = 1, random_crop = true });
+        // The same image as winner and loser (slot 0 and 1 of one pair): its two transforms must differ for some pairs.
+        var img = d.Enumerate().First().winner!.Decode();
+        var differ = Enumerable.Range(0, 16).Count(i =>
+        {
+            using var a = loader.Transform(img, 0, i, 0);
+            using var b = loader.Transform(img, 0, i, 1);
+            return !a.ToArray<float>().SequenceEqual(b.ToArray<float>());
+        });
+        Assert.That(differ, Is.GreaterThan(8), "independent crops/flips");
+        using var c1 = new PairLoader(d, new LoaderOptions { resolution = 32, batch_size = 1, seed = 1 }).Transform(img, 0, 0, 0);
+        using var c2 = new PairLoader(d, new LoaderOptions { resolution = 32, batch_size = 1, seed = 1, hflip = false }).Transform(img, 0, 0, 0);
+        using var center = Images.CenterCrop(Images.ResizeShorterSide(Images.ToTensor01(img), 32, Sudo.Torch.torch.nn.InterpolationMode.Bilinear), 32, 32);
+        Assert.That(c2.ToArray<float>(), Is.EqualTo((center * 2.0 - 1.0).ToArray<float>()).Within(1e-6), "no flip, center crop: resize + crop + [−1, 1]");
+    }
+}
