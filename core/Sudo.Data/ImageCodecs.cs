@@ -143,9 +143,26 @@ public static unsafe partial class ImageCodecs
     /// warnings tolerated except a premature end of data (Pillow: "image file is truncated").</summary>
     public static RgbImage DecodeJpeg(byte[] data, string what = "JPEG data")
     {
+        var (buf, w, h) = DecodeJpegPooled(data, what);
+        try
+        {
+            return new RgbImage(w, h, buf.AsSpan(0, w * h * 3).ToArray());
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(buf);
+        }
+    }
+
+    /// <summary>Decodes into a buffer rented from ArrayPool&lt;byte&gt;.Shared (the first w·h·3 bytes are the RGB pixels);
+    /// the caller returns it. Loaders use this so that a decoded image leaves no large garbage behind.</summary>
+    public static (byte[] pixels, int width, int height) DecodeJpegPooled(byte[] data, string what = "JPEG data")
+    {
         if (!IsJpeg(data)) throw new InvalidDataException($"{what}: not a JPEG (bad signature)");
+        var pool = System.Buffers.ArrayPool<byte>.Shared;
         var h = tjInitDecompress();
         if (h == IntPtr.Zero) throw new OutOfMemoryException("tjInitDecompress failed");
+        byte[]? outp = null;
         try
         {
             fixed (byte* p = data)
@@ -157,7 +174,7 @@ public static unsafe partial class ImageCodecs
                     throw new InvalidDataException($"{what}: JPEG size {w}×{hh} is invalid or exceeds {MaxPixels} pixels");
                 var cmyk = cs is TJCS_CMYK or TJCS_YCCK;
                 var channels = cmyk ? 4 : 3;
-                var outp = new byte[(long)w * hh * channels];
+                outp = pool.Rent(w * hh * channels);
                 fixed (byte* o = outp)
                     if (tjDecompress2(h, p, (nuint)data.Length, o, w, w * channels, hh, cmyk ? TJPF_CMYK : TJPF_RGB, TJFLAG_ACCURATEDCT) != 0)
                     {
@@ -165,11 +182,21 @@ public static unsafe partial class ImageCodecs
                         if (tjGetErrorCode(h) != TJERR_WARNING || msg.Contains("Premature end", StringComparison.OrdinalIgnoreCase))
                             throw new InvalidDataException($"{what}: corrupt or truncated JPEG ({msg})");
                     }
-                return new RgbImage(w, hh, cmyk ? CmykToRgb(outp, HasAdobeMarker(data)) : outp);
+                if (cmyk)
+                {
+                    var rgb = pool.Rent(w * hh * 3);
+                    CmykToRgb(outp, rgb, w * hh, HasAdobeMarker(data));
+                    pool.Return(outp);
+                    outp = rgb;
+                }
+                var result = (outp, w, hh);
+                outp = null;
+                return result;
             }
         }
         finally
         {
+            if (outp != null) pool.Return(outp);
             tjDestroy(h);
         }
     }
@@ -190,10 +217,8 @@ public static unsafe partial class ImageCodecs
     }
 
     /// <summary>Pillow's cmyk2rgb (libImaging/Convert.c): nk = 255 − k; c' = nk − c·nk/255 (MULDIV255, rounded).</summary>
-    private static byte[] CmykToRgb(byte[] cmyk, bool inverted)
+    private static void CmykToRgb(byte[] cmyk, byte[] rgb, int n, bool inverted)
     {
-        var n = cmyk.Length / 4;
-        var rgb = new byte[n * 3];
         for (var i = 0; i < n; i++)
         {
             int Ch(int k) => inverted ? 255 - cmyk[4 * i + k] : cmyk[4 * i + k];
@@ -205,7 +230,6 @@ public static unsafe partial class ImageCodecs
                 rgb[3 * i + c] = (byte)Math.Clamp(v, 0, 255);
             }
         }
-        return rgb;
     }
 
     public static byte[] EncodeJpeg(RgbImage img, int quality = 95)

@@ -188,11 +188,11 @@ public sealed class PairLoader : IDisposable
         {
             if (record.winner is null) throw new InvalidDataException($"{record.where}: the {record.winner_column ?? "winner"} image is null");
             if (options.losers && record.loser is null) throw new InvalidDataException($"{record.where}: the {(record.winner_column == "jpg_0" ? "jpg_1" : "jpg_0")} image is null");
-            var w = Transform(record.winner.Decode(), e, index, 0);
+            var w = Transform(record.winner.DecodeTensor01(), e, index, 0, owned: true);
             Tensor? l = null;
             try
             {
-                l = options.losers ? Transform(record.loser!.Decode(), e, index, 1) : null;
+                l = options.losers ? Transform(record.loser!.DecodeTensor01(), e, index, 1, owned: true) : null;
             }
             catch
             {
@@ -210,17 +210,27 @@ public sealed class PairLoader : IDisposable
     }
 
     /// <summary>Resize the shorter side (bilinear, antialiased), crop, flip; [3, res, res] in [−1, 1].</summary>
-    public Tensor Transform(RgbImage img, int e, int index, int slot)
+    public Tensor Transform(RgbImage img, int e, int index, int slot) => Transform(Images.ToTensor01(img), e, index, slot, owned: true);
+
+    /// <summary>The same from a [3, H, W] image in [0, 1] (disposed when <paramref name="owned"/>).</summary>
+    public Tensor Transform(Tensor image01, int e, int index, int slot, bool owned)
     {
-        var res = options.resolution;
-        var rng = new SplitMix(Mix(options.seed, e, index * 2L + slot));
-        using var scope = NewDisposeScope();
-        var x = Images.ResizeShorterSide(Images.ToTensor01(img), res, nn.InterpolationMode.Bilinear);
-        var (h, w) = ((int)x.size(1), (int)x.size(2));
-        var (top, left) = options.random_crop ? (rng.Below(h - res + 1), rng.Below(w - res + 1)) : ((h - res) / 2, (w - res) / 2);
-        var y = x.narrow(1, top, res).narrow(2, left, res);
-        if (options.hflip && rng.NextDouble() < 0.5) y = y.flip(2);
-        return scope.MoveToOuter((y * 2.0 - 1.0).contiguous());
+        try
+        {
+            var res = options.resolution;
+            var rng = new SplitMix(Mix(options.seed, e, index * 2L + slot));
+            using var scope = NewDisposeScope();
+            var x = Images.ResizeShorterSide(image01, res, nn.InterpolationMode.Bilinear);
+            var (h, w) = ((int)x.size(1), (int)x.size(2));
+            var (top, left) = options.random_crop ? (rng.Below(h - res + 1), rng.Below(w - res + 1)) : ((h - res) / 2, (w - res) / 2);
+            var y = x.narrow(1, top, res).narrow(2, left, res);
+            if (options.hflip && rng.NextDouble() < 0.5) y = y.flip(2);
+            return scope.MoveToOuter((y * 2.0 - 1.0).contiguous());
+        }
+        finally
+        {
+            if (owned) image01.Dispose();
+        }
     }
 
     private static ulong Mix(long a, long b, long c)

@@ -13,6 +13,23 @@ public sealed record EncodedImage(byte[] bytes, string where, string key)
         if (ImageCodecs.IsPng(bytes)) return ImageCodecs.DecodePng(bytes, where);
         throw new InvalidDataException($"{where}: not a JPEG or PNG image ({bytes.Length} bytes, unrecognised signature)");
     }
+
+    /// <summary>The image as [3, H, W] float32 in [0, 1]; JPEGs decode through a pooled buffer (no large garbage).</summary>
+    public Sudo.Torch.Tensor DecodeTensor01()
+    {
+        if (!ImageCodecs.IsJpeg(bytes)) return Images.ToTensor01(Decode());
+        var (buf, w, h) = ImageCodecs.DecodeJpegPooled(bytes, where);
+        try
+        {
+            using var scope = Sudo.Torch.torch.NewDisposeScope();
+            var u8 = Sudo.Torch.torch.tensor<byte>(buf.AsSpan(0, w * h * 3), [h, w, 3]);
+            return scope.MoveToOuter((u8.permute(2, 0, 1).to(Sudo.Torch.ScalarType.Float32) / 255.0).contiguous());
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(buf);
+        }
+    }
 }
 
 /// <summary>One pair of the dataset: <c>index</c> is its position in dataset order (after filtering), <c>row</c> its
