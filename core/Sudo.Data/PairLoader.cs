@@ -76,7 +76,7 @@ public sealed class PairLoader : IDisposable
         this.data = data;
         this.options = options;
         _warn = warn ?? (m => Console.Error.WriteLine("warning: " + m));
-        _blocks = new BlockCache(data, Math.Max(2, 2 * options.shuffle_window_blocks + options.workers + 1));
+        _blocks = new BlockCache(data, Math.Max(2, options.shuffle_window_blocks + options.workers + 2));
         if (options.workers > 0)
         {
             _schedulers = new ConcurrentExclusiveSchedulerPair(TaskScheduler.Default, options.workers);
@@ -270,11 +270,16 @@ public sealed class PairLoader : IDisposable
         }
     }
 
-    /// <summary>The blocks being read, least recently used evicted first; each block is read once while cached.</summary>
+    /// <summary>The blocks being read, least recently used evicted first; each block is read once while cached.
+    /// An evicted block's image bytes are large-object-heap garbage that the GC's own budget would let accumulate to
+    /// several times the cache; after every <see cref="CollectEveryBytes"/> of evicted bytes a background gen-2
+    /// collection is requested, so the managed heap stays near the cache's size whatever the dataset size.</summary>
     private sealed class BlockCache(PreferenceData data, int capacity)
     {
+        public const long CollectEveryBytes = 256L << 20;
         private readonly Dictionary<int, Lazy<PairRecord[]>> _map = new();
         private readonly LinkedList<int> _lru = new();
+        private long _evicted;
 
         public PairRecord Record(int index)
         {
@@ -289,8 +294,15 @@ public sealed class PairLoader : IDisposable
                     _map[b] = lazy;
                     while (_map.Count > capacity)
                     {
-                        _map.Remove(_lru.Last!.Value);
+                        var old = _lru.Last!.Value;
+                        _map.Remove(old);
                         _lru.RemoveLast();
+                        _evicted += Math.Max(data.BlockBytes(old), 1);
+                    }
+                    if (_evicted >= CollectEveryBytes)
+                    {
+                        _evicted = 0;
+                        GC.Collect(2, GCCollectionMode.Forced, blocking: false);
                     }
                 }
                 _lru.AddFirst(b);

@@ -26,11 +26,11 @@ public class PickapicTrainingTests
     static string Fixtures => Shared.Require("fixtures", "pickapic");
     static string Sha(byte[] b) => Convert.ToHexStringLower(SHA256.HashData(b));
 
-    /// <summary>The data flags of SUDO's README launch line (dataset, cache_dir, workers), pointed at a fixture tree,
+    /// <summary>The data flags of an upstream launch line (dataset, cache_dir, workers), pointed at a fixture tree,
     /// plus the tiny golden model and a batch that divides the pair count.</summary>
-    private TrainConfig Config(string layout, int batch, int steps, params string[] more)
+    private TrainConfig Config(string script, string layout, int batch, int steps, params string[] more)
     {
-        var upstream = FlagTests.LaunchArgs(FlagTests.Upstream("sudo_readme.sh"));
+        var upstream = FlagTests.LaunchArgs(FlagTests.Upstream(script));
         string? Flag(string name) => upstream.FirstOrDefault(a => a.StartsWith($"--{name}="))?.Split('=', 2)[1];
         var dataset = Flag("dataset_name")!;
         Assert.That(dataset, Is.EqualTo("yuvalkirstain/pickapic_v2"), "the launch line's dataset");
@@ -38,6 +38,7 @@ public class PickapicTrainingTests
         {
             "datasets_cache" => (dataset, Path.Combine(Fixtures, "datasets_cache")),
             "hub_cache" => (dataset, Path.Combine(Fixtures, "hub")),   // --cache_dir naming a Hub cache root
+            "hub_id" => (dataset, Path.Combine(Fixtures, "no-datasets-cache-here")),   // found through --hub_cache_dir
             "save_to_disk" => (Path.Combine(Fixtures, "save_to_disk"), null),
             "plain_parquet" => (Path.Combine(Fixtures, "plain_parquet"), null),
             _ => throw new ArgumentException(layout),
@@ -49,20 +50,21 @@ public class PickapicTrainingTests
             "--dataloader_num_workers", Flag("dataloader_num_workers") is { } w ? Math.Min(int.Parse(w), 2).ToString() : "0",
             "--train_batch_size", batch.ToString(), "--max_train_steps", steps.ToString(), "--gradient_accumulation_steps", "1",
             "--learning_rate", "1e-4", "--random_crop", "--output_dir", _out, "--seed", "5", "--log_every", "1000",
-            "--hub_cache_dir", Path.Combine(Fixtures, "no-hub-cache-here"),
+            "--hub_cache_dir", Path.Combine(Fixtures, layout == "hub_id" ? "hub" : "no-hub-cache-here"),
         };
         if (cache != null) args.AddRange(["--cache_dir", cache]);
         args.AddRange(more);
         return Flags.Bind<TrainConfig>(args).value;
     }
 
-    [TestCase("datasets_cache"), TestCase("hub_cache"), TestCase("save_to_disk"), TestCase("plain_parquet")]
-    public void OneEpochTrainsExactlyTheExpectedPairs(string layout)
+    [TestCase("sudo_readme.sh", "datasets_cache"), TestCase("sudo_readme.sh", "hub_cache"), TestCase("sudo_readme.sh", "save_to_disk"),
+     TestCase("sudo_readme.sh", "plain_parquet"), TestCase("diffusion_dpo_sd15.sh", "hub_id"), TestCase("diffusion_dpo_sd15.sh", "datasets_cache")]
+    public void OneEpochTrainsExactlyTheExpectedPairs(string script, string layout)
     {
         var expected = File.ReadLines(Path.Combine(Fixtures, "expected.jsonl")).Where(l => l.Trim().Length > 0)
             .Select(l => JsonNode.Parse(l)!).Select(e => (e["winner_sha256"]!.GetValue<string>(), e["loser_sha256"]!.GetValue<string>())).ToList();
         var batch = Enumerable.Range(2, 6).First(b => expected.Count % b == 0);
-        using var t = new Trainer(Config(layout, batch, expected.Count / batch));
+        using var t = new Trainer(Config(script, layout, batch, expected.Count / batch));
         Assert.That(t.total_steps, Is.EqualTo(expected.Count / batch), "one epoch of optimizer steps");
         var seen = new List<(string, string)>();
         t.BatchLoaded += records => seen.AddRange(records.Select(r => (Sha(r.winner!.bytes), Sha(r.loser!.bytes))));
@@ -83,7 +85,7 @@ public class PickapicTrainingTests
         var more = new[] { "--checkpointing_steps", every.ToString(), "--resume_from_checkpoint", "latest" };
         List<long[]> full = [];
         Dictionary<string, float[]> fullWeights;
-        using (var t = new Trainer(Config("datasets_cache", batch, steps, more)))
+        using (var t = new Trainer(Config("sudo_readme.sh", "datasets_cache", batch, steps, more)))
         {
             t.BatchLoaded += r => full.Add(r.Select(x => x.row).ToArray());
             t.Train(_ => { });
@@ -91,14 +93,14 @@ public class PickapicTrainingTests
         }
         Directory.Delete(_out, true);
         var killed = 0;
-        using (var t = new Trainer(Config("datasets_cache", batch, steps, more)))
+        using (var t = new Trainer(Config("sudo_readme.sh", "datasets_cache", batch, steps, more)))
         {
             t.BatchLoaded += _ => { if (++killed > killAfter) throw new OperationCanceledException("killed"); };
             Assert.Throws<OperationCanceledException>(() => t.Train(_ => { }));
         }
         List<long[]> resumed = [];
         Dictionary<string, float[]> resumedWeights;
-        using (var t = new Trainer(Config("datasets_cache", batch, steps, more)))
+        using (var t = new Trainer(Config("sudo_readme.sh", "datasets_cache", batch, steps, more)))
         {
             t.BatchLoaded += r => resumed.Add(r.Select(x => x.row).ToArray());
             t.Train(_ => { });
