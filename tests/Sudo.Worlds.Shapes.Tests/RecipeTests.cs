@@ -12,7 +12,10 @@ public class RecipeTests
 
     /// <summary>Runs a recipe under dotnet fsi on four world pairs (2 steps, batch 2) and returns its output folder's path
     /// after checking it trained end to end; <paramref name="check"/> looks at the folder before it is deleted.</summary>
-    static void RunOnWorldPairs(string recipe, Action<string, string> check, params string[] extra)
+    static void RunOnWorldPairs(string recipe, Action<string, string> check, params string[] extra) => RunRecipe(recipe, null, check, extra);
+
+    /// <summary>The same on <paramref name="dataset"/> (any --dataset_name), or on four world pairs when null.</summary>
+    static void RunRecipe(string recipe, string? dataset, Action<string, string> check, params string[] extra)
     {
         // dotnet fsi loads artifacts/bin/Sudo.Training/release directly: Google.Protobuf (TensorBoard) and
         // Spectre.Console must sit next to it, and the recipe must train and save end to end.
@@ -24,7 +27,7 @@ public class RecipeTests
         {
             Directory.CreateDirectory(Path.Combine(dir, "pairs"));
             var lines = new List<string>();
-            for (var i = 0; i < 4; i++)
+            for (var i = 0; i < (dataset is null ? 4 : 0); i++)
             {
                 var prompt = World.Prompts("train", 4)[i];
                 ImageCodecs.Save(World.Render(prompt, 32, i), Path.Combine(dir, "pairs", $"w{i}.png"));
@@ -32,7 +35,7 @@ public class RecipeTests
                 lines.Add($"{{\"caption\": \"{prompt}\", \"winner\": \"w{i}.png\", \"loser\": \"l{i}.png\"}}");
             }
             File.WriteAllLines(Path.Combine(dir, "pairs", "pairs.jsonl"), lines);
-            var psi = new ProcessStartInfo("dotnet", ["fsi", recipe, "--", "--pretrained_model_name_or_path", pipe, "--dataset_name", Path.Combine(dir, "pairs"),
+            var psi = new ProcessStartInfo("dotnet", ["fsi", recipe, "--", "--pretrained_model_name_or_path", pipe, "--dataset_name", dataset ?? Path.Combine(dir, "pairs"),
                 "--output_dir", Path.Combine(dir, "out"), "--max_train_steps", "2", "--train_batch_size", "2", .. extra])
             {
                 WorkingDirectory = root,
@@ -55,6 +58,12 @@ public class RecipeTests
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
         }
     }
+
+    /// <summary>A recipe reading parquet under dotnet fsi: ParquetSharp's native library must be found there too.</summary>
+    [Test]
+    public void RecipeReadsPickapicParquetUnderFsi() =>
+        RunRecipe("recipes/diffusion_dpo.fsx", Shared.Require("fixtures", "pickapic", "plain_parquet"),
+            (_, stdout) => Assert.That(stdout, Does.Contain("39 pairs from folder")), "--dataloader_num_workers", "2");
 
     [Test]
     public void OfflineRecipeRunsUnderFsiWithItsPackageDependencies() =>
