@@ -186,6 +186,7 @@ public sealed class PairLoader : IDisposable
         var record = _blocks.Record(index);
         try
         {
+            if (record.problem != null) throw new InvalidDataException(record.problem);
             if (record.winner is null) throw new InvalidDataException($"{record.where}: the {record.winner_column ?? "winner"} image is null");
             if (options.losers && record.loser is null) throw new InvalidDataException($"{record.where}: the {(record.winner_column == "jpg_0" ? "jpg_1" : "jpg_0")} image is null");
             var w = Transform(record.winner.DecodeTensor01(), e, index, 0, owned: true);

@@ -33,9 +33,10 @@ public sealed record EncodedImage(byte[] bytes, string where, string key)
 }
 
 /// <summary>One pair of the dataset: <c>index</c> is its position in dataset order (after filtering), <c>row</c> its
-/// row in the unfiltered split. <c>winner</c> is null when a record's image cell is null (an error unless skipped).</summary>
+/// row in the unfiltered split. <c>winner</c> is null when a record's image cell is null, and <c>problem</c> names
+/// any other bad cell (a null caption): the loader stops on such a pair, or skips it with skip_bad_rows.</summary>
 public sealed record PairRecord(int index, long row, string caption, EncodedImage? winner, EncodedImage? loser, string where,
-    long? ranking_id = null, double? label_0 = null, string? winner_column = null)
+    long? ranking_id = null, double? label_0 = null, string? winner_column = null, string? problem = null)
 {
     /// <summary>The record as a pair source sees it (caption and image keys).</summary>
     public PreferencePair AsPair() => new(caption, winner?.key ?? $"{where}/winner", loser?.key ?? $"{where}/loser");

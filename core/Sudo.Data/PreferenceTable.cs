@@ -164,8 +164,8 @@ public sealed class PreferenceTable : PreferenceData
                 col[i] is { } bytes ? new EncodedImage(bytes, $"{s.Name}, column {name}, row {row}" + (id is { } rid ? $" (ranking_id {rid})" : ""), $"{Split.Split}/{row}/{name}") : null;
             var first = labels[i] == 1.0;
             var (w, wc, l, lc) = first ? (jpg0, "jpg_0", jpg1, "jpg_1") : (jpg1, "jpg_1", jpg0, "jpg_0");
-            var caption = captions[i] ?? (Options.skip_bad_rows ? null : throw new InvalidDataException($"{s.Name}: column '{Options.caption_column}' is null at row {row}" + (id is { } r2 ? $" (ranking_id {r2})" : "") + $" (file {s.Path})"));
-            result[k] = new PairRecord(start + k, row, caption ?? "", Image(w, wc), Image(l, lc), where, id, labels[i], wc);
+            var problem = captions[i] is null ? $"{s.Name}: column '{Options.caption_column}' is null at row {row}" + (id is { } r2 ? $" (ranking_id {r2})" : "") + $" (file {s.Path})" : null;
+            result[k] = new PairRecord(start + k, row, captions[i] ?? "", Image(w, wc), Image(l, lc), where, id, labels[i], wc, problem);
         }
         return result;
     }

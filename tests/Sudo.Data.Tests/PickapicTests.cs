@@ -278,3 +278,39 @@ public class PairLoaderTests
         Assert.That(c2.ToArray<float>(), Is.EqualTo((center * 2.0 - 1.0).ToArray<float>()).Within(1e-6), "no flip, center crop: resize + crop + [−1, 1]");
     }
 }
+
+/// <summary>Bad cells the fixtures do not cover, in a file written here with ParquetSharp.</summary>
+public class BadCellTests : TempFolderTest
+{
+    [Test]
+    public void NullCaptionStopsWithItsRowOrIsSkippedAndCounted()
+    {
+        var jpeg = ImageCodecs.EncodeJpeg(new RgbImage(8, 8, Enumerable.Repeat((byte)90, 8 * 8 * 3).ToArray()));
+        var columns = new ParquetSharp.Column[] { new ParquetSharp.Column<string>("caption"), new ParquetSharp.Column<byte[]>("jpg_0"), new ParquetSharp.Column<byte[]>("jpg_1"), new ParquetSharp.Column<double?>("label_0") };
+        using (var w = new ParquetSharp.ParquetFileWriter(Path.Combine(Tmp, "train-00000-of-00001.parquet"), columns))
+        {
+            using var rg = w.AppendRowGroup();
+            using (var c = rg.NextColumn().LogicalWriter<string?>()) c.WriteBatch(["a", null, "c"]);
+            using (var c = rg.NextColumn().LogicalWriter<byte[]>()) c.WriteBatch([jpeg, jpeg, jpeg]);
+            using (var c = rg.NextColumn().LogicalWriter<byte[]>()) c.WriteBatch([jpeg, jpeg, jpeg]);
+            using (var c = rg.NextColumn().LogicalWriter<double?>()) c.WriteBatch([1.0, 0.0, 1.0]);
+            w.Close();
+        }
+        using var d = PreferenceData.Open(Tmp);
+        Assert.That(d.Count, Is.EqualTo(3));
+        using (var strict = new PairLoader(d, new LoaderOptions { resolution = 8, batch_size = 3, shuffle = false }))
+            Assert.That(Assert.Throws<InvalidDataException>(() => strict.Next())!.Message, Does.Contain("column 'caption' is null at row 1").And.Contain("train-00000-of-00001.parquet"));
+        var warnings = new List<string>();
+        using var lenient = new PairLoader(d, new LoaderOptions { resolution = 8, batch_size = 1, shuffle = false, skip_bad_rows = true }, warnings.Add);
+        var rows = Enumerable.Range(0, 2).SelectMany(_ => loaderRows(lenient)).ToList();
+        Assert.That(rows, Is.EqualTo(new long[] { 0, 2 }));
+        Assert.That((lenient.skipped, warnings.Count), Is.EqualTo((1, 1)));
+
+        static IEnumerable<long> loaderRows(PairLoader l)
+        {
+            var b = l.Next();
+            foreach (var p in b) p.Dispose();
+            return b.Select(p => p.record.row);
+        }
+    }
+}
