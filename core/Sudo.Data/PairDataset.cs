@@ -36,6 +36,7 @@ public sealed class PairDataset : PreferenceData
     public override int BlockStart(int block) => block * RecordsPerBlock;
     public override int BlockLength(int block) => Math.Min(RecordsPerBlock, Pairs.Count - block * RecordsPerBlock);
     public override DataCounts Counts => _counts;
+    public override bool RandomAccess => true;
 
     public override PairRecord[] ReadBlock(int block)
     {

@@ -7,8 +7,9 @@
 // unless --no_hflip → [−1, 1]. Each image draws its crop and flip from its own stream keyed by (seed, epoch, pair,
 // image), so results do not depend on the number of workers or on where a run was resumed.
 //
-// Epoch order (split "train"; other splits are read in order): the blocks (row groups / record batches) are
-// shuffled, taken `ShuffleWindowBlocks` at a time, and the pairs of each window are shuffled together. Reading then
+// Epoch order (split "train"; other splits are read in order): for random-access data (pair folders) one
+// torch.randperm over all pairs, as a DataLoader's RandomSampler; for tables the blocks (row groups / record
+// batches) are shuffled, taken `shuffle_window_blocks` at a time, and the pairs of each window shuffled together. Reading then
 // touches a bounded number of blocks at a time: memory is about (window + workers + 1) × the largest block plus
 // the prefetched pairs, plus 4 bytes per pair for the order — independent of the number of shards.
 using System.Collections.Concurrent;
@@ -92,6 +93,14 @@ public sealed class PairLoader : IDisposable
     {
         var n = data.Count;
         if (!options.shuffle) return Enumerable.Range(0, n).ToArray();
+        if (data.RandomAccess)
+        {
+            // One permutation of all pairs, torch.randperm as upstream's RandomSampler draws it (the same order Sudo's
+            // trainer used before the loader existed, so earlier runs on pair folders reproduce).
+            using var g = new Generator(options.seed + 1_000_003L * (epoch + 1));
+            using var perm = randperm(n, g);
+            return perm.ToArray<long>().Select(v => (int)v).ToArray();
+        }
         var rng = new SplitMix(Mix(options.seed, 0x5eed_0a0e, epoch));
         var blocks = Enumerable.Range(0, data.BlockCount).Where(b => data.BlockLength(b) > 0).ToArray();
         rng.Shuffle(blocks);

@@ -74,6 +74,9 @@ public abstract class PreferenceData : IDisposable
         ReadBlock(block).Select(r => (r.caption, r.winner_column)).ToArray();
     /// <summary>Bytes a block takes once read (an estimate), for the loader's memory bound.</summary>
     public virtual long BlockBytes(int block) => 0;
+    /// <summary>Whether any pair can be read on its own at no extra cost (each image its own file): the loader then
+    /// shuffles globally, as a DataLoader's RandomSampler does, instead of by windows of blocks.</summary>
+    public virtual bool RandomAccess => false;
 
     /// <summary>The block holding pair <paramref name="index"/> (binary search over block starts).</summary>
     public int BlockOf(int index)
