@@ -261,12 +261,14 @@ public static unsafe partial class ImageCodecs
     }
 
     /// <summary>Reads a PNG or JPEG file (by content, not extension).</summary>
-    public static RgbImage Load(string path)
+    public static RgbImage Load(string path) => Decode(File.ReadAllBytes(path), path);
+
+    /// <summary>Decodes PNG or JPEG bytes (by signature); <paramref name="what"/> names them in errors.</summary>
+    public static RgbImage Decode(byte[] data, string what)
     {
-        var data = File.ReadAllBytes(path);
-        if (IsPng(data)) return DecodePng(data, path);
-        if (IsJpeg(data)) return DecodeJpeg(data, path);
-        throw new InvalidDataException($"{path}: neither PNG nor JPEG (unrecognised signature)");
+        if (IsPng(data)) return DecodePng(data, what);
+        if (IsJpeg(data)) return DecodeJpeg(data, what);
+        throw new InvalidDataException($"{what}: neither PNG nor JPEG ({data.Length} bytes, unrecognised signature)");
     }
 
     /// <summary>Writes PNG (or JPEG for .jpg/.jpeg) atomically: temporary file, then rename.</summary>

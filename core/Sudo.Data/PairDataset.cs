@@ -70,13 +70,12 @@ public sealed class PairDataset : PreferenceData
         }
         else if (File.Exists(csv))
         {
-            var lines = File.ReadAllLines(csv);
-            if (lines.Length == 0) throw new InvalidDataException($"{csv}: empty");
-            var header = lines[0].Split(',').Select(h => h.Trim()).ToArray();
-            foreach (var line in lines.Skip(1).Where(l => l.Trim().Length > 0))
+            var records = Delimited.Split(File.ReadAllText(csv), ',');
+            if (records.Count == 0) throw new InvalidDataException($"{csv}: empty");
+            var header = records[0].Select(h => h.Trim()).ToArray();
+            foreach (var cells in records.Skip(1).Where(r => r.Any(c => c.Trim().Length > 0)))
             {
-                var cells = SplitCsv(line);
-                if (cells.Count != header.Length) throw new InvalidDataException($"{csv}: row '{line}' has {cells.Count} cells, header has {header.Length}");
+                if (cells.Count != header.Length) throw new InvalidDataException($"{csv}: row '{string.Join(",", cells)}' has {cells.Count} cells, header has {header.Length}");
                 rows.Add(header.Zip(cells).ToDictionary(p => p.First, p => p.Second));
             }
         }
@@ -134,22 +133,6 @@ public sealed class PairDataset : PreferenceData
         foreach (var (k, v) in _counts.dropped) counts.Drop(k, v);
         counts.Drop("not selected (--max_train_samples)", Pairs.Count - n);
         return new PairDataset(Folder, keep, DroppedTies, counts);
-    }
-
-    private static List<string> SplitCsv(string line)
-    {
-        var cells = new List<string>();
-        var cur = new System.Text.StringBuilder();
-        var quoted = false;
-        for (var i = 0; i < line.Length; i++)
-        {
-            var c = line[i];
-            if (c == '"') { if (quoted && i + 1 < line.Length && line[i + 1] == '"') { cur.Append('"'); i++; } else quoted = !quoted; }
-            else if (c == ',' && !quoted) { cells.Add(cur.ToString()); cur.Clear(); }
-            else cur.Append(c);
-        }
-        cells.Add(cur.ToString());
-        return cells;
     }
 
     /// <summary>Winner and loser as [2, 3, res, res] in [−1, 1] with the same resize (shorter side, bilinear),

@@ -7,12 +7,7 @@ namespace Sudo.Data;
 /// messages; <c>key</c> identifies the image within the dataset (e.g. for latent caches).</summary>
 public sealed record EncodedImage(byte[] bytes, string where, string key)
 {
-    public RgbImage Decode()
-    {
-        if (ImageCodecs.IsJpeg(bytes)) return ImageCodecs.DecodeJpeg(bytes, where);
-        if (ImageCodecs.IsPng(bytes)) return ImageCodecs.DecodePng(bytes, where);
-        throw new InvalidDataException($"{where}: not a JPEG or PNG image ({bytes.Length} bytes, unrecognised signature)");
-    }
+    public RgbImage Decode() => ImageCodecs.Decode(bytes, where);
 
     /// <summary>The image as [3, H, W] float32 in [0, 1]; JPEGs decode through a pooled buffer (no large garbage).</summary>
     public Sudo.Torch.Tensor DecodeTensor01()

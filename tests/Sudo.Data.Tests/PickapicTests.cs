@@ -314,3 +314,20 @@ public class BadCellTests : TempFolderTest
         }
     }
 }
+
+public class PairFolderCsvTests : TempFolderTest
+{
+    /// <summary>pairs.csv goes through the same splitter as the prompt sets: quoted captions with commas, doubled
+    /// quotes and newlines survive; ties are dropped.</summary>
+    [Test]
+    public void QuotedCaptionsAndTies()
+    {
+        var img = new RgbImage(4, 4, new byte[48]);
+        foreach (var f in new[] { "a.png", "b.png" }) ImageCodecs.Save(img, Path.Combine(Tmp, f));
+        File.WriteAllText(Path.Combine(Tmp, "pairs.csv"),
+            "caption, image_0, image_1, label_0\n\"a cat, \"\"small\"\"\nand grey\",a.png,b.png,0\nplain,a.png,b.png,0.5\n\n");
+        var d = PairDataset.Load(Tmp);
+        Assert.That(d.Pairs, Is.EqualTo(new[] { new PreferencePair("a cat, \"small\"\nand grey", "b.png", "a.png") }));
+        Assert.That(d.DroppedTies, Is.EqualTo(1));
+    }
+}
