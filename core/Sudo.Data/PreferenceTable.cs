@@ -70,9 +70,10 @@ public sealed class PreferenceTable : PreferenceData
                     var keep = new List<int>();
                     if (n > 0)
                     {
-                        var labels = s.ReadFloat64(b, "label_0");
-                        var m0 = options.dreamlike_pairs_only ? s.ReadString(b, "model_0") : null;
-                        var m1 = options.dreamlike_pairs_only ? s.ReadString(b, "model_1") : null;
+                        using var open = s.OpenBlock(b);
+                        var labels = open.ReadFloat64("label_0");
+                        var m0 = options.dreamlike_pairs_only ? open.ReadString("model_0") : null;
+                        var m1 = options.dreamlike_pairs_only ? open.ReadString("model_1") : null;
                         for (var i = 0; i < n; i++)
                         {
                             var l = labels[i];
@@ -138,8 +139,9 @@ public sealed class PreferenceTable : PreferenceData
     {
         var (si, b, _, keep, _) = _blocks[block];
         if (keep.Length == 0) return [];
-        var captions = _shards[si].ReadString(b, Options.caption_column);
-        var labels = _shards[si].ReadFloat64(b, "label_0");
+        using var open = _shards[si].OpenBlock(b);
+        var captions = open.ReadString(Options.caption_column);
+        var labels = open.ReadFloat64("label_0");
         return keep.Select(i => (captions[i] ?? "", (string?)(labels[i] == 1.0 ? "jpg_0" : "jpg_1"))).ToArray();
     }
 
@@ -148,11 +150,18 @@ public sealed class PreferenceTable : PreferenceData
         var (si, b, firstRow, keep, start) = _blocks[block];
         if (keep.Length == 0) return [];
         var s = _shards[si];
-        var captions = s.ReadString(b, Options.caption_column);
-        var labels = s.ReadFloat64(b, "label_0");
-        var ids = _hasRankingId ? s.ReadInt64(b, "ranking_id") : null;
-        var jpg0 = s.ReadBinary(b, "jpg_0");
-        var jpg1 = s.ReadBinary(b, "jpg_1");
+        string?[] captions;
+        double?[] labels;
+        long?[]? ids;
+        byte[]?[] jpg0, jpg1;
+        using (var open = s.OpenBlock(b))
+        {
+            captions = open.ReadString(Options.caption_column);
+            labels = open.ReadFloat64("label_0");
+            ids = _hasRankingId ? open.ReadInt64("ranking_id") : null;
+            jpg0 = open.ReadBinary("jpg_0");
+            jpg1 = open.ReadBinary("jpg_1");
+        }
         var result = new PairRecord[keep.Length];
         for (var k = 0; k < keep.Length; k++)
         {

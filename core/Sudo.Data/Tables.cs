@@ -37,10 +37,23 @@ public abstract class TableShard : IDisposable
     /// <summary>Column names with their kind and the type as the file states it (for messages).</summary>
     public abstract IReadOnlyDictionary<string, (ColumnKind kind, string type)> Columns { get; }
 
-    public abstract double?[] ReadFloat64(int block, string column);
-    public abstract long?[] ReadInt64(int block, string column);
-    public abstract string?[] ReadString(int block, string column);
-    public abstract byte[]?[] ReadBinary(int block, string column);
+    /// <summary>Opens one block for reading several of its columns (the file is opened and positioned once).</summary>
+    public abstract Block OpenBlock(int block);
+
+    public double?[] ReadFloat64(int block, string column) { using var b = OpenBlock(block); return b.ReadFloat64(column); }
+    public long?[] ReadInt64(int block, string column) { using var b = OpenBlock(block); return b.ReadInt64(column); }
+    public string?[] ReadString(int block, string column) { using var b = OpenBlock(block); return b.ReadString(column); }
+    public byte[]?[] ReadBinary(int block, string column) { using var b = OpenBlock(block); return b.ReadBinary(column); }
+
+    /// <summary>One open block: its columns, each read in full.</summary>
+    public abstract class Block : IDisposable
+    {
+        public abstract double?[] ReadFloat64(string column);
+        public abstract long?[] ReadInt64(string column);
+        public abstract string?[] ReadString(string column);
+        public abstract byte[]?[] ReadBinary(string column);
+        public abstract void Dispose();
+    }
     /// <summary>The bytes the block's listed columns take in memory once read (an estimate from the file metadata).</summary>
     public abstract long BlockBytes(int block, IEnumerable<string> columns);
 
@@ -129,27 +142,58 @@ public sealed class ParquetShard : TableShard
     public override long BlockBytes(int block, IEnumerable<string> columns) =>
         columns.Where(_index.ContainsKey).Sum(c => _columnBytes[block][_index[c]]);
 
-    private T[] Read<T>(int block, string column, ColumnKind kind)
+    public override Block OpenBlock(int block)
     {
-        Require(column, kind);
         try
         {
-            using var f = new ParquetFileReader(DataPath);
-            using var rg = f.RowGroup(block);
-            using var col = rg.Column(_index[column]);
-            using var reader = col.LogicalReader<T>();
-            return reader.ReadAll(checked((int)_rows[block]));
+            return new ParquetBlock(this, block);
         }
         catch (ParquetException e)
         {
-            throw new InvalidDataException($"{Name}: cannot read column '{column}' of row group {block}: {FirstLine(e.Message)} (file {Path})", e);
+            throw new InvalidDataException($"{Name}: cannot open row group {block}: {FirstLine(e.Message)} (file {Path})", e);
         }
     }
 
-    public override double?[] ReadFloat64(int block, string column) => Read<double?>(block, column, ColumnKind.Float64);
-    public override long?[] ReadInt64(int block, string column) => Read<long?>(block, column, ColumnKind.Int64);
-    public override string?[] ReadString(int block, string column) => Read<string?>(block, column, ColumnKind.String);
-    public override byte[]?[] ReadBinary(int block, string column) => Read<byte[]?>(block, column, ColumnKind.Binary);
+    private sealed class ParquetBlock : Block
+    {
+        private readonly ParquetShard _shard;
+        private readonly int _block;
+        private readonly ParquetFileReader _file;
+        private readonly RowGroupReader _rowGroup;
+
+        public ParquetBlock(ParquetShard shard, int block)
+        {
+            (_shard, _block) = (shard, block);
+            _file = new ParquetFileReader(shard.DataPath);
+            _rowGroup = _file.RowGroup(block);
+        }
+
+        private T[] Read<T>(string column, ColumnKind kind)
+        {
+            _shard.Require(column, kind);
+            try
+            {
+                using var col = _rowGroup.Column(_shard._index[column]);
+                using var reader = col.LogicalReader<T>();
+                return reader.ReadAll(checked((int)_shard._rows[_block]));
+            }
+            catch (ParquetException e)
+            {
+                throw new InvalidDataException($"{_shard.Name}: cannot read column '{column}' of row group {_block}: {FirstLine(e.Message)} (file {_shard.Path})", e);
+            }
+        }
+
+        public override double?[] ReadFloat64(string column) => Read<double?>(column, ColumnKind.Float64);
+        public override long?[] ReadInt64(string column) => Read<long?>(column, ColumnKind.Int64);
+        public override string?[] ReadString(string column) => Read<string?>(column, ColumnKind.String);
+        public override byte[]?[] ReadBinary(string column) => Read<byte[]?>(column, ColumnKind.Binary);
+
+        public override void Dispose()
+        {
+            _rowGroup.Dispose();
+            _file.Dispose();
+        }
+    }
 }
 
 /// <summary>An Arrow IPC stream file, memory-mapped: record batches are blocks and are read zero-copy (a block's
@@ -233,42 +277,73 @@ public sealed class ArrowStreamShard : TableShard
     public override IReadOnlyDictionary<string, (ColumnKind kind, string type)> Columns => _columns;
     public override long BlockBytes(int block, IEnumerable<string> columns) => columns.Where(_index.ContainsKey).Sum(c => _bytes[block][_index[c]]);
 
-    private T[] Read<T>(int block, string column, ColumnKind kind, Func<IArrowArray, int, T> get)
+    public override Block OpenBlock(int block)
     {
-        Require(column, kind);
         try
         {
-            using var r = NewReader(out var stream);
-            using (stream)
-            {
-                for (var b = 0; b < block; b++) r.ReadNextRecordBatch()?.Dispose();
-                using var batch = r.ReadNextRecordBatch() ?? throw new InvalidDataException($"{Name}: record batch {block} is missing");
-                var a = batch.Column(_index[column]);
-                var result = new T[a.Length];
-                for (var i = 0; i < a.Length; i++) result[i] = get(a, i);
-                return result;
-            }
+            return new ArrowBlock(this, block);
         }
         catch (Exception e) when (e is not InvalidDataException)
         {
-            throw new InvalidDataException($"{Name}: cannot read column '{column}' of record batch {block}: {ParquetShard.FirstLine(e.Message)} (file {Path})", e);
+            throw new InvalidDataException($"{Name}: cannot read record batch {block}: {ParquetShard.FirstLine(e.Message)} (file {Path})", e);
         }
     }
 
-    public override double?[] ReadFloat64(int block, string column) => Read(block, column, ColumnKind.Float64, (a, i) => ((DoubleArray)a).GetValue(i));
-    public override long?[] ReadInt64(int block, string column) => Read(block, column, ColumnKind.Int64, (a, i) => ((Int64Array)a).GetValue(i));
-    public override string?[] ReadString(int block, string column) => Read(block, column, ColumnKind.String, (a, i) => a switch
+    private sealed class ArrowBlock : Block
     {
-        StringArray s => s.IsNull(i) ? null : s.GetString(i),
-        LargeStringArray s => s.IsNull(i) ? null : s.GetString(i),
-        _ => throw new InvalidDataException($"{Name}: column '{column}' is not a string array"),
-    });
-    public override byte[]?[] ReadBinary(int block, string column) => Read(block, column, ColumnKind.Binary, (a, i) => a switch
-    {
-        BinaryArray s => s.IsNull(i) ? null : s.GetBytes(i).ToArray(),
-        LargeBinaryArray s => s.IsNull(i) ? null : s.GetBytes(i).ToArray(),
-        _ => throw new InvalidDataException($"{Name}: column '{column}' is not a binary array"),
-    });
+        private readonly ArrowStreamShard _shard;
+        private readonly ArrowStreamReader _reader;
+        private readonly Stream? _stream;
+        private readonly RecordBatch _batch;
+
+        public ArrowBlock(ArrowStreamShard shard, int block)
+        {
+            _shard = shard;
+            _reader = shard.NewReader(out _stream);
+            try
+            {
+                for (var b = 0; b < block; b++) _reader.ReadNextRecordBatch()?.Dispose();
+                _batch = _reader.ReadNextRecordBatch() ?? throw new InvalidDataException($"{shard.Name}: record batch {block} is missing (file {shard.Path})");
+            }
+            catch
+            {
+                _reader.Dispose();
+                _stream?.Dispose();
+                throw;
+            }
+        }
+
+        private T[] Read<T>(string column, ColumnKind kind, Func<IArrowArray, int, T> get)
+        {
+            _shard.Require(column, kind);
+            var a = _batch.Column(_shard._index[column]);
+            var result = new T[a.Length];
+            for (var i = 0; i < a.Length; i++) result[i] = get(a, i);
+            return result;
+        }
+
+        public override double?[] ReadFloat64(string column) => Read(column, ColumnKind.Float64, (a, i) => ((DoubleArray)a).GetValue(i));
+        public override long?[] ReadInt64(string column) => Read(column, ColumnKind.Int64, (a, i) => ((Int64Array)a).GetValue(i));
+        public override string?[] ReadString(string column) => Read(column, ColumnKind.String, (a, i) => a switch
+        {
+            StringArray s => s.IsNull(i) ? null : s.GetString(i),
+            LargeStringArray s => s.IsNull(i) ? null : s.GetString(i),
+            _ => throw new InvalidDataException($"{_shard.Name}: column '{column}' is not a string array"),
+        });
+        public override byte[]?[] ReadBinary(string column) => Read(column, ColumnKind.Binary, (a, i) => a switch
+        {
+            BinaryArray s => s.IsNull(i) ? null : s.GetBytes(i).ToArray(),
+            LargeBinaryArray s => s.IsNull(i) ? null : s.GetBytes(i).ToArray(),
+            _ => throw new InvalidDataException($"{_shard.Name}: column '{column}' is not a binary array"),
+        });
+
+        public override void Dispose()
+        {
+            _batch.Dispose();
+            _reader.Dispose();
+            _stream?.Dispose();
+        }
+    }
 
     public override void Dispose()
     {
