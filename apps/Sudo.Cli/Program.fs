@@ -358,7 +358,9 @@ let main argv =
             | _ when a.Contains ParityArgs.Pipeline ->
                 let folder = a.GetResult ParityArgs.Pipeline
                 Commands.parityPipeline folder (a.GetResult(ParityArgs.Io, defaultValue = System.IO.Path.Combine(folder, "io.safetensors")))
-            | Some m, Some io, None, None -> Commands.parityModel m io (a.TryGetResult ParityArgs.Component) (a.TryGetResult ParityArgs.Tolerance)
+            | Some m, io, None, None ->
+                let io = defaultArg io (System.IO.Path.Combine(m, "io.safetensors"))
+                Commands.parityModel m io (a.TryGetResult ParityArgs.Component) (a.TryGetResult ParityArgs.Tolerance)
             | None, None, Some t, Some c -> Commands.parityTokenizer t c
             | _ ->
                 eprintfn "sudoml parity: give --model <folder> --io <io.safetensors>, --tokenizer <folder> --cases <file.jsonl>, or --schedulers <io.safetensors>"

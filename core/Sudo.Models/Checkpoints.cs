@@ -9,29 +9,91 @@ namespace Sudo.Models;
 public static class Checkpoints
 {
     /// <summary>The weight file(s) of a component folder: {base}[.{variant}].safetensors or its sharded
-    /// index {base}[.{variant}].safetensors.index.json. base is "diffusion_pytorch_model" (diffusers) or
-    /// "model" (transformers).</summary>
+    /// index {base}[.{variant}].safetensors.index.json; failing those the pickled PyTorch file
+    /// {pt}[.{variant}].bin or its index {pt}[.{variant}].bin.index.json, where pt is "diffusion_pytorch_model"
+    /// (diffusers, base "diffusion_pytorch_model") or "pytorch_model" (transformers, base "model"). Pickles are
+    /// read with PyTorch's weights_only allow-list (<see cref="TorchPickle"/>): nothing in them executes.</summary>
     public static string FindWeights(string folder, string baseName, string? variant = null)
     {
         var v = variant is null ? "" : "." + variant;
-        var single = Path.Combine(folder, $"{baseName}{v}.safetensors");
-        if (File.Exists(single)) return single;
-        var index = Path.Combine(folder, $"{baseName}{v}.safetensors.index.json");
-        if (File.Exists(index)) return index;
-        var bin = Path.Combine(folder, $"{baseName}{v}.bin");
-        if (File.Exists(bin))
-            throw new NotSupportedException($"{bin}: pickled PyTorch weights can execute code on load and are not read; convert them to safetensors");
+        var ptName = baseName == "model" ? "pytorch_model" : baseName;
+        foreach (var name in new[] { $"{baseName}{v}.safetensors", $"{baseName}{v}.safetensors.index.json", $"{ptName}{v}.bin", $"{ptName}{v}.bin.index.json" })
+        {
+            var path = Path.Combine(folder, name);
+            if (File.Exists(path)) return path;
+        }
         var present = Directory.Exists(folder) ? string.Join(", ", Directory.GetFiles(folder).Select(Path.GetFileName)) : "(folder missing)";
-        throw new FileNotFoundException($"no {baseName}{v}.safetensors (or sharded index) in {folder}; it holds: {present}");
+        throw new FileNotFoundException($"no {baseName}{v}.safetensors, {ptName}{v}.bin (or a sharded index of either) in {folder}; it holds: {present}");
     }
 
-    /// <summary>Reads a weight file or sharded index as copies (not memory-mapped) in <paramref name="dtype"/>
-    /// when given; fp16 files are upcast on CPU (libtorch 1.13 cannot compute in fp16 there).</summary>
+    /// <summary>True for the extensions torch.save files carry.</summary>
+    public static bool IsPickle(string path) =>
+        path.EndsWith(".bin", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".pt", StringComparison.OrdinalIgnoreCase)
+        || path.EndsWith(".pth", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".ckpt", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>Reads a weight file or sharded index (safetensors memory-mapped; PyTorch pickles through the
+    /// weights_only allow-list, their tensors flattened to dotted key paths, taking "state_dict" when the file
+    /// wraps one).</summary>
     public static Dictionary<string, Tensor> ReadWeights(string path, Device? device = null)
     {
+        if (path.EndsWith(".bin.index.json", StringComparison.Ordinal)) return ReadPickleShards(path);
+        if (IsPickle(path)) return ReadPickle(path);
         return path.EndsWith(".index.json", StringComparison.Ordinal)
             ? safetensors.load_sharded(path, device)
             : safetensors.load_file(path, device);
+    }
+
+    /// <summary>A pickled checkpoint as a flat state dict: a top-level dict holding "state_dict" (Lightning,
+    /// open_clip, HPSv2) is unwrapped; every other non-tensor entry is ignored.</summary>
+    public static Dictionary<string, Tensor> ReadPickle(string path)
+    {
+        var root = TorchPickle.Load(path);
+        object? body = root;
+        if (root is PyDict d && d.TryGet("state_dict", out var inner) && inner is PyDict) body = inner;
+        var result = new Dictionary<string, Tensor>();
+        try
+        {
+            TorchPickle.Flatten(body, "", result);
+        }
+        catch
+        {
+            TorchPickle.DisposeAll(root);
+            throw;
+        }
+        // Tensors outside the chosen body (optimizer state ...) are released now.
+        var kept = new HashSet<Tensor>(result.Values, ReferenceEqualityComparer.Instance);
+        var all = new Dictionary<string, Tensor>();
+        TorchPickle.Flatten(root, "", all);
+        foreach (var t in all.Values)
+            if (!kept.Contains(t)) t.Dispose();
+        return result;
+    }
+
+    private static Dictionary<string, Tensor> ReadPickleShards(string indexPath)
+    {
+        var root = JsonNode.Parse(File.ReadAllText(indexPath)) as JsonObject ?? throw new InvalidDataException($"{indexPath}: not a JSON object");
+        if (root["weight_map"] is not JsonObject map) throw new InvalidDataException($"{indexPath}: no weight_map object");
+        var dir = Path.GetDirectoryName(Path.GetFullPath(indexPath))!;
+        var result = new Dictionary<string, Tensor>();
+        try
+        {
+            foreach (var group in map.GroupBy(kv => (string?)kv.Value ?? throw new InvalidDataException($"{indexPath}: weight_map['{kv.Key}'] is not a file name")))
+            {
+                if (group.Key.Contains('/') || group.Key.Contains('\\') || group.Key.StartsWith("..", StringComparison.Ordinal))
+                    throw new InvalidDataException($"{indexPath}: shard name '{group.Key}' must be a file in the index's folder");
+                var shard = ReadPickle(Path.Combine(dir, group.Key));
+                foreach (var kv in group)
+                    if (!shard.Remove(kv.Key, out var t)) throw new InvalidDataException($"{indexPath}: '{kv.Key}' is mapped to {group.Key}, which does not hold it");
+                    else result[kv.Key] = t;
+                foreach (var t in shard.Values) t.Dispose();
+            }
+        }
+        catch
+        {
+            foreach (var t in result.Values) t.Dispose();
+            throw;
+        }
+        return result;
     }
 
     /// <summary>Old diffusers VAE attention names (query/key/value/proj_attn, possibly 1×1 conv weights)

@@ -48,6 +48,7 @@ public static class ModelParity
 
     public static ParityReport Run(string folder, string ioPath, string? component = null, double? tolerance = null)
     {
+        if (component is null or "pickle" && PickleParity.IsPickleFolder(folder)) return PickleParity.Run(folder);
         var comp = component ?? DetectComponent(folder);
         var factor = tolerance ?? Tolerances["model_fp32"];
         using var scope = NewDisposeScope();
