@@ -102,8 +102,8 @@ public sealed class SpoTrainer : IDisposable
                 num_inner_step = c.num_inner_step,
             };
             if (reward != null) return new SpoTrainer(pipe, c, new SpoSampler(pipe, c, reward), settings, method, pipe);
-            var scorer = settings.scorer ?? throw new ArgumentException("SPO needs a scorer: --scorer <CLIPModel folder> (PickScore-like) or a step-aware preference-model folder");
-            var spm = StepAwarePreferenceModel.from_pretrained(scorer);
+            var scorer = settings.scorer ?? throw new ArgumentException("SPO needs a scorer: --scorer <SPO's *_step-aware_preference_model.bin or a folder holding it>");
+            var spm = StepAwarePreferenceModel.from_pretrained(scorer, wrapPlainClip: settings.scorer_plain_clip);
             spm.requires_grad_(false).eval();
             return new SpoTrainer(pipe, c, new SpoSampler(pipe, spm, pipe.components.tokenizer, c), settings, method, pipe, spm);
         }

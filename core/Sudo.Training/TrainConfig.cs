@@ -164,9 +164,13 @@ public sealed record SpoTrainConfig
     public string? hub_cache_dir { get; init; }
     /// <summary>A text file of prompts, one per line (../shared/prompts has the papers' sets).</summary>
     public string? prompts_file { get; init; }
-    /// <summary>A CLIPModel folder (PickScore-like) the step-aware preference model starts from, a step-aware
-    /// preference-model folder, or the name of a reward a world registers (e.g. world-judge).</summary>
+    /// <summary>SPO's step-aware preference model: the released *_step-aware_preference_model.bin (or a folder
+    /// holding it with the base CLIPModel's config.json), a folder saved by Sudo, or the name of a reward a world
+    /// registers (e.g. world-judge).</summary>
     public string? scorer { get; init; }
+    /// <summary>Accept a plain CLIPModel (PickScore) as --scorer, wrapped with untrained time conditioning: every
+    /// step is then scored by the plain model (SPO's ablation: clearly worse). Off by default.</summary>
+    public bool scorer_plain_clip { get; init; }
     public string output_dir { get; init; } = "sd-model-finetuned";
     public string logging_dir { get; init; } = "logs";
     public string report_to { get; init; } = "tensorboard";

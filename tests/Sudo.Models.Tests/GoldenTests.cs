@@ -23,3 +23,20 @@ public class GoldenTests
         Assert.That(report.Rows.Count(r => r.Name.StartsWith("out_") && r.Note == ""), Is.GreaterThan(0), "outputs were compared");
     }
 }
+
+/// <summary>The reward-model golden items (README_rewards.md, README_imagereward.md) through the same parity path.</summary>
+public class RewardGoldenTests
+{
+    [TestCase("spm")]
+    public void MatchesTheUpstreamCode(string item)
+    {
+        var folder = Shared.Require("golden", item);
+        var report = ModelParity.Run(folder, Path.Combine(folder, "io.safetensors"));
+        foreach (var r in report.Rows)
+            TestContext.Out.WriteLine($"{r.Name,-40} max|Δ| {r.MaxAbsError:G3}  tol {r.Tolerance:G3}  {(r.Passed ? "ok" : "FAIL")} {r.Note}");
+        Assert.That(report.Component, Is.EqualTo(item));
+        Assert.That(report.Rows.Where(r => !r.Passed).Select(r => $"{r.Name}: {r.MaxAbsError} > {r.Tolerance} {r.Note}"), Is.Empty);
+        Assert.That(report.Rows.Count(r => r.Name.StartsWith("out_") && !double.IsNaN(r.MaxAbsError)), Is.EqualTo(report.Rows.Count(r => r.Name.StartsWith("out_"))),
+            "every recorded output was computed");
+    }
+}

@@ -281,3 +281,87 @@ public class AiFeedbackTests
         }
     }
 }
+
+/// <summary>SPO's released step-aware preference model format (golden/spm: the .bin as SPO saves it).</summary>
+public class SpoCheckpointTests
+{
+    [Test]
+    public void LoadsSposBinWithTheExactKeyMappingAndSavesItBack()
+    {
+        var folder = Shared.Require("golden", "spm");
+        var bin = StepAwarePreferenceModel.FindSpoCheckpoint(folder)!;
+        using var spm = StepAwarePreferenceModel.from_pretrained(folder);
+        using var scope = NewDisposeScope();
+        var raw = Checkpoints.ReadPickle(bin);
+        var ours = spm.state_dict();
+        // Every SPO key maps to one of ours with the same values (position_ids buffers are ignored), and back.
+        var mapped = raw.Keys.Where(k => StepAwarePreferenceModel.FromSpoKey(k) is not null).ToList();
+        Assert.That(mapped.Select(k => StepAwarePreferenceModel.FromSpoKey(k)), Is.EquivalentTo(ours.Keys));
+        foreach (var k in mapped)
+        {
+            Assert.That(ours[StepAwarePreferenceModel.FromSpoKey(k)!].equal(raw[k]), k);
+            Assert.That(StepAwarePreferenceModel.ToSpoKey(StepAwarePreferenceModel.FromSpoKey(k)!), Is.EqualTo(k));
+        }
+        Assert.That(spm.shortest_edge, Is.EqualTo(32), "read from preprocessor_config.json");
+        var dir = Path.Combine(Path.GetTempPath(), $"sudo-spm-{Guid.NewGuid():N}");
+        try
+        {
+            spm.save_spo(dir);
+            var back = Checkpoints.ReadPickle(Path.Combine(dir, "step_aware_preference_model.bin"));
+            Assert.That(back.Keys, Is.EquivalentTo(raw.Keys), "SPO's layout, position_ids included");
+            foreach (var (k, t) in raw) Assert.That(back[k].equal(t), k);
+            using var again = StepAwarePreferenceModel.from_pretrained(dir);
+            foreach (var (k, t) in again.state_dict()) Assert.That(t.equal(ours[k]), k);
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+
+    [Test]
+    public void PlainClipIsRefusedAsAStepAwareScorerUnlessAskedFor()
+    {
+        var clip = Shared.Require("golden", "clip_full");
+        var e = Assert.Throws<InvalidDataException>(() => StepAwarePreferenceModel.from_pretrained(clip).Dispose())!;
+        Assert.That(e.Message, Does.Contain("plain CLIPModel"));
+        using var wrapped = StepAwarePreferenceModel.from_pretrained(clip, wrapPlainClip: true);
+        Assert.That(wrapped.adaLN_modulation.Count, Is.GreaterThan(0));
+    }
+
+    /// <summary>sudoml train --method spo --scorer &lt;SPO .bin folder&gt;: the run scores with the released model's weights.</summary>
+    [Test]
+    public void SpoRunScoresWithTheReleasedStepAwareModel()
+    {
+        var spmFolder = Shared.Require("golden", "spm");
+        var dir = Path.Combine(Path.GetTempPath(), $"sudo-spo-bin-{Guid.NewGuid():N}");
+        try
+        {
+            var settings = new SpoTrainConfig
+            {
+                pretrained_model_name_or_path = Shared.Require("golden", "pipe_sd15"),
+                scorer = StepAwarePreferenceModel.FindSpoCheckpoint(spmFolder),
+                output_dir = dir,
+                max_train_steps = 2,
+                num_inference_steps = 4,
+                divert_start_step = 1,
+                num_sample_each_step = 2,
+                spo_threshold = -1,
+                resolution = 32,
+                checkpointing_steps = 0,
+                lora_rank = 2,
+            };
+            using var trainer = SpoTrainer.Open(settings);
+            using var reference = StepAwarePreferenceModel.from_pretrained(spmFolder);
+            using var scope = NewDisposeScope();
+            var used = trainer.sampler.spm!.state_dict();
+            foreach (var (k, t) in reference.state_dict()) Assert.That(used[k].equal(t), k);
+            trainer.Train(["a red fox", "a blue bird"], _ => { });
+            Assert.That(trainer.global_step, Is.GreaterThanOrEqualTo(2), "a round trains on all its pairs");
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+}

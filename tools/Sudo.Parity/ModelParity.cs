@@ -49,6 +49,8 @@ public static class ModelParity
     public static ParityReport Run(string folder, string ioPath, string? component = null, double? tolerance = null)
     {
         if (component is null or "pickle" && PickleParity.IsPickleFolder(folder)) return PickleParity.Run(folder);
+        if ((component ?? RewardParity.Detect(folder)) is "spm" or "hpsv2" or "aesthetic" or "imagereward")
+            return RewardParity.Run(folder, ioPath, component ?? RewardParity.Detect(folder)!, tolerance);
         var comp = component ?? DetectComponent(folder);
         var factor = tolerance ?? Tolerances["model_fp32"];
         using var scope = NewDisposeScope();
