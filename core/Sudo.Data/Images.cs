@@ -108,6 +108,22 @@ public static class Images
     /// <paramref name="size"/> with Pillow-like bicubic (two antialiased separable passes, horizontal first,
     /// each rounded and clipped to uint8 — within one uint8 level of Pillow), center crop (floor offsets),
     /// ÷255, CLIP mean/std. Returns [N, 3, crop, crop] float32.</summary>
+    /// <summary>Pillow's Image.resize((w, h), BICUBIC) approximated on uint8 values: two antialiased separable
+    /// bicubic passes (horizontal first), each rounded and clipped to [0, 255]. [1, 3, h, w] float32 holding
+    /// integers.</summary>
+    public static Tensor PillowResize(RgbImage img, int h, int w)
+    {
+        using var scope = NewDisposeScope();
+        var u8 = tensor(img.Pixels, [img.Height, img.Width, 3]).permute(2, 0, 1).unsqueeze(0).to(ScalarType.Float32);
+        if (h == img.Height && w == img.Width) return scope.MoveToOuter(u8);
+        var pass1 = w == img.Width ? u8 : F.interpolate(u8, size: (img.Height, w), mode: nn.InterpolationMode.Bicubic, align_corners: false, antialias: true).round().clamp(0, 255);
+        var pass2 = h == img.Height ? pass1 : F.interpolate(pass1, size: (h, w), mode: nn.InterpolationMode.Bicubic, align_corners: false, antialias: true).round().clamp(0, 255);
+        return scope.MoveToOuter(pass2);
+    }
+
+    /// <summary>torchvision CenterCrop's offset: int(round((size − crop) / 2)) with Python's half-to-even round.</summary>
+    public static int TorchvisionCropOffset(int size, int crop) => (int)Math.Round((size - crop) / 2.0, MidpointRounding.ToEven);
+
     public static Tensor ClipPreprocess(IReadOnlyList<RgbImage> images, int size = 224, int crop = 224)
     {
         using var scope = NewDisposeScope();
@@ -115,9 +131,7 @@ public static class Images
         foreach (var img in images)
         {
             var (h2, w2) = ShorterSideSize(img.Height, img.Width, size);
-            var u8 = tensor(img.Pixels, [img.Height, img.Width, 3]).permute(2, 0, 1).unsqueeze(0).to(ScalarType.Float32);
-            var pass1 = F.interpolate(u8, size: (img.Height, w2), mode: nn.InterpolationMode.Bicubic, align_corners: false, antialias: true).round().clamp(0, 255);
-            var pass2 = F.interpolate(pass1, size: (h2, w2), mode: nn.InterpolationMode.Bicubic, align_corners: false, antialias: true).round().clamp(0, 255);
+            var pass2 = PillowResize(img, h2, w2);
             var cropped = pass2.narrow(2, (h2 - crop) / 2, crop).narrow(3, (w2 - crop) / 2, crop);
             // rescale in float64 then cast (u8 · (1/255)), normalize in float32
             var x = (cropped.to(ScalarType.Float64) * (1.0 / 255.0)).to(ScalarType.Float32);

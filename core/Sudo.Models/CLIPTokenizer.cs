@@ -38,6 +38,12 @@ public sealed partial class CLIPTokenizer
     /// <summary>When false, the path transformers takes without ftfy (BasicTokenizer clean-up).</summary>
     public bool fix_text { get; init; } = true;
 
+    /// <summary>open_clip's SimpleTokenizer (open_clip/tokenizer.py, vendored by HPSv2): text = whitespace_clean(
+    /// html.unescape(html.unescape(ftfy.fix_text(text))).strip()).lower(); the literal strings &lt;start_of_text&gt; /
+    /// &lt;end_of_text&gt; are the bos / eos ids (found after clean-up, so in any case) while &lt;|endoftext|&gt; is ordinary
+    /// text; padded with 0. Same vocabulary and merges as the HF CLIP tokenizer.</summary>
+    public bool open_clip { get; private init; }
+
     public CLIPTokenizer(Dictionary<string, int> vocab, IReadOnlyList<(string, string)> merges, string? pad_token = null)
     {
         _encoder = vocab;
@@ -84,6 +90,13 @@ public sealed partial class CLIPTokenizer
     {
         model_max_length = model_max_length,
         fix_text = fix_text,
+    };
+
+    /// <summary>open_clip's tokenize() over the same vocabulary (see <see cref="open_clip"/>).</summary>
+    public CLIPTokenizer OpenClip() => new(_encoder, _ranks.OrderBy(kv => kv.Value).Select(kv => kv.Key).ToList(), "!")
+    {
+        model_max_length = 77,
+        open_clip = true,
     };
 
     public CLIPTokenizer WithoutTextFix() => new(_encoder, _ranks.OrderBy(kv => kv.Value).Select(kv => kv.Key).ToList(), pad_token)
@@ -163,7 +176,25 @@ public sealed partial class CLIPTokenizer
 
     private BpeTokenizer? _bpe;
 
-    private BpeTokenizer Bpe => _bpe ??= BpeTokenizer.Create(new BpeOptions(_encoder)
+    private static readonly string[] OpenClipSpecials = ["<start_of_text>", "<end_of_text>"];
+
+    private Dictionary<string, int> SpecialIds => open_clip
+        ? new() { [OpenClipSpecials[0]] = bos_token_id, [OpenClipSpecials[1]] = eos_token_id }
+        : _specialTokens.ToDictionary(t => t, t => _encoder[t]);
+
+    [GeneratedRegex(@"<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+", RegexOptions.IgnoreCase)]
+    private static partial Regex OpenClipPattern();
+
+    private BpeTokenizer Bpe => _bpe ??= open_clip ? BpeTokenizer.Create(new BpeOptions(_encoder)
+    {
+        Merges = _ranks.OrderBy(kv => kv.Value).Select(kv => kv.Key.Item1 + " " + kv.Key.Item2),
+        SpecialTokens = SpecialIds,
+        Normalizer = new OpenClipNormalizer(),
+        PreTokenizer = new RegexPreTokenizer(OpenClipPattern(), SpecialIds),
+        ByteLevel = true,
+        EndOfWordSuffix = "</w>",
+        UnknownToken = EosToken,
+    }) : BpeTokenizer.Create(new BpeOptions(_encoder)
     {
         Merges = _ranks.OrderBy(kv => kv.Value).Select(kv => kv.Key.Item1 + " " + kv.Key.Item2),
         SpecialTokens = _specialTokens.ToDictionary(t => t, t => _encoder[t]),
@@ -179,6 +210,14 @@ public sealed partial class CLIPTokenizer
     private sealed class ClipNormalizer(bool fixText) : Normalizer
     {
         public override string Normalize(string text) => fixText ? TextFix.WhitespaceClean(TextFix.FixText(text)).ToLowerInvariant() : TextFix.BasicClean(text);
+        public override string Normalize(ReadOnlySpan<char> text) => Normalize(text.ToString());
+    }
+
+    /// <summary>open_clip's basic_clean + whitespace_clean + lower.</summary>
+    private sealed class OpenClipNormalizer : Normalizer
+    {
+        public override string Normalize(string text) =>
+            TextFix.WhitespaceClean(System.Net.WebUtility.HtmlDecode(System.Net.WebUtility.HtmlDecode(TextFix.FixText(text))).Trim()).ToLowerInvariant();
         public override string Normalize(ReadOnlySpan<char> text) => Normalize(text.ToString());
     }
 

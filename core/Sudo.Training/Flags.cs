@@ -45,7 +45,7 @@ public static class UpstreamFlags
         new("sft", "False", null, "SFT instead of DPO", FlagStatus.Supported, "sets --method sft", "method"),
         new("beta_dpo", "5000 (−½β inside σ)", "2500 (β_d inside σ)", "DPO β", FlagStatus.Supported, "train.py's β; with --flag_convention diffusers a given β_d is doubled"),
         new("loss_type", null, "sigmoid", "DPO loss: sigmoid, hinge, ipo", FlagStatus.Rejected, "only the sigmoid loss of both papers is a preset; a recipe defines others as a Method"),
-        new("choice_model", "''", null, "AI-feedback relabelling model", FlagStatus.Supported, "a CLIPModel folder (PickScore/HPS-like); the names aes/clip/hps need the reward models of the evaluation issue"),
+        new("choice_model", "''", null, "AI-feedback relabelling model", FlagStatus.Supported, "name=path with name pickscore, hps, aes, clip or imagereward (the reward models of sudoml eval), or a bare PickScore-like CLIPModel folder"),
         new("dreamlike_pairs_only", "False", null, "keep pairs whose two generators are both Dreamlike", FlagStatus.Supported, "'dream' in model_0 and in model_1 (case-sensitive); refused for pair folders, which have no model columns"),
         new("dataset_name", "None", "None", "dataset (hub id or local path)", FlagStatus.Supported, "a hub id found in the datasets cache (--cache_dir) or the Hub cache, a save_to_disk or parquet folder, or a pair folder; Sudo never downloads"),
         new("dataset_config_name", "None", null, "hub dataset config", FlagStatus.Supported, "the config folder of the datasets cache (default: default)"),

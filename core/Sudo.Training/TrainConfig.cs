@@ -107,7 +107,9 @@ public sealed record TrainConfig
     /// <summary>A text file of validation prompts (one per line), used when validation_prompts is not given.</summary>
     public string? validation_prompts_file { get; init; }
     public int validation_steps { get; init; }
-    /// <summary>AI-feedback relabelling: a CLIPModel folder (PickScore/HPS-like) whose preference replaces the labels.</summary>
+    /// <summary>AI-feedback relabelling (Diffusion-DPO's --choice_model): name=path with name pickscore, hps, aes, clip or
+    /// imagereward (Sudo.Preference.RewardModels.Load), or a bare PickScore-like CLIPModel folder; the higher-scored
+    /// image of each pair becomes the winner.</summary>
     public string? choice_model { get; init; }
     /// <summary>Keep an exponential moving average of the trained weights (0 = off), saved as unet_ema/.</summary>
     public double ema_decay { get; init; }

@@ -91,8 +91,13 @@ public sealed class Trainer : IDisposable
         {
             if (loaded is not PairDataset folder)
                 throw new ArgumentException($"--choice_model relabels pair folders only; {loaded.Source} is a table dataset (relabelling it needs a scoring pass over its images: not implemented)");
-            using var scorer = new ClipScorer(CLIPModel.from_pretrained(cm), pipe.components.tokenizer);
-            pairs = new AiFeedbackPairs(scorer.Score, pairs);
+            // Diffusion-DPO's train.py names: --choice_model pickscore|hps|aes|clip|imagereward=<path>; a bare path is a
+            // PickScore-like CLIPModel folder (scored with the pipeline's tokenizer when the folder has none).
+            var (name, path) = cm.Contains('=') ? RewardModels.ParseSpec(cm) : ("pickscore", cm);
+            using IRewardModel scorer = name == "pickscore" && !File.Exists(Path.Combine(path, "vocab.json")) && !Directory.Exists(Path.Combine(path, "tokenizer"))
+                ? new PickScoreReward(new ClipScorer(CLIPModel.from_pretrained(path), pipe.components.tokenizer))
+                : RewardModels.Load(name, path);
+            pairs = new AiFeedbackPairs((image, caption) => scorer.Score([ImageCodecs.Load(image)], [caption])[0], pairs);
             loaded = pairs.Prepare(folder);
         }
         else if (loaded is PairDataset folder) loaded = pairs.Prepare(folder);

@@ -28,6 +28,9 @@ public class GoldenTests
 public class RewardGoldenTests
 {
     [TestCase("spm")]
+    [TestCase("hpsv2")]
+    [TestCase("aesthetic")]
+    [TestCase("imagereward")]
     public void MatchesTheUpstreamCode(string item)
     {
         var folder = Shared.Require("golden", item);
