@@ -138,7 +138,8 @@ public abstract class Scheduler : IDisposable
         "DDPMScheduler" => new DDPMScheduler(config),
         "EulerDiscreteScheduler" => new EulerDiscreteScheduler(config),
         "DPMSolverMultistepScheduler" => new DPMSolverMultistepScheduler(config),
-        _ => throw new NotSupportedException($"scheduler '{config._class_name}' is not supported (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler)"),
+        "PNDMScheduler" => new PNDMScheduler(config),
+        _ => throw new NotSupportedException($"scheduler '{config._class_name}' is not supported (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler, PNDMScheduler)"),
     };
 
     /// <summary>ddim, ddpm, euler or dpmpp2m built from a pipeline's scheduler config (as diffusers'
@@ -149,7 +150,8 @@ public abstract class Scheduler : IDisposable
         "ddpm" => new DDPMScheduler(baseConfig with { _class_name = "DDPMScheduler" }),
         "euler" => new EulerDiscreteScheduler(baseConfig with { _class_name = "EulerDiscreteScheduler" }),
         "dpmpp2m" => new DPMSolverMultistepScheduler(baseConfig with { _class_name = "DPMSolverMultistepScheduler", algorithm_type = "dpmsolver++", solver_order = 2 }),
-        _ => throw new ArgumentException($"unknown scheduler '{name}' (ddim, ddpm, euler, dpmpp2m)"),
+        "pndm" => new PNDMScheduler(baseConfig with { _class_name = "PNDMScheduler" }),
+        _ => throw new ArgumentException($"unknown scheduler '{name}' (ddim, ddpm, euler, dpmpp2m, pndm)"),
     };
 
     public virtual void Dispose()

@@ -33,6 +33,8 @@ public sealed record SchedulerConfig
     public bool euler_at_final { get; init; }
     public string final_sigmas_type { get; init; } = "zero";
     public double lambda_min_clipped { get; init; } = double.NegativeInfinity;
+    /// <summary>PNDM: skip the Runge-Kutta warm-up and run PLMS only (Stable Diffusion's configs set it).</summary>
+    public bool skip_prk_steps { get; init; }
 
     public static SchedulerConfig FromFile(string path)
     {
@@ -77,5 +79,6 @@ public sealed record SchedulerConfig
         steps_offset = 1,
         set_alpha_to_one = false,
         clip_sample = false,
+        skip_prk_steps = true,
     };
 }
