@@ -3,7 +3,8 @@
 // Defaults are SPO's (LoRA rank 4, lr 6e-5); the sampling preset comes from the model (SD-1.5: 20 DDIM steps,
 // η = 1, CFG 5, κ = 750, k = 4, threshold 0.3; SDXL: k = 2, threshold 0.4, 3 MSPO inner steps), each overridable.
 // Resumable like every run (checkpoint-N/, refused when settings change).
-// dotnet fsi recipes/spo.fsx -- --pretrained_model_name_or_path <pipeline> --scorer <CLIPModel or step-aware folder> --prompts_file <file> [flags]
+// dotnet fsi recipes/spo.fsx -- --pretrained_model_name_or_path <pipeline> --scorer <SPO step-aware .bin or folder> --prompts_file <file> [flags]
+// (a plain CLIPModel such as PickScore needs --scorer_plain_clip true: untrained time conditioning, SPO's weaker ablation)
 // --scorer world-judge scores x̂₀ with the shapes world's judge (the oracle a learned scorer approaches).
 #load "../scripts/_load.fsx"
 open _load

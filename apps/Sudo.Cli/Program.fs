@@ -78,6 +78,10 @@ type ParityArgs =
 
 type SampleArgs =
     | [<Mandatory>] Model of folder: string
+    | Unet of folder: string
+    | Lora of folder: string
+    | Lora_Scale of float
+    | Vae of folder: string
     | Prompt of text: string
     | Prompts of file: string
     | Negative_Prompt of text: string
@@ -98,12 +102,16 @@ type SampleArgs =
         member a.Usage =
             match a with
             | Model _ -> "a diffusers pipeline folder (or an org/name in the local Hugging Face cache)."
+            | Unet _ -> "a UNet replacing the pipeline's: a UNet folder, a UNet-only repository, or a training output / checkpoint-N folder holding unet/."
+            | Lora _ -> "a LoRA merged into the UNet: pytorch_lora_weights.safetensors, or a folder holding it or lora/ (training output, checkpoint-N)."
+            | Lora_Scale _ -> "LoRA scale (default 1)."
+            | Vae _ -> "another VAE folder or repo (e.g. the SDXL fp16-fix VAE)."
             | Prompt _ -> "the prompt."
             | Prompts _ -> "a text file with one prompt per line."
             | Negative_Prompt _ -> "negative prompt for every image."
             | Steps _ -> "denoising steps (default 30)."
             | Guidance _ -> "classifier-free guidance scale (default 7.5)."
-            | Scheduler _ -> "ddim, ddpm, euler or dpmpp2m (default: the pipeline's)."
+            | Scheduler _ -> "ddim, ddpm, euler, dpmpp2m or pndm (default: the pipeline's)."
             | Seed _ -> "base seed; image i uses seed + i (default 0)."
             | Images_Per_Prompt _ -> "images per prompt (default 1)."
             | Height _ -> "image height (multiple of 8)."
@@ -193,6 +201,43 @@ type WorldArgs =
             | Size _ -> "image side in pixels (default 64)."
             | Seed _ -> "layout / prompt seed (default 0)."
 
+type EvalArgs =
+    | [<Mandatory; CustomCommandLine("--model")>] E_Model of spec: string
+    | [<Mandatory; CustomCommandLine("--prompts")>] E_Prompts of file: string
+    | [<CustomCommandLine("--max_prompts"); AltCommandLine("--max-prompts")>] E_Max_Prompts of int
+    | [<CustomCommandLine("--seeds")>] E_Seeds of list: string
+    | [<Mandatory; CustomCommandLine("--scorer")>] E_Scorer of spec: string
+    | [<CustomCommandLine("--steps")>] E_Steps of int
+    | [<CustomCommandLine("--guidance")>] E_Guidance of float
+    | [<CustomCommandLine("--negative_prompt"); AltCommandLine("--negative-prompt")>] E_Negative_Prompt of text: string
+    | [<CustomCommandLine("--height")>] E_Height of int
+    | [<CustomCommandLine("--width")>] E_Width of int
+    | [<CustomCommandLine("--dtype")>] E_Dtype of name: string
+    | [<CustomCommandLine("--device")>] E_Device of name: string
+    | [<CustomCommandLine("--batch_size"); AltCommandLine("--batch-size")>] E_Batch_Size of int
+    | [<CustomCommandLine("--grid_prompts"); AltCommandLine("--grid-prompts")>] E_Grid_Prompts of int
+    | [<CustomCommandLine("--clip_tokenizer"); AltCommandLine("--clip-tokenizer")>] E_Pickscore_Tokenizer of folder: string
+    | [<Mandatory; CustomCommandLine("--out")>] E_Out of dir: string
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | E_Model _ -> "repeatable; the first is the base: name=PIPELINE[,unet=PATH][,lora=PATH][,lora_scale=S][,vae=PATH][,scheduler=NAME] (an empty PIPELINE reuses the base's)."
+            | E_Prompts _ -> "a prompt set: text file, PartiPrompts TSV, HPDv2 JSON, SPO JSON, parquet (../shared/prompts has the papers' sets)."
+            | E_Max_Prompts _ -> "use the first N prompts."
+            | E_Seeds _ -> "comma-separated sampling seeds, the same for every model (default 0)."
+            | E_Scorer _ -> "repeatable: pickscore=PATH, hps=PATH, aes=PATH, clip=PATH, imagereward=PATH."
+            | E_Steps _ -> "denoising steps (default 50)."
+            | E_Guidance _ -> "classifier-free guidance scale (default 7.5)."
+            | E_Negative_Prompt _ -> "negative prompt for every image."
+            | E_Height _ -> "image height."
+            | E_Width _ -> "image width."
+            | E_Dtype _ -> "float32 (default), bfloat16, float16 on CUDA."
+            | E_Device _ -> "cpu (default) or cuda[:i]."
+            | E_Batch_Size _ -> "images denoised together (default 4)."
+            | E_Grid_Prompts _ -> "prompts shown in report.html's grid (default 12)."
+            | E_Pickscore_Tokenizer _ -> "CLIP BPE tokenizer folder for PickScore / HPS / CLIP-score models that ship none (default: the base pipeline's tokenizer/)."
+            | E_Out _ -> "output folder (images and scores are cached there; rerun to resume or to add scorers)."
+
 [<RequireSubcommand>]
 type CliArgs =
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
@@ -201,6 +246,7 @@ type CliArgs =
     | [<CliPrefix(CliPrefix.None)>] Demo of ParseResults<DemoArgs>
     | [<CliPrefix(CliPrefix.None)>] Parity of ParseResults<ParityArgs>
     | [<CliPrefix(CliPrefix.None)>] Sample of ParseResults<SampleArgs>
+    | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<EvalArgs>
     | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<TrainArgs>
     | [<CliPrefix(CliPrefix.None)>] Flags of ParseResults<FlagsArgs>
     | [<CliPrefix(CliPrefix.None)>] World of ParseResults<WorldArgs>
@@ -216,6 +262,7 @@ type CliArgs =
             | Demo _ -> "a small real training run (conv net on a synthetic task)."
             | Parity _ -> "compare a component with golden outputs of the reference libraries."
             | Sample _ -> "text-to-image: PNGs, grid.png and images.jsonl."
+            | Eval _ -> "models × prompts × seeds × reward models: means with intervals, paired win rates, report.md / report.html, per_prompt.jsonl."
             | Train _ -> "fine-tune: --method dpo (default), sft, sudo or spo, with Diffusion-DPO train.py's flags (docs/flags.md)."
             | Flags _ -> "the training flags: upstream meaning, default and what Sudo does with each."
             | World _ -> "the synthetic shapes world: prompts, ground-truth renders and the judge."
@@ -374,6 +421,10 @@ let main argv =
             let settings =
                 Sudo.Diffusion.SampleSettings(
                     model = a.GetResult SampleArgs.Model,
+                    unet = (a.TryGetResult SampleArgs.Unet |> Option.toObj),
+                    lora = (a.TryGetResult SampleArgs.Lora |> Option.toObj),
+                    lora_scale = a.GetResult(SampleArgs.Lora_Scale, defaultValue = 1.0),
+                    vae = (a.TryGetResult SampleArgs.Vae |> Option.toObj),
                     prompts = prompts,
                     out_dir = a.GetResult SampleArgs.Out,
                     negative_prompt = (a.TryGetResult Negative_Prompt |> Option.toObj),
@@ -390,6 +441,39 @@ let main argv =
                     batch_size = a.GetResult(Batch_Size, defaultValue = 4),
                     allow_slow_bf16 = a.Contains Sample_Allow_Slow_Bf16)
             Commands.sample settings
+        | Eval a ->
+            let models = a.GetResults E_Model
+            let basePipeline = models |> List.tryHead |> Option.map (fun m -> (Sudo.Preference.EvalModel.Parse m).spec.model) |> Option.toObj
+            let prompts = Sudo.Diffusion.Sampling.ReadPrompts(a.GetResult E_Prompts)
+            let prompts =
+                match a.TryGetResult E_Max_Prompts with
+                | Some n -> prompts |> Seq.truncate n |> ResizeArray
+                | None -> prompts
+            let seeds =
+                match a.TryGetResult E_Seeds with
+                | Some s -> s.Split(',') |> Array.map (fun x -> int64 (x.Trim())) |> ResizeArray
+                | None -> ResizeArray [ 0L ]
+            let settings =
+                Sudo.Preference.EvalSettings(
+                    models = (models |> List.map (fun m -> Sudo.Preference.EvalModel.Parse(m, basePipeline)) |> ResizeArray),
+                    prompts = prompts,
+                    scorers = (a.GetResults E_Scorer |> List.map Sudo.Preference.EvalScorer.Parse |> ResizeArray),
+                    out_dir = a.GetResult E_Out,
+                    seeds = seeds,
+                    steps = a.GetResult(E_Steps, defaultValue = 50),
+                    guidance = a.GetResult(E_Guidance, defaultValue = 7.5),
+                    negative_prompt = (a.TryGetResult E_Negative_Prompt |> Option.toObj),
+                    height = (a.TryGetResult E_Height |> Option.toNullable),
+                    width = (a.TryGetResult E_Width |> Option.toNullable),
+                    dtype = a.GetResult(E_Dtype, defaultValue = "float32"),
+                    device = a.GetResult(E_Device, defaultValue = "cpu"),
+                    batch_size = a.GetResult(E_Batch_Size, defaultValue = 4),
+                    grid_prompts = a.GetResult(E_Grid_Prompts, defaultValue = 12),
+                    clip_tokenizer = (a.TryGetResult E_Pickscore_Tokenizer |> Option.toObj),
+                    command = "sudoml " + String.Join(" ", argv |> Array.map (fun x -> if x.Contains " " || x.Contains "\"" then "'" + x.Replace("'", "'\\''") + "'" else x)))
+            let report = Sudo.Preference.Evaluation.Run(settings)
+            printfn "%s" (System.IO.File.ReadAllText report.report_md)
+            0
         | Train _ -> Commands.train trainArgv
         | Flags a ->
             if a.Contains Markdown then printf "%s" (Sudo.Training.UpstreamFlags.Markdown())

@@ -11,6 +11,14 @@ namespace Sudo.Diffusion;
 public sealed record SampleSettings
 {
     public required string model { get; init; }
+    /// <summary>A UNet replacing the pipeline's (a UNet folder, a UNet-only repository, or a training output /
+    /// checkpoint-N folder holding unet/).</summary>
+    public string? unet { get; init; }
+    /// <summary>A LoRA merged into the UNet (pytorch_lora_weights.safetensors, or a folder holding it or lora/).</summary>
+    public string? lora { get; init; }
+    public double lora_scale { get; init; } = 1.0;
+    /// <summary>Another VAE (e.g. madebyollin/sdxl-vae-fp16-fix).</summary>
+    public string? vae { get; init; }
     public required IReadOnlyList<string> prompts { get; init; }
     public string? negative_prompt { get; init; }
     public int steps { get; init; } = 30;
@@ -51,7 +59,8 @@ public static class Sampling
         var device = Device.Parse(s.device);
         var dtype = ParseDtype(s.dtype, device);
         if (dtype == ScalarType.BFloat16) Precision.RequireUsableBf16(device, s.allow_slow_bf16, "--dtype bf16");
-        using var pipe = StableDiffusionPipeline.from_pretrained(s.model, s.scheduler, dtype, device);
+        var spec = new PipelineSpec { model = s.model, unet = s.unet, lora = s.lora, lora_scale = s.lora_scale, vae = s.vae, scheduler = s.scheduler };
+        using var pipe = PipelineLoading.Load(spec, dtype, device);
         Directory.CreateDirectory(s.out_dir);
         var jobs = s.prompts.SelectMany((p, pi) => Enumerable.Range(0, s.images_per_prompt).Select(k => (prompt: p, index: pi * s.images_per_prompt + k))).ToList();
         var files = new List<string>();
@@ -95,7 +104,7 @@ public static class Sampling
                         ["negative_prompt"] = s.negative_prompt,
                         ["seed"] = s.seed + j.index,
                         ["generator"] = "torch.Generator('cpu').manual_seed(seed); one generator per image",
-                        ["model"] = s.model,
+                        ["model"] = spec.Describe(),
                         ["scheduler"] = pipe.scheduler.config._class_name,
                         ["steps"] = s.steps,
                         ["guidance_scale"] = s.guidance,

@@ -327,10 +327,22 @@ public sealed class StableDiffusionPipeline : IDisposable
     {
         using var scope = NewDisposeScope();
         using var _ = no_grad();
-        var z = vae.unscale_latents(latents.to(vae.encoder.conv_in.weight.dtype));
-        var parts = z.split(Math.Max(1, decode_chunk_size)).Select(c => vae.decode(c)).ToArray();
-        var img = cat(parts);
-        return scope.MoveToOuter((img / 2.0 + 0.5).clamp(0, 1).to(ScalarType.Float32));
+        // diffusers' SDXL pipeline: an fp16 VAE with force_upcast decodes in float32 (the original SDXL VAE overflows
+        // in fp16: NaN / black images), then returns to fp16. The fp16-fix VAE sets force_upcast false.
+        var vaeDtype = vae.encoder.conv_in.weight.dtype;
+        var upcast = vaeDtype == ScalarType.Float16 && vae.config.force_upcast;
+        if (upcast) vae.to(ScalarType.Float32);
+        try
+        {
+            var z = vae.unscale_latents(latents.to(upcast ? ScalarType.Float32 : vaeDtype));
+            var parts = z.split(Math.Max(1, decode_chunk_size)).Select(c => vae.decode(c)).ToArray();
+            var img = cat(parts);
+            return scope.MoveToOuter((img / 2.0 + 0.5).clamp(0, 1).to(ScalarType.Float32));
+        }
+        finally
+        {
+            if (upcast) vae.to(ScalarType.Float16);
+        }
     }
 
     // ---- 5. the whole call ----

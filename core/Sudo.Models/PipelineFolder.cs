@@ -40,6 +40,25 @@ public sealed class PipelineComponents : IDisposable
         };
     }
 
+    /// <summary>The same components with another UNet (a fine-tuned one); this object's UNet is disposed.</summary>
+    public PipelineComponents WithUnet(UNet2DConditionModel newUnet)
+    {
+        unet.Dispose();
+        return new PipelineComponents
+        {
+            Folder = Folder,
+            ClassName = ClassName,
+            ModelIndex = ModelIndex,
+            unet = newUnet,
+            vae = vae,
+            text_encoder = text_encoder,
+            text_encoder_2 = text_encoder_2,
+            tokenizer = tokenizer,
+            tokenizer_2 = tokenizer_2,
+            scheduler_config = scheduler_config,
+        };
+    }
+
     public bool IsSDXL => text_encoder_2 != null;
 
     /// <summary>Reads model_index.json and loads every model component it names (unet, vae, text_encoder,

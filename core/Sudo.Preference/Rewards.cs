@@ -32,14 +32,16 @@ public static class RewardModels
     /// HPS_v2*_compressed.pt + open_clip's model_config.json, or the .pt itself; clip = an open_clip checkpoint with
     /// its model_config.json (the HPS code with plain laion weights, as Diffusion-DPO computes CLIP score); aes = a
     /// CLIPModel folder holding (or beside) sac+logos+ava1-l14-linearMSE.pth; imagereward = a folder with
-    /// ImageReward.pt, med_config.json and bert-base-uncased/vocab.txt.</summary>
+    /// ImageReward.pt, med_config.json and bert-base-uncased/vocab.txt. <paramref name="tokenizer"/>: a CLIP BPE tokenizer
+    /// folder for pickscore / hps / clip models that ship none (every CLIP BPE folder has the same vocabulary, e.g. a
+    /// Stable Diffusion pipeline's tokenizer/).</summary>
     public static IRewardModel Load(string name, string path, string? tokenizer = null) => name switch
     {
         "pickscore" => PickScoreReward.from_pretrained(path, tokenizer),
-        "hps" => OpenClipReward.from_pretrained(path, "hps"),
-        "clip" => OpenClipReward.from_pretrained(path, "clip"),
+        "hps" => OpenClipReward.from_pretrained(path, "hps", tokenizer),
+        "clip" => OpenClipReward.from_pretrained(path, "clip", tokenizer),
         "aes" => AestheticReward.from_pretrained(path),
-        "imagereward" => ImageRewardModel.from_pretrained(path, tokenizer),
+        "imagereward" => ImageRewardModel.from_pretrained(path),
         _ => throw new ArgumentException($"unknown reward model '{name}': expected one of {string.Join(", ", Names)}"),
     };
 

@@ -1,0 +1,179 @@
+using System.Text.Json.Nodes;
+using NUnit.Framework;
+using Sudo.Data;
+using Sudo.Diffusion;
+using Sudo.Models;
+using Sudo.Preference;
+using Sudo.Torch;
+using Sudo.Torch.Tests;
+using static Sudo.Torch.torch;
+
+namespace Sudo.Training.Tests;
+
+/// <summary>Sampling what training produced (a UNet folder, a LoRA) and `sudoml eval` on the tiny golden pipeline with
+/// every golden reward model.</summary>
+public class EvaluationTests : TempFolderTest
+{
+    private static string G(string item) => Shared.Require("golden", item);
+
+    /// <summary>A LoRA saved as training saves it (lora/ with adapter_config.json), non-zero so that it changes images.</summary>
+    private static string SaveRandomLora(string dir, double bScale = 0.5)
+    {
+        using var pipe = StableDiffusionPipeline.from_pretrained(G("pipe_sd15"));
+        using var g = new Generator(11);
+        using var lora = Lora.Attach(pipe.unet, new LoraConfig(r: 2, lora_alpha: 4), g);
+        using (no_grad())
+            foreach (var a in lora.adapters.Values)
+                using (var r = randn(a.lora_B.shape, g) * bScale) a.lora_B.copy_(r);
+        var folder = Path.Combine(dir, "lora");
+        lora.save(folder);
+        return folder;
+    }
+
+    [Test]
+    public void MergedLoraEqualsTheAdaptersAndScales()
+    {
+        var loraDir = SaveRandomLora(Tmp);
+        using var scope = NewDisposeScope();
+        using var g = new Generator(3);
+        var x = randn([1, 4, 8, 8], g);
+        var crossDim = UNet2DConditionConfig.FromFile(Path.Combine(G("pipe_sd15"), "unet", "config.json")).cross_attention_dim;
+        var ehs = randn([1, 77, crossDim[0]], g);
+        var t = tensor(new long[] { 500 });
+        using var adapted = StableDiffusionPipeline.from_pretrained(G("pipe_sd15"));
+        using var lora = Lora.Attach(adapted.unet, Lora.ReadConfig(loraDir));
+        lora.load_state_dict(safetensors.load_file(Path.Combine(loraDir, "pytorch_lora_weights.safetensors")));
+        using var _ = no_grad();
+        var expected = adapted.unet.forward(x, t, ehs);
+        Tensor Merged(double scale)
+        {
+            using var p = PipelineLoading.Load(new PipelineSpec { model = G("pipe_sd15"), lora = Tmp, lora_scale = scale }, ScalarType.Float32, Device.CPU);
+            return p.unet.forward(x, t, ehs);
+        }
+        var merged = Merged(1.0);
+        Assert.That((merged - expected).abs().max().item(), Is.LessThan(1e-4), "merged LoRA = active adapters");
+        using var plain = StableDiffusionPipeline.from_pretrained(G("pipe_sd15"));
+        var baseOut = plain.unet.forward(x, t, ehs);
+        Assert.That((Merged(0.0) - baseOut).abs().max().item(), Is.LessThan(1e-6), "scale 0 = the base");
+        Assert.That((merged - baseOut).abs().max().item(), Is.GreaterThan(1e-3), "the LoRA changes the output");
+    }
+
+    [Test]
+    public void LoraKeysOfEveryDiffusersNamingMapToOurs()
+    {
+        using var scope = NewDisposeScope();
+        var w = ones([2, 3]);
+        var sd = new Dictionary<string, Tensor>
+        {
+            ["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight"] = w,
+            ["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.up.weight"] = w,
+            ["down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_out_lora.down.weight"] = w,
+            ["down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora.up.weight"] = w,
+        };
+        var (weights, _) = PipelineLoading.NormalizeLoraKeys(sd, "test");
+        Assert.That(weights.Keys, Is.EquivalentTo(new[]
+        {
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight",
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight",
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0.lora_A.weight",
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight",
+        }));
+        Assert.Throws<NotSupportedException>(() => PipelineLoading.NormalizeLoraKeys(new() { ["text_encoder.x.lora_A.weight"] = w }, "test"));
+    }
+
+    /// <summary>sudoml sample --unet &lt;training output&gt; / --lora &lt;training output&gt;: the CLI's code path (Sampling.Run).</summary>
+    [Test]
+    public void TrainedUnetAndLoraSample()
+    {
+        var trainOut = Path.Combine(Tmp, "train-out");
+        using (var pipe = StableDiffusionPipeline.from_pretrained(G("pipe_sd15")))
+            pipe.unet.save_pretrained(Path.Combine(trainOut, "unet"));
+        SaveRandomLora(Path.Combine(Tmp, "lora-out"));
+        List<RgbImage> Run(string name, string? unet, string? lora)
+        {
+            var files = Sampling.Run(new SampleSettings { model = G("pipe_sd15"), unet = unet, lora = lora, prompts = ["a red fox"], steps = 3, out_dir = Path.Combine(Tmp, name) });
+            return files.Select(ImageCodecs.Load).ToList();
+        }
+        var baseImg = Run("base", null, null)[0];
+        var unetImg = Run("unet", trainOut, null)[0];
+        var loraImg = Run("lora", null, Path.Combine(Tmp, "lora-out"))[0];
+        Assert.That(unetImg.Pixels, Is.EqualTo(baseImg.Pixels), "the saved UNet is the base's");
+        Assert.That(loraImg.Pixels, Is.Not.EqualTo(baseImg.Pixels), "the LoRA changes the image");
+        var meta = JsonNode.Parse(File.ReadAllLines(Path.Combine(Tmp, "lora", "images.jsonl"))[0])!;
+        Assert.That((string)meta["model"]!, Does.Contain("lora="));
+        var e = Assert.Throws<FileNotFoundException>(() => Run("bad", Path.Combine(Tmp, "lora-out"), null))!;
+        Assert.That(e.Message, Does.Contain("--lora"), "a LoRA output given as --unet says so");
+    }
+
+    [Test]
+    public void EvalReportsIntervalsAndPairedWinRatesAndResumes()
+    {
+        SaveRandomLora(Path.Combine(Tmp, "lora-out"), 2.0);
+        var outDir = Path.Combine(Tmp, "eval");
+        var tokenizer = Path.Combine(G("pipe_sd15"), "tokenizer");
+        var settings = new EvalSettings
+        {
+            models =
+            [
+                EvalModel.Parse($"base={G("pipe_sd15")}"),
+                EvalModel.Parse($"same=,unet={Path.Combine(G("pipe_sd15"), "unet")}", G("pipe_sd15")),
+                EvalModel.Parse($"lora=,lora={Path.Combine(Tmp, "lora-out")}", G("pipe_sd15")),
+            ],
+            prompts = ["a red fox", "a blue bird on a branch", "a lighthouse at night"],
+            seeds = [0, 1],
+            steps = 3,
+            scorers = [new EvalScorer("hps", Path.Combine(G("hpsv2"), "HPS_v2.1_compressed.pt")), new EvalScorer("aes", G("aesthetic"))],
+            out_dir = outDir,
+            bootstrap = 500,
+        };
+        var log = new List<string>();
+        var r = Evaluation.Run(settings, log.Add);
+        foreach (var m in r.models)
+            foreach (var sc in r.scorers)
+            {
+                var i = r.means[m][sc];
+                Assert.That(i.lo, Is.LessThanOrEqualTo(i.mean).And.LessThanOrEqualTo(i.hi), $"{m} {sc}");
+            }
+        // Identical images tie on every (prompt, seed): exactly ½ with a degenerate interval.
+        foreach (var sc in r.scorers) Assert.That(r.win_rates["same"][sc], Is.EqualTo(new Interval(0.5, 0.5, 0.5)), sc);
+        // The win rate is the mean over prompts of per-(prompt, seed) wins read back from per_prompt.jsonl.
+        var lines = File.ReadAllLines(r.per_prompt_jsonl).Select(l => JsonNode.Parse(l)!).ToList();
+        Assert.That(lines, Has.Count.EqualTo(6));
+        foreach (var sc in r.scorers)
+        {
+            var byPrompt = lines.GroupBy(l => (int)l["prompt_index"]!).Select(gp => gp.Average(l =>
+            {
+                var (a, b) = ((double)l["lora"]![sc]!, (double)l["base"]![sc]!);
+                return a > b ? 1.0 : a < b ? 0.0 : 0.5;
+            }));
+            Assert.That(r.win_rates["lora"][sc].mean, Is.EqualTo(byPrompt.Average()).Within(1e-12), sc);
+        }
+        Assert.That(File.ReadAllText(r.report_html), Does.Contain("data:image/png;base64,").And.Contain("<svg").And.Contain("a lighthouse at night"));
+        Assert.That(File.ReadAllText(r.report_md), Does.Contain("Win rate against base").And.Contain("| lora |"));
+
+        // Resume: a lost image is re-sampled alone; adding a scorer re-scores without re-sampling.
+        File.Delete(Evaluation.ImagePath(outDir, "lora", 1, 1));
+        var stamp = File.GetLastWriteTimeUtc(Evaluation.ImagePath(outDir, "base", 0, 0));
+        log.Clear();
+        var r2 = Evaluation.Run(settings with { scorers = [.. settings.scorers, new EvalScorer("imagereward", G("imagereward"))] }, log.Add);
+        Assert.That(log, Has.Some.Contains("lora: sampling 1 images"));
+        Assert.That(log, Has.Some.Contains("base: all 6 images cached"));
+        Assert.That(log, Has.Some.Contains("imagereward: scoring 18 images"));
+        Assert.That(File.GetLastWriteTimeUtc(Evaluation.ImagePath(outDir, "base", 0, 0)), Is.EqualTo(stamp));
+        Assert.That(r2.means["base"]["hps"], Is.EqualTo(r.means["base"]["hps"]));
+        // Other sampling settings in the same folder are refused.
+        Assert.Throws<InvalidOperationException>(() => Evaluation.Run(settings with { steps = 4 }, _ => { }));
+    }
+
+    [Test]
+    public void BootstrapOfAConstantIsDegenerateAndCoversTheMean()
+    {
+        Assert.That(Evaluation.Bootstrap([2.0, 2.0, 2.0], 200, 0), Is.EqualTo(new Interval(2, 2, 2)));
+        var i = Evaluation.Bootstrap([0, 1, 0, 1, 1, 0, 1, 1], 1000, 0);
+        Assert.That(i.mean, Is.EqualTo(0.625));
+        Assert.That(i.lo, Is.LessThan(0.625));
+        Assert.That(i.hi, Is.GreaterThan(0.625));
+        Assert.That(i.lo, Is.GreaterThanOrEqualTo(0));
+        Assert.That(i.hi, Is.LessThanOrEqualTo(1));
+    }
+}
