@@ -20,10 +20,11 @@ public static class Hub
     {
         if (Directory.Exists(nameOrPath)) return Path.GetFullPath(nameOrPath);
         var parts = nameOrPath.Split('/');
-        if (parts.Length != 2 || parts.Any(p => p.Length == 0))
+        // Legacy ids without an organisation (bert-base-uncased) are cached as models--<name>.
+        if (parts.Length is < 1 or > 2 || parts.Any(p => p.Length == 0 || p is "." or ".."))
             throw new DirectoryNotFoundException($"'{nameOrPath}' is neither a folder nor a Hugging Face id of the form org/name");
         var cache = CacheDir(cacheDir);
-        var repo = Path.Combine(cache, $"models--{parts[0]}--{parts[1]}");
+        var repo = Path.Combine(cache, "models--" + string.Join("--", parts));
         var snapshots = Path.Combine(repo, "snapshots");
         if (!Directory.Exists(snapshots))
             throw new DirectoryNotFoundException(

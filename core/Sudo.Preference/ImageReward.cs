@@ -310,7 +310,11 @@ public sealed class ImageRewardModel : nn.Module, IRewardModel
         var medPath = Path.Combine(folder, "med_config.json");
         if (!File.Exists(ckpt)) throw new FileNotFoundException($"{folder}: no ImageReward.pt", ckpt);
         if (!File.Exists(medPath)) throw new FileNotFoundException($"{folder}: no med_config.json (BLIP's BERT configuration)", medPath);
-        vocab ??= Path.Combine(folder, "bert-base-uncased", "vocab.txt");
+        // ImageReward loads BertTokenizer.from_pretrained('bert-base-uncased'): a bert-base-uncased/ folder beside the
+        // checkpoint, else that repository in the local Hugging Face cache.
+        vocab ??= File.Exists(Path.Combine(folder, "bert-base-uncased", "vocab.txt")) ? Path.Combine(folder, "bert-base-uncased", "vocab.txt")
+            : (TryHub("bert-base-uncased") ?? TryHub("google-bert/bert-base-uncased")) is { } hub ? Path.Combine(hub, "vocab.txt")
+            : Path.Combine(folder, "bert-base-uncased", "vocab.txt");
         if (Directory.Exists(vocab)) vocab = Path.Combine(vocab, "vocab.txt");
         if (!File.Exists(vocab)) throw new FileNotFoundException($"no WordPiece vocab.txt for ImageReward (bert-base-uncased's): {vocab}", vocab);
         var tok = CreateTokenizer(vocab);
@@ -351,6 +355,18 @@ public sealed class ImageRewardModel : nn.Module, IRewardModel
         finally
         {
             foreach (var t in sd.Values) t.Dispose();
+        }
+    }
+
+    private static string? TryHub(string repo)
+    {
+        try
+        {
+            return Hub.Resolve(repo);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or ArgumentException or InvalidDataException)
+        {
+            return null;
         }
     }
 

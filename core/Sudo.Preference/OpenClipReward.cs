@@ -51,11 +51,11 @@ public sealed class OpenClipReward : IRewardModel
             if (found.Length > 1) throw new ArgumentException($"{path} holds several checkpoints ({string.Join(", ", found.Select(Path.GetFileName))}); pass the file");
             ckpt = found[0];
         }
-        var cfgPath = Path.Combine(folder, "model_config.json");
-        if (!File.Exists(cfgPath)) cfgPath = Path.Combine(folder, "open_clip_config.json");
-        if (!File.Exists(cfgPath))
-            throw new FileNotFoundException($"{folder}: no open_clip model_config.json (for HPSv2: open_clip's ViT-H-14.json) beside {Path.GetFileName(ckpt)}", cfgPath);
-        var config = ConfigFromOpenClip(cfgPath);
+        var cfgPath = new[] { "model_config.json", "open_clip_config.json" }.Select(n => Path.Combine(folder, n)).FirstOrDefault(File.Exists);
+        CLIPConfig config;
+        if (cfgPath is not null) config = ConfigFromOpenClip(cfgPath);
+        else if (Path.GetFileName(ckpt).StartsWith("HPS_v2", StringComparison.Ordinal)) config = ConfigFromOpenClip(JsonNode.Parse(ViTH14)!.AsObject(), "open_clip ViT-H-14.json (built in)");
+        else throw new FileNotFoundException($"{folder}: no open_clip model_config.json / open_clip_config.json beside {Path.GetFileName(ckpt)}");
         var tok = LoadTokenizer(folder, tokenizerFolder);
         CLIPModel model;
         using (nn.init.skip()) model = new CLIPModel(config);
@@ -94,9 +94,17 @@ public sealed class OpenClipReward : IRewardModel
     /// <summary>open_clip's model config (model_configs/*.json: embed_dim, vision_cfg, text_cfg, quick_gelu) as a
     /// transformers CLIPConfig. Text pooling at argmax(ids) (eos_token_id 2, transformers' legacy rule), which is
     /// open_clip's text.argmax(dim=-1).</summary>
-    public static CLIPConfig ConfigFromOpenClip(string path)
+    public static CLIPConfig ConfigFromOpenClip(string path) =>
+        ConfigFromOpenClip(JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"{path}: not a JSON object"), path);
+
+    /// <summary>open_clip's model_configs/ViT-H-14.json (open_clip 2.x), the architecture of HPSv2 / v2.1 (HPSv2's
+    /// img_score.py builds create_model_and_transforms('ViT-H-14', ...)); used when the .pt comes without a config.</summary>
+    public const string ViTH14 = """{"embed_dim":1024,"vision_cfg":{"image_size":224,"layers":32,"width":1280,"head_width":80,"patch_size":14},"text_cfg":{"context_length":77,"vocab_size":49408,"width":1024,"heads":16,"layers":24}}""";
+
+    /// <summary>A model config object; open_clip_config.json (Hugging Face hub repos) nests it under "model_cfg".</summary>
+    public static CLIPConfig ConfigFromOpenClip(JsonObject root, string path)
     {
-        var o = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"{path}: not a JSON object");
+        var o = root["model_cfg"] as JsonObject ?? root;
         var v = o["vision_cfg"] as JsonObject ?? throw new InvalidDataException($"{path}: no vision_cfg");
         var t = o["text_cfg"] as JsonObject ?? throw new InvalidDataException($"{path}: no text_cfg");
         int I(JsonObject j, string k, int? d = null) => j[k] is { } n ? n.GetValue<int>() : d ?? throw new InvalidDataException($"{path}: no {k}");

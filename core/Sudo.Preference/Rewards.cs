@@ -31,7 +31,8 @@ public static class RewardModels
     /// with its tokenizer (tokenizer files in the folder, else <paramref name="tokenizer"/>); hps = a folder holding
     /// HPS_v2*_compressed.pt + open_clip's model_config.json, or the .pt itself; clip = an open_clip checkpoint with
     /// its model_config.json (the HPS code with plain laion weights, as Diffusion-DPO computes CLIP score); aes = a
-    /// CLIPModel folder holding (or beside) sac+logos+ava1-l14-linearMSE.pth; imagereward = a folder with
+    /// folder holding sac+logos+ava1-l14-linearMSE.pth (with the CLIPModel there or openai/clip-vit-large-patch14 in the
+    /// hub cache); imagereward = a folder with
     /// ImageReward.pt, med_config.json and bert-base-uncased/vocab.txt. <paramref name="tokenizer"/>: a CLIP BPE tokenizer
     /// folder for pickscore / hps / clip models that ship none (every CLIP BPE folder has the same vocabulary, e.g. a
     /// Stable Diffusion pipeline's tokenizer/).</summary>
@@ -93,13 +94,17 @@ public sealed class AestheticReward : IRewardModel
 
     public AestheticReward(CLIPModel clip, AestheticMlp mlp) => (this.clip, this.mlp) = (clip, mlp);
 
-    /// <summary>A CLIPModel folder with the MLP file inside it (or given by <paramref name="mlpPath"/>).</summary>
-    public static AestheticReward from_pretrained(string clipFolder, string? mlpPath = null)
+    /// <summary>The CLIP image tower the LAION MLP was trained on (Diffusion-DPO's aes_utils.py loads it by this id).</summary>
+    public const string DefaultClip = "openai/clip-vit-large-patch14";
+
+    /// <summary><paramref name="path"/>: a folder holding the MLP file (or the .pth itself); the CLIPModel is that folder
+    /// when it has a config.json, else <paramref name="clipFolder"/>, else openai/clip-vit-large-patch14 from the local
+    /// Hugging Face cache.</summary>
+    public static AestheticReward from_pretrained(string path, string? clipFolder = null)
     {
-        if (File.Exists(clipFolder) && clipFolder.EndsWith(".pth", StringComparison.OrdinalIgnoreCase))
-            (clipFolder, mlpPath) = (Path.GetDirectoryName(Path.GetFullPath(clipFolder))!, clipFolder);
-        mlpPath ??= Path.Combine(clipFolder, MlpFileName);
-        if (!File.Exists(mlpPath)) throw new FileNotFoundException($"the aesthetic MLP {MlpFileName} is not in {clipFolder}; pass its path", mlpPath);
+        var (folder, mlpPath) = File.Exists(path) ? (Path.GetDirectoryName(Path.GetFullPath(path))!, path) : (path, Path.Combine(path, MlpFileName));
+        if (!File.Exists(mlpPath)) throw new FileNotFoundException($"the aesthetic MLP {MlpFileName} is not in {folder}; pass the folder holding it or its path", mlpPath);
+        clipFolder ??= File.Exists(Path.Combine(folder, "config.json")) ? folder : Hub.Resolve(DefaultClip);
         var clip = CLIPModel.from_pretrained(clipFolder);
         try
         {

@@ -84,4 +84,41 @@ public class RecipeTests
             Assert.That(metrics[0], Does.Contain("dpo_loss"));
         }, "--mse_weight", "0.5", "--checkpointing_steps", "1");
     }
+
+    /// <summary>paper-repro/released/tables.fsx end to end on the tiny golden pipelines and reward models (every table,
+    /// every scorer), so that the real-scale scripts cannot rot.</summary>
+    [Test]
+    public void ReleasedCheckpointTablesRunAsADryRun()
+    {
+        Shared.Require("golden", "pipe_sdxl");
+        var root = RepoRoot();
+        Assume.That(File.Exists(Path.Combine(root, "artifacts", "bin", "Sudo.Training", "release", "Sudo.Training.dll")), "needs the Release build (scripts/test.sh builds it)");
+        var dir = Path.Combine(Path.GetTempPath(), $"sudo-released-{Guid.NewGuid():N}");
+        try
+        {
+            var psi = new ProcessStartInfo("dotnet", ["fsi", "paper-repro/released/tables.fsx", "--", "--dry_run", "true", "--out", dir])
+            {
+                WorkingDirectory = root,
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+            };
+            psi.Environment["SUDO_SHARED"] = Shared.Root;
+            using var p = Process.Start(psi)!;
+            var stdout = p.StandardOutput.ReadToEndAsync();
+            var stderr = p.StandardError.ReadToEnd();
+            p.WaitForExit();
+            Assert.That(p.ExitCode, Is.EqualTo(0), stdout.Result + stderr);
+            foreach (var table in new[] { "spo-sd15", "spo-sdxl", "sudo-sd15-pickapic", "sudo-sd15-parti", "sudo-sd15-hpdv2", "dpo-sdxl-hpdv2" })
+            {
+                var cmp = File.ReadAllText(Path.Combine(dir, "dry-run", table, "comparison.md"));
+                Assert.That(cmp, Does.Contain("(paper)").And.Contain("Win rate"), table);
+                Assert.That(File.Exists(Path.Combine(dir, "dry-run", table, "report.html")), table);
+            }
+            Assert.That(stdout.Result, Does.Contain("| spo | ").And.Contain("21.43"), "SPO's SD-1.5 row with the paper's PickScore");
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
 }
