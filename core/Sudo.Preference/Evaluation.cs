@@ -223,11 +223,16 @@ public static class Evaluation
 
     private static string Key(string model, int prompt, long seed) => $"{model}|{prompt}|{seed}";
 
+    /// <summary>SHA-256 of an image file (hex, 16 bytes): a cached score is reused only for the same image.</summary>
+    private static string ImageHash(string path) => Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(path)), 0, 16);
+
     /// <summary>Scores every image with one reward model; scores/&lt;name&gt;.jsonl caches them (appended per batch).</summary>
     private static Dictionary<string, double> Score(EvalSettings s, EvalScorer sc, Action<string> log)
     {
         var path = Path.Combine(s.out_dir, "scores", sc.name + ".jsonl");
         var cache = new Dictionary<string, double>();
+        var hashes = new Dictionary<string, string>();
+        string Hash(string image) => hashes.TryGetValue(image, out var h) ? h : hashes[image] = ImageHash(image);
         if (File.Exists(path))
             foreach (var line in File.ReadLines(path))
             {
@@ -242,7 +247,11 @@ public static class Evaluation
                     continue;   // a line cut by an interruption: re-scored below
                 }
                 if (o is null || (string?)o["scorer_path"] != sc.path) continue;
-                cache[Key((string)o["model"]!, (int)o["prompt_index"]!, (long)o["seed"]!)] = (double)o["score"]!;
+                var (model, prompt, seed) = ((string)o["model"]!, (int)o["prompt_index"]!, (long)o["seed"]!);
+                var image = ImagePath(s.out_dir, model, prompt, seed);
+                // A score of an image that was since replaced (or removed) is not reused.
+                if (!File.Exists(image) || (string?)o["image_sha256"] != Hash(image)) continue;
+                cache[Key(model, prompt, seed)] = (double)o["score"]!;
             }
         var todo = (from m in s.models
                     from p in Enumerable.Range(0, s.prompts.Count)
@@ -263,6 +272,7 @@ public static class Evaluation
         foreach (var chunk in todo.Chunk(16))
         {
             var values = chunk.Select(j => reward.Score([ImageCodecs.Load(ImagePath(s.out_dir, j.m, j.p, j.seed))], [s.prompts[j.p]])[0]).ToArray();
+            var files = chunk.Select(j => ImagePath(s.out_dir, j.m, j.p, j.seed)).ToArray();
             for (var i = 0; i < chunk.Length; i++)
             {
                 var j = chunk[i];
@@ -275,6 +285,7 @@ public static class Evaluation
                     ["seed"] = j.seed,
                     ["score"] = values[i],
                     ["scorer_path"] = sc.path,
+                    ["image_sha256"] = Hash(files[i]),
                 }.ToJsonString());
             }
             writer.Flush();

@@ -19,33 +19,41 @@ namespace Sudo.Torch;
 public sealed class PyDict(string type)
 {
     public string Type { get; } = type;
-    public List<KeyValuePair<object?, object?>> Items { get; } = [];
+    private readonly List<KeyValuePair<object?, object?>> _items = [];
+    public IReadOnlyList<KeyValuePair<object?, object?>> Items => _items;
     public Dictionary<string, object?> Attrs { get; } = [];
+
+    // Position of each key in Items (None keys are kept apart: Dictionary refuses null).
+    private readonly Dictionary<object, int> _index = [];
+    private int _noneAt = -1;
 
     public object? this[string key] => TryGet(key, out var v) ? v : throw new KeyNotFoundException($"no key '{key}' in the {Type}");
 
     public bool TryGet(string key, out object? value)
     {
-        foreach (var kv in Items)
-            if (kv.Key is string s && s == key)
-            {
-                value = kv.Value;
-                return true;
-            }
+        if (_index.TryGetValue(key, out var i))
+        {
+            value = _items[i].Value;
+            return true;
+        }
         value = null;
         return false;
     }
 
     internal void Set(object? key, object? value)
     {
-        for (var i = 0; i < Items.Count; i++)
-            if (Equals(Items[i].Key, key))
-            {
-                Items[i] = new(key, value);
-                return;
-            }
-        Items.Add(new(key, value));
+        var at = key is null ? _noneAt : _index.GetValueOrDefault(key, -1);
+        if (at >= 0)
+        {
+            _items[at] = new(_items[at].Key, value);   // Python keeps the first key object
+            return;
+        }
+        if (key is null) _noneAt = _items.Count;
+        else _index[key] = _items.Count;
+        _items.Add(new(key, value));
     }
+
+    internal void SetValueAt(int i, object? value) => _items[i] = new(_items[i].Key, value);
 }
 
 /// <summary>A Python tuple.</summary>
@@ -989,7 +997,7 @@ public static class TorchPickle
                     return p.Result;
                 case PyDict d:
                     if (!seen.Add(d)) return d;
-                    for (var i = 0; i < d.Items.Count; i++) d.Items[i] = new(d.Items[i].Key, Replace(d.Items[i].Value, seen));
+                    for (var i = 0; i < d.Items.Count; i++) d.SetValueAt(i, Replace(d.Items[i].Value, seen));
                     foreach (var k in d.Attrs.Keys.ToList()) d.Attrs[k] = Replace(d.Attrs[k], seen);
                     return d;
                 case List<object?> l:

@@ -161,6 +161,13 @@ public class EvaluationTests : TempFolderTest
         Assert.That(log, Has.Some.Contains("imagereward: scoring 18 images"));
         Assert.That(File.GetLastWriteTimeUtc(Evaluation.ImagePath(outDir, "base", 0, 0)), Is.EqualTo(stamp));
         Assert.That(r2.means["base"]["hps"], Is.EqualTo(r.means["base"]["hps"]));
+        // A replaced image is re-scored (its cached score belonged to the old one), the others are not.
+        var img = ImageCodecs.Load(Evaluation.ImagePath(outDir, "base", 0, 0));
+        ImageCodecs.Save(new RgbImage(img.Width, img.Height, new byte[img.Pixels.Length]), Evaluation.ImagePath(outDir, "base", 0, 0));
+        log.Clear();
+        Evaluation.Run(settings, log.Add);
+        Assert.That(log, Has.Some.Contains("hps: scoring 1 images"));
+        Assert.That(log, Has.Some.Contains("aes: scoring 1 images"));
         // Other sampling settings in the same folder are refused.
         Assert.Throws<InvalidOperationException>(() => Evaluation.Run(settings with { steps = 4 }, _ => { }));
     }
