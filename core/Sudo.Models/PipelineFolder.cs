@@ -25,39 +25,29 @@ public sealed class PipelineComponents : IDisposable
     public PipelineComponents WithVae(AutoencoderKL newVae)
     {
         vae.Dispose();
-        return new PipelineComponents
-        {
-            Folder = Folder,
-            ClassName = ClassName,
-            ModelIndex = ModelIndex,
-            unet = unet,
-            vae = newVae,
-            text_encoder = text_encoder,
-            text_encoder_2 = text_encoder_2,
-            tokenizer = tokenizer,
-            tokenizer_2 = tokenizer_2,
-            scheduler_config = scheduler_config,
-        };
+        return With(unet, newVae);
     }
 
     /// <summary>The same components with another UNet (a fine-tuned one); this object's UNet is disposed.</summary>
     public PipelineComponents WithUnet(UNet2DConditionModel newUnet)
     {
         unet.Dispose();
-        return new PipelineComponents
-        {
-            Folder = Folder,
-            ClassName = ClassName,
-            ModelIndex = ModelIndex,
-            unet = newUnet,
-            vae = vae,
-            text_encoder = text_encoder,
-            text_encoder_2 = text_encoder_2,
-            tokenizer = tokenizer,
-            tokenizer_2 = tokenizer_2,
-            scheduler_config = scheduler_config,
-        };
+        return With(newUnet, vae);
     }
+
+    private PipelineComponents With(UNet2DConditionModel u, AutoencoderKL v) => new()
+    {
+        Folder = Folder,
+        ClassName = ClassName,
+        ModelIndex = ModelIndex,
+        unet = u,
+        vae = v,
+        text_encoder = text_encoder,
+        text_encoder_2 = text_encoder_2,
+        tokenizer = tokenizer,
+        tokenizer_2 = tokenizer_2,
+        scheduler_config = scheduler_config,
+    };
 
     public bool IsSDXL => text_encoder_2 != null;
 

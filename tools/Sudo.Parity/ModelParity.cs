@@ -136,6 +136,15 @@ public static class ModelParity
                 throw new ArgumentException($"unknown component '{comp}': expected unet, vae, clip_text, clip_text_proj or clip_full");
         }
 
+        var rows = CompareRecorded(io, produced, (key, actual, reference) => Compare(key, actual, reference, factor));
+        foreach (var t in produced.Values) t.Dispose();
+        return new ParityReport(comp, $"max |Δ| ≤ {factor:G3} · max(1, max |reference|)", rows);
+    }
+
+    /// <summary>One row per recorded out_* / dbg_* tensor of <paramref name="io"/>, in name order: compared with
+    /// <paramref name="compare"/> when produced; an output not produced fails, an intermediate not traced is skipped.</summary>
+    public static List<ParityRow> CompareRecorded(safetensors.File io, IReadOnlyDictionary<string, Tensor> produced, Func<string, Tensor, Tensor, ParityRow> compare)
+    {
         var rows = new List<ParityRow>();
         foreach (var key in io.Keys.Where(k => k.StartsWith("out_", StringComparison.Ordinal) || k.StartsWith("dbg_", StringComparison.Ordinal)).Order(StringComparer.Ordinal))
         {
@@ -146,10 +155,9 @@ public static class ModelParity
                 rows.Add(new ParityRow(key, double.NaN, double.NaN, double.NaN, !isOutput, isOutput ? "not computed" : "not traced"));
                 continue;
             }
-            rows.Add(Compare(key, actual, reference, factor));
+            rows.Add(compare(key, actual, reference));
         }
-        foreach (var t in produced.Values) t.Dispose();
-        return new ParityReport(comp, $"max |Δ| ≤ {factor:G3} · max(1, max |reference|)", rows);
+        return rows;
     }
 
     public static ParityRow Compare(string name, Tensor actual, Tensor reference, double factor)

@@ -69,21 +69,11 @@ public static class RewardParity
             default:
                 throw new ArgumentException($"unknown reward item '{kind}': expected spm, hpsv2, aesthetic or imagereward");
         }
-        var rows = new List<ParityRow>();
-        foreach (var key in io.Keys.Where(k => k.StartsWith("out_", StringComparison.Ordinal) || k.StartsWith("dbg_", StringComparison.Ordinal)).Order(StringComparer.Ordinal))
-        {
-            var reference = io.get(key);
-            if (!produced.TryGetValue(key, out var actual))
-            {
-                var isOutput = key.StartsWith("out_", StringComparison.Ordinal);
-                rows.Add(new ParityRow(key, double.NaN, double.NaN, double.NaN, !isOutput, isOutput ? "not computed" : "not traced"));
-                continue;
-            }
-            rows.Add(exact.Contains(key) ? CompareExact(key, actual, reference)
-                : pixelRows.Contains(key) && reference.dtype == ScalarType.UInt8 ? Within(ModelParity.Compare(key, actual, reference, 0), 1.0, "Pillow resize: within one uint8 level")
-                : pixelRows.Contains(key) ? ModelParity.Compare(key, actual, reference, PillowPixelTolerance) with { Note = "Pillow resize: clip_preprocess tolerance" }
-                : ModelParity.Compare(key, actual, reference, factor));
-        }
+        var rows = ModelParity.CompareRecorded(io, produced, (key, actual, reference) =>
+            exact.Contains(key) ? CompareExact(key, actual, reference)
+            : pixelRows.Contains(key) && reference.dtype == ScalarType.UInt8 ? Within(ModelParity.Compare(key, actual, reference, 0), 1.0, "Pillow resize: within one uint8 level")
+            : pixelRows.Contains(key) ? ModelParity.Compare(key, actual, reference, PillowPixelTolerance) with { Note = "Pillow resize: clip_preprocess tolerance" }
+            : ModelParity.Compare(key, actual, reference, factor));
         foreach (var t in produced.Values) t.Dispose();
         return new ParityReport(kind, $"max |Δ| ≤ {factor:G3} · max(1, max |reference|); ids, indices and flags exactly", rows);
     }
