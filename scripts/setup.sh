@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system packages Sudo needs, only when missing: libtorch-dev (libtorch 1.13 CPU), the
+# Installs the system packages Sudo needs, only when missing: libtorch-dev (libtorch 1.13 CPU), libgloo-dev (the
+# Gloo headers c10d's ProcessGroupGloo needs for distributed training), the
 # pthread OpenBLAS (Debian's reference BLAS is ~45x slower), cmake, g++, ccache, and the image codecs
 # (libturbojpeg0, libspng0), and the DejaVu fonts report figures are captioned with (fonts-dejavu-core). Idempotent and quiet when everything is there. As non-root it prints the
 # exact command instead of running it.
@@ -7,7 +8,7 @@ set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in libtorch-dev libopenblas0-pthread cmake g++ ccache libturbojpeg0 libspng0 fonts-dejavu-core; do
+for p in libtorch-dev libgloo-dev libopenblas0-pthread cmake g++ ccache libturbojpeg0 libspng0 fonts-dejavu-core; do
   have_pkg "$p" || need+=("$p")
 done
 if ! command -v dotnet >/dev/null; then

@@ -186,6 +186,16 @@ internal static unsafe partial class Native
     [LibraryImport(Lib)] internal static partial IntPtr sudo_foreach_norm_sq_sum(IntPtr* ts, int n);
     [LibraryImport(Lib)] internal static partial int sudo_foreach_mul_scalar_(IntPtr* ts, int n, IntPtr scalar);
 
+    // ---- distributed (distributed.cpp) ----
+    [LibraryImport(Lib)] internal static partial int sudo_dist_available();
+    [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial IntPtr sudo_pg_create(string master_addr, int master_port, int rank, int world_size, long timeout_ms, int backend, string prefix);
+    [LibraryImport(Lib)] internal static partial void sudo_pg_free(IntPtr pg);
+    [LibraryImport(Lib)] internal static partial int sudo_pg_allreduce(IntPtr pg, IntPtr* ts, int n, int op);
+    [LibraryImport(Lib)] internal static partial int sudo_pg_broadcast(IntPtr pg, IntPtr* ts, int n, int root);
+    [LibraryImport(Lib)] internal static partial int sudo_pg_allgather(IntPtr pg, IntPtr input, IntPtr* outputs);
+    [LibraryImport(Lib)] internal static partial int sudo_pg_barrier(IntPtr pg);
+
     internal static string Str(IntPtr p) => Marshal.PtrToStringUTF8(p) ?? "";
 
     internal static string LastError()

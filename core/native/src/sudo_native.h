@@ -77,6 +77,20 @@ SUDO_EXPORT const char* sudo_parallel_info(void);
 SUDO_EXPORT int32_t sudo_manual_seed(int64_t seed);
 SUDO_EXPORT int32_t sudo_has_mkldnn_bf16(void);
 
+// ---- distributed: c10d process groups (distributed.cpp) ---------------------------------------
+typedef void* sudo_pg;
+SUDO_EXPORT int32_t sudo_dist_available(void);  // bit 0: Gloo, bit 1: NCCL
+// backend 0 = Gloo (CPU tensors), 1 = NCCL (CUDA tensors); rank 0 hosts the TCPStore at master_addr:master_port.
+SUDO_EXPORT sudo_pg sudo_pg_create(const char* master_addr, int32_t master_port, int32_t rank, int32_t world_size,
+                                   int64_t timeout_ms, int32_t backend, const char* prefix);
+SUDO_EXPORT void sudo_pg_free(sudo_pg pg);
+// op: 0 sum, 2 max, 3 min, 4 product (in place on every tensor)
+SUDO_EXPORT int32_t sudo_pg_allreduce(sudo_pg pg, const sudo_tensor* ts, int32_t n, int32_t op);
+SUDO_EXPORT int32_t sudo_pg_broadcast(sudo_pg pg, const sudo_tensor* ts, int32_t n, int32_t root);
+// outputs: world_size new handles (same shape and dtype as input), in rank order
+SUDO_EXPORT int32_t sudo_pg_allgather(sudo_pg pg, sudo_tensor input, sudo_tensor* outputs);
+SUDO_EXPORT int32_t sudo_pg_barrier(sudo_pg pg);
+
 // ---- tensors: lifetime and properties ---------------------------------------------------------
 SUDO_EXPORT void sudo_free(sudo_tensor t);
 SUDO_EXPORT int64_t sudo_dim(sudo_tensor t);
