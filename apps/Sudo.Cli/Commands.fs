@@ -153,6 +153,35 @@ let parityLosses (io: string) (tolerance: float option) =
     printfn "parity losses: %s (%s)" io report.ToleranceRule
     printReport report
 
+/// `sudoml launch`: torchrun's environment for N local processes of a command (Sudo.Training.Launcher).
+let launch (argv: string[]) =
+    let usage () =
+        eprintfn "sudoml launch --nproc_per_node N [--nnodes M --node_rank R --master_addr A --master_port P] [--] <command ...>"
+        eprintfn "  e.g. sudoml launch --nproc_per_node 2 ./sudoml train --method dpo ...   (every rank gets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)"
+        2
+    let num (flag: string) (v: string) =
+        match System.Int32.TryParse v with
+        | true, n -> n
+        | _ -> raise (System.ArgumentException(sprintf "launch: %s expects an integer, got '%s'" flag v))
+    let mutable nproc, nnodes, nodeRank, addr, port = 1, 1, 0, "127.0.0.1", 29500
+    let rec parse (rest: string list) =
+        match rest with
+        | "--" :: cmd -> cmd
+        | ("--nproc_per_node" | "--nproc-per-node") :: v :: t -> nproc <- num "--nproc_per_node" v; parse t
+        | "--nnodes" :: v :: t -> nnodes <- num "--nnodes" v; parse t
+        | ("--node_rank" | "--node-rank") :: v :: t -> nodeRank <- num "--node_rank" v; parse t
+        | ("--master_addr" | "--master-addr") :: v :: t -> addr <- v; parse t
+        | ("--master_port" | "--master-port") :: v :: t -> port <- num "--master_port" v; parse t
+        | cmd -> cmd
+    match argv with
+    | [||] | [| "--help" |] | [| "-h" |] -> usage ()
+    | _ ->
+        let cmd = parse (List.ofArray argv)
+        if cmd.IsEmpty then usage ()
+        else
+            let o = Sudo.Training.LaunchOptions(nproc_per_node = nproc, nnodes = nnodes, node_rank = nodeRank, master_addr = addr, master_port = port)
+            Sudo.Training.Launcher.Run(o, ResizeArray cmd)
+
 /// `sudoml train <flags>`: the flags of Diffusion-DPO's train.py (docs/flags.md) bound by Sudo.Training.Flags;
 /// --method spo trains SPO (SpoTrainConfig), anything else an offline method over a pair folder.
 let train (argv: string[]) =

@@ -273,6 +273,9 @@ type CliArgs =
 [<EntryPoint>]
 let main argv =
     if Sudo.Bench.DataBench.RunChildIfAsked() then exit 0
+    // `sudoml launch [--nproc_per_node N] [--nnodes M --node_rank R --master_addr A --master_port P] [--] <command ...>`:
+    // its own small parser, because everything after its flags is the launched command.
+    if argv.Length > 0 && argv.[0] = "launch" then exit (Commands.launch (Array.skip 1 argv))
     let parser = ArgumentParser.Create<CliArgs>(programName = "sudoml")
     try
         // `sudoml [--torch-threads N] [--blas-threads N] train <flags>`: the training flags are bound by

@@ -25,9 +25,16 @@ match scenario with
     printfn "bcast %s" (show c)
     printfn "gather %s" (String.Join(";", g |> Array.map show))
     printfn "variable %s" (String.Join(";", v |> Array.map (fun t -> sprintf "%d:%s" (t.size 0) (show t))))
-| "die" ->
+| "die" when pg.rank > 0 ->
     // Leaves without taking part: the peer's next collective must fail, not hang.
     printfn "leaving"
     exit 3
+| "die" ->
+    try
+        pg.all_reduce(torch.ones([| 4L |]))
+        printfn "all_reduce completed without the peer"
+    with e ->
+        eprintfn "error: %s" e.Message
+        exit 1
 | s -> failwithf "unknown scenario %s" s
 pg.Dispose()
