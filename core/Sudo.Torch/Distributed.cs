@@ -60,10 +60,22 @@ public sealed class ProcessGroup : IDisposable
     public int rank { get; }
     public int world_size { get; }
     public string backend { get; }
-    public TimeSpan timeout { get; }
+    private TimeSpan _timeout;
+
+    /// <summary>How long a collective may wait for the other ranks before it fails (a hung peer); the rendezvous used
+    /// the value given to <see cref="init"/>.</summary>
+    public TimeSpan timeout
+    {
+        get => _timeout;
+        set
+        {
+            Check(Native.sudo_pg_set_timeout(Handle, (long)value.TotalMilliseconds), "set timeout");
+            _timeout = value;
+        }
+    }
 
     private ProcessGroup(IntPtr handle, int rank, int world, string backend, TimeSpan timeout) =>
-        (_handle, this.rank, world_size, this.backend, this.timeout) = (handle, rank, world, backend, timeout);
+        (_handle, this.rank, world_size, this.backend, _timeout) = (handle, rank, world, backend, timeout);
 
     /// <summary>True when the shim was built with c10d (Gloo; <paramref name="nccl"/>: also NCCL).</summary>
     public static bool Available(bool nccl = false)

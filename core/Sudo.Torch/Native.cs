@@ -191,6 +191,7 @@ internal static unsafe partial class Native
     [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)]
     internal static partial IntPtr sudo_pg_create(string master_addr, int master_port, int rank, int world_size, long timeout_ms, int backend, string prefix);
     [LibraryImport(Lib)] internal static partial void sudo_pg_free(IntPtr pg);
+    [LibraryImport(Lib)] internal static partial int sudo_pg_set_timeout(IntPtr pg, long timeout_ms);
     [LibraryImport(Lib)] internal static partial int sudo_pg_allreduce(IntPtr pg, IntPtr* ts, int n, int op);
     [LibraryImport(Lib)] internal static partial int sudo_pg_broadcast(IntPtr pg, IntPtr* ts, int n, int root);
     [LibraryImport(Lib)] internal static partial int sudo_pg_allgather(IntPtr pg, IntPtr input, IntPtr* outputs);

@@ -69,7 +69,7 @@ public class DistributedTests
         var (p, stdout, stderr) = StartRank1("collectives", port);
         try
         {
-            using var pg = ProcessGroup.init(Rank0(port), "gloo", TimeSpan.FromSeconds(60), "test");
+            using var pg = ProcessGroup.init(Rank0(port), "gloo", TimeSpan.FromSeconds(120), "test");
             Assert.That((pg.rank, pg.world_size), Is.EqualTo((0, 2)));
             using var scope = torch.NewDisposeScope();
             var a = torch.tensor(new[] { 1f, 10f });
@@ -105,14 +105,37 @@ public class DistributedTests
         var (p, stdout, stderr) = StartRank1("die", port);
         try
         {
-            using var pg = ProcessGroup.init(Rank0(port), "gloo", TimeSpan.FromSeconds(20), "test");
+            using var pg = ProcessGroup.init(Rank0(port), "gloo", TimeSpan.FromSeconds(90), "test");
             Assert.That(p.WaitForExit(60_000), Is.True);
             var sw = Stopwatch.StartNew();
             using var t = torch.ones([4]);
             var e = Assert.Throws<TorchException>(() => pg.all_reduce(t))!;
             TestContext.Out.WriteLine($"after {sw.Elapsed.TotalSeconds:F1} s: {e.Message}");
             Assert.That(e.Message, Does.Contain("rank 0/2").And.Contain("all_reduce"));
-            Assert.That(sw.Elapsed, Is.LessThan(TimeSpan.FromSeconds(40)), "within the group's timeout (20 s) plus slack");
+            Assert.That(sw.Elapsed, Is.LessThan(TimeSpan.FromSeconds(30)), "a closed connection is detected at once, long before the 90 s timeout");
+        }
+        finally
+        {
+            if (!p.HasExited) p.Kill(true);
+        }
+    }
+
+    [Test]
+    public void AHungPeerIsAnErrorAfterTheTimeout()
+    {
+        var port = FreePort();
+        var (p, stdout, stderr) = StartRank1("hang", port);
+        try
+        {
+            using var pg = ProcessGroup.init(Rank0(port), "gloo", TimeSpan.FromSeconds(120), "test");
+            pg.barrier();
+            pg.timeout = TimeSpan.FromSeconds(3);
+            var sw = Stopwatch.StartNew();
+            using var t = torch.ones([4]);
+            var e = Assert.Throws<TorchException>(() => pg.all_reduce(t))!;
+            TestContext.Out.WriteLine($"after {sw.Elapsed.TotalSeconds:F1} s: {e.Message}");
+            Assert.That(e.Message, Does.Contain("rank 0/2").And.Contain("all_reduce"));
+            Assert.That(sw.Elapsed, Is.GreaterThan(TimeSpan.FromSeconds(2.5)).And.LessThan(TimeSpan.FromSeconds(15)), "the 3 s timeout, not a hang");
         }
         finally
         {

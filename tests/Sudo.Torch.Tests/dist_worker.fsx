@@ -6,7 +6,7 @@ open Sudo.Torch
 
 let scenario = fsi.CommandLineArgs.[1]
 let env = DistEnv.FromEnvironment()
-let pg = ProcessGroup.init(env, "gloo", Nullable(TimeSpan.FromSeconds 60.0), "test")
+let pg = ProcessGroup.init(env, "gloo", Nullable(TimeSpan.FromSeconds 120.0), "test")
 let show (t: Tensor) = String.Join(",", t.ToArray<float32>())
 match scenario with
 | "collectives" ->
@@ -25,6 +25,10 @@ match scenario with
     printfn "bcast %s" (show c)
     printfn "gather %s" (String.Join(";", g |> Array.map show))
     printfn "variable %s" (String.Join(";", v |> Array.map (fun t -> sprintf "%d:%s" (t.size 0) (show t))))
+| "hang" ->
+    // Alive but never joins the collective, until the peer gave up.
+    pg.barrier()
+    Threading.Thread.Sleep 8000
 | "die" when pg.rank > 0 ->
     // Leaves without taking part: the peer's next collective must fail, not hang.
     printfn "leaving"

@@ -103,6 +103,15 @@ sudo_pg sudo_pg_create(const char* master_addr, int32_t master_port, int32_t ran
 #endif
 }
 
+int32_t sudo_pg_set_timeout(sudo_pg pg, int64_t timeout_ms) {
+#ifdef SUDO_WITH_GLOO
+  TRY_S(G(pg).timeout = std::chrono::milliseconds(timeout_ms);)
+#else
+  sudo::set_error("built without c10d");
+  return -1;
+#endif
+}
+
 void sudo_pg_free(sudo_pg pg) {
 #ifdef SUDO_WITH_GLOO
   delete static_cast<Group*>(pg);

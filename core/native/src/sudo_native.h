@@ -84,6 +84,8 @@ SUDO_EXPORT int32_t sudo_dist_available(void);  // bit 0: Gloo, bit 1: NCCL
 SUDO_EXPORT sudo_pg sudo_pg_create(const char* master_addr, int32_t master_port, int32_t rank, int32_t world_size,
                                    int64_t timeout_ms, int32_t backend, const char* prefix);
 SUDO_EXPORT void sudo_pg_free(sudo_pg pg);
+// The timeout of later collectives (the rendezvous used the one given at creation).
+SUDO_EXPORT int32_t sudo_pg_set_timeout(sudo_pg pg, int64_t timeout_ms);
 // op: 0 sum, 2 max, 3 min, 4 product (in place on every tensor)
 SUDO_EXPORT int32_t sudo_pg_allreduce(sudo_pg pg, const sudo_tensor* ts, int32_t n, int32_t op);
 SUDO_EXPORT int32_t sudo_pg_broadcast(sudo_pg pg, const sudo_tensor* ts, int32_t n, int32_t root);
