@@ -57,7 +57,8 @@ public static class Launcher
         var procs = new List<Process>();
         var failed = -1;
         var failedCode = 0;
-        using var stopping = new ManualResetEventSlim();
+        // Not disposed: Exited handlers may still run after Run returns.
+        var stopping = new ManualResetEventSlim();
         ConsoleCancelEventHandler onCancel = (_, e) =>
         {
             e.Cancel = true;
@@ -94,16 +95,17 @@ public static class Launcher
                 p.BeginErrorReadLine();
                 procs.Add(p);
             }
-            while (!procs.All(p => p.HasExited))
+            // Every rank's exit signals `finished` once all are gone; a failure or Ctrl-C signals `stopping`.
+            var finished = new ManualResetEventSlim();
+            foreach (var p in procs)
+                p.Exited += (_, _) => { if (procs.All(q => q.HasExited)) finished.Set(); };
+            if (procs.All(q => q.HasExited)) finished.Set();   // all gone before the handlers were attached
+            WaitHandle.WaitAny([finished.WaitHandle, stopping.WaitHandle]);
+            if (!finished.IsSet)
             {
-                if (stopping.Wait(200))
-                {
-                    var deadline = DateTime.UtcNow.AddSeconds(o.grace_seconds);
-                    // Ranks blocked in a collective with the failed one error out by themselves (timeouts); the rest are killed.
-                    while (DateTime.UtcNow < deadline && !procs.All(p => p.HasExited)) Thread.Sleep(100);
-                    foreach (var p in procs.Where(p => !p.HasExited)) p.Kill(entireProcessTree: true);
-                    break;
-                }
+                // Ranks blocked in a collective with the failed one error out by themselves; the rest are killed.
+                finished.Wait(TimeSpan.FromSeconds(o.grace_seconds));
+                foreach (var p in procs.Where(p => !p.HasExited)) p.Kill(entireProcessTree: true);
             }
             foreach (var p in procs) p.WaitForExit();
             if (failed >= 0) return failedCode;

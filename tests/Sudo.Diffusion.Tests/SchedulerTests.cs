@@ -117,12 +117,7 @@ public class SchedulerTests
 /// v-prediction, and the PRK warm-up), through the scheduler parity harness.</summary>
 public class PndmGoldenTests
 {
-    private static string RepoGolden(string item)
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir != null && !File.Exists(Path.Combine(dir.FullName, "Sudo.sln"))) dir = dir.Parent;
-        return Path.Combine(dir?.FullName ?? throw new DirectoryNotFoundException("repository root (Sudo.sln) not found"), "tests", "golden", item);
-    }
+    private static string RepoGolden(string item) => Path.Combine(Shared.RepoRoot(), "tests", "golden", item);
 
     [Test]
     public void MatchesDiffusersPndm()

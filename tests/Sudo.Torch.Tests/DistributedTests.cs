@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
 using NUnit.Framework;
 
 namespace Sudo.Torch.Tests;
@@ -10,31 +8,16 @@ namespace Sudo.Torch.Tests;
 [NonParallelizable]
 public class DistributedTests
 {
-    private static int FreePort()
+    private static (Process p, Task<string> stdout, Task<string> stderr) StartRank1(string scenario, int port, bool holdStdin = false)
     {
-        var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        var p = ((IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return p;
-    }
-
-    private static string RepoRoot()
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir != null && !File.Exists(Path.Combine(dir.FullName, "Sudo.sln"))) dir = dir.Parent;
-        return dir?.FullName ?? throw new DirectoryNotFoundException("repository root (Sudo.sln) not found");
-    }
-
-    private static (Process p, Task<string> stdout, Task<string> stderr) StartRank1(string scenario, int port)
-    {
-        var root = RepoRoot();
+        var root = Shared.RepoRoot();
         Assume.That(File.Exists(Path.Combine(root, "artifacts", "bin", "Sudo.Torch", "release", "Sudo.Torch.dll")), "needs the Release build (scripts/test.sh builds it)");
         var psi = new ProcessStartInfo("dotnet", ["fsi", "tests/Sudo.Torch.Tests/dist_worker.fsx", scenario])
         {
             WorkingDirectory = root,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
+            RedirectStandardInput = holdStdin,
         };
         foreach (var (k, v) in new[] { ("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port.ToString()) })
             psi.Environment[k] = v;
@@ -65,7 +48,7 @@ public class DistributedTests
     [Test]
     public void CollectivesAgreeAcrossTwoProcesses()
     {
-        var port = FreePort();
+        var port = Shared.FreePort();
         var (p, stdout, stderr) = StartRank1("collectives", port);
         try
         {
@@ -101,18 +84,17 @@ public class DistributedTests
     [Test]
     public void ADeadPeerIsAnErrorNamingRankAndOperationNotAHang()
     {
-        var port = FreePort();
+        var port = Shared.FreePort();
         var (p, stdout, stderr) = StartRank1("die", port);
         try
         {
             using var pg = ProcessGroup.init(Rank0(port), "gloo", TimeSpan.FromSeconds(90), "test");
             Assert.That(p.WaitForExit(60_000), Is.True);
-            var sw = Stopwatch.StartNew();
             using var t = torch.ones([4]);
             var e = Assert.Throws<TorchException>(() => pg.all_reduce(t))!;
-            TestContext.Out.WriteLine($"after {sw.Elapsed.TotalSeconds:F1} s: {e.Message}");
-            Assert.That(e.Message, Does.Contain("rank 0/2").And.Contain("all_reduce"));
-            Assert.That(sw.Elapsed, Is.LessThan(TimeSpan.FromSeconds(30)), "a closed connection is detected at once, long before the 90 s timeout");
+            TestContext.Out.WriteLine(e.Message);
+            // The peer's closed connection is the cause, not the 90 s timeout running out.
+            Assert.That(e.Message, Does.Contain("rank 0/2").And.Contain("all_reduce").And.Contain("closed").And.Not.Contain("timed out"));
         }
         finally
         {
@@ -123,19 +105,20 @@ public class DistributedTests
     [Test]
     public void AHungPeerIsAnErrorAfterTheTimeout()
     {
-        var port = FreePort();
-        var (p, stdout, stderr) = StartRank1("hang", port);
+        var port = Shared.FreePort();
+        var (p, stdout, stderr) = StartRank1("hang", port, holdStdin: true);
         try
         {
-            using var pg = ProcessGroup.init(Rank0(port), "gloo", TimeSpan.FromSeconds(120), "test");
+            var pg = ProcessGroup.init(Rank0(port), "gloo", TimeSpan.FromSeconds(120), "test");
             pg.barrier();
             pg.timeout = TimeSpan.FromSeconds(3);
-            var sw = Stopwatch.StartNew();
             using var t = torch.ones([4]);
             var e = Assert.Throws<TorchException>(() => pg.all_reduce(t))!;
-            TestContext.Out.WriteLine($"after {sw.Elapsed.TotalSeconds:F1} s: {e.Message}");
-            Assert.That(e.Message, Does.Contain("rank 0/2").And.Contain("all_reduce"));
-            Assert.That(sw.Elapsed, Is.GreaterThan(TimeSpan.FromSeconds(2.5)).And.LessThan(TimeSpan.FromSeconds(15)), "the 3 s timeout, not a hang");
+            TestContext.Out.WriteLine(e.Message);
+            // The peer is alive but never joins: the collective's own timeout ends the wait.
+            Assert.That(e.Message, Does.Contain("rank 0/2").And.Contain("all_reduce").And.Contain("timed out"));
+            p.StandardInput.Close();   // releases the worker, which then leaves the group
+            pg.Dispose();
         }
         finally
         {

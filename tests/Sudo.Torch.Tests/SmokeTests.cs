@@ -7,16 +7,9 @@ namespace Sudo.Torch.Tests;
 /// <summary>Recipes and the CLI run end to end, so none can rot.</summary>
 public class SmokeTests
 {
-    private static string RepoRoot()
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir != null && !File.Exists(Path.Combine(dir.FullName, "Sudo.sln"))) dir = dir.Parent;
-        return dir?.FullName ?? throw new InvalidOperationException("Sudo.sln not found above " + AppContext.BaseDirectory);
-    }
-
     private static (int code, string stdout, string stderr) Run(string file, params string[] args)
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = RepoRoot() };
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = Shared.RepoRoot() };
         psi.ArgumentList.Add(file);
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
@@ -51,7 +44,7 @@ public class SmokeTests
         Assert.That(stdout, Does.Contain("d2/dt2 t^4 = 48.0"));
     }
 
-    private static string Cli() => Path.Combine(RepoRoot(), "artifacts", "bin", "Sudo.Cli", "release", "sudoml.dll");
+    private static string Cli() => Path.Combine(Shared.RepoRoot(), "artifacts", "bin", "Sudo.Cli", "release", "sudoml.dll");
 
     [Test]
     public void CliInfoAndBadFlags()

@@ -22,6 +22,24 @@ public static class Shared
         }
     }
 
+    /// <summary>The repository root (the folder holding Sudo.sln above the test binaries).</summary>
+    public static string RepoRoot()
+    {
+        var dir = new DirectoryInfo(AppContext.BaseDirectory);
+        while (dir != null && !File.Exists(Path.Combine(dir.FullName, "Sudo.sln"))) dir = dir.Parent;
+        return dir?.FullName ?? throw new DirectoryNotFoundException("repository root (Sudo.sln) not found above " + AppContext.BaseDirectory);
+    }
+
+    /// <summary>A TCP port free on loopback now (for a test's rendezvous).</summary>
+    public static int FreePort()
+    {
+        var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        l.Start();
+        var p = ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return p;
+    }
+
     public static string Require(params string[] parts)
     {
         var path = Path.Combine([Root, .. parts]);

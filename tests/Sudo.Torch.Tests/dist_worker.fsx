@@ -26,9 +26,9 @@ match scenario with
     printfn "gather %s" (String.Join(";", g |> Array.map show))
     printfn "variable %s" (String.Join(";", v |> Array.map (fun t -> sprintf "%d:%s" (t.size 0) (show t))))
 | "hang" ->
-    // Alive but never joins the collective, until the peer gave up.
+    // Alive but never joins the collective: blocks until the test closes its stdin.
     pg.barrier()
-    Threading.Thread.Sleep 8000
+    Console.In.ReadToEnd() |> ignore
 | "die" when pg.rank > 0 ->
     // Leaves without taking part: the peer's next collective must fail, not hang.
     printfn "leaving"
