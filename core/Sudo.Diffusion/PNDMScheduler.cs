@@ -78,13 +78,6 @@ public sealed class PNDMScheduler : Scheduler
         return _counter < _prk.Length && !config.skip_prk_steps ? StepPrk(model_output, t, sample) : StepPlms(model_output, t, sample);
     }
 
-    private static Tensor Keep(Tensor t)
-    {
-        var own = t.detach();
-        DisposeScope.Current?.Detach(own);
-        return own;
-    }
-
     private SchedulerOutput StepPrk(Tensor model_output, long timestep, Tensor sample)
     {
         using var scope = NewDisposeScope();
@@ -96,9 +89,9 @@ public sealed class PNDMScheduler : Scheduler
         {
             case 0:
                 Accumulate(model_output * (1.0 / 6));
-                _ets.Add(Keep(model_output));
+                _ets.Add(DisposeScope.HandOut(model_output));
                 _curSample?.Dispose();
-                _curSample = Keep(sample);
+                _curSample = DisposeScope.HandOut(sample);
                 break;
             case 1:
             case 2:
@@ -120,7 +113,7 @@ public sealed class PNDMScheduler : Scheduler
     {
         var next = _curModelOutput is null ? x : _curModelOutput + x;
         _curModelOutput?.Dispose();
-        _curModelOutput = Keep(next);
+        _curModelOutput = DisposeScope.HandOut(next);
     }
 
     private SchedulerOutput StepPlms(Tensor model_output, long timestep, Tensor sample)
@@ -136,7 +129,7 @@ public sealed class PNDMScheduler : Scheduler
                 _ets[0].Dispose();
                 _ets.RemoveAt(0);
             }
-            _ets.Add(Keep(model_output));
+            _ets.Add(DisposeScope.HandOut(model_output));
         }
         else
         {
@@ -150,7 +143,7 @@ public sealed class PNDMScheduler : Scheduler
         {
             mo = model_output;
             _curSample?.Dispose();
-            _curSample = Keep(sample);
+            _curSample = DisposeScope.HandOut(sample);
         }
         else if (_ets.Count == 1 && _counter == 1)
         {

@@ -105,9 +105,7 @@ public sealed class UNet2DConditionModel : nn.Module
     internal static void Emit(Action<string, Tensor>? trace, string name, Tensor t)
     {
         if (trace is null) return;
-        var own = t.detach();
-        DisposeScope.Current?.Detach(own);
-        trace(name, own);
+        trace(name, DisposeScope.HandOut(t));
     }
 
     /// <summary>Turns recomputation in backward on or off for every down, mid and up block.</summary>

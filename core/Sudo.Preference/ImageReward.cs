@@ -399,12 +399,7 @@ public sealed class ImageRewardModel : nn.Module, IRewardModel
         var s = config.image_size;
         var (h, w) = Images.ShorterSideSize(image.Height, image.Width, s);
         var resized = Images.PillowResize(image, h, w);
-        if (trace is not null)
-        {
-            var own = resized.detach();
-            DisposeScope.Current?.Detach(own);
-            trace("resized", own);
-        }
+        trace?.Invoke("resized", DisposeScope.HandOut(resized));
         var x = resized.narrow(2, Images.TorchvisionCropOffset(h, s), s).narrow(3, Images.TorchvisionCropOffset(w, s), s).squeeze(0) / 255f;
         var mean = tensor(Images.ClipMean.Select(v => (float)v).ToArray(), [3, 1, 1]);
         var std = tensor(Images.ClipStd.Select(v => (float)v).ToArray(), [3, 1, 1]);
@@ -427,12 +422,8 @@ public sealed class ImageRewardModel : nn.Module, IRewardModel
             var hs = blip.text_encoder.forward(idsT, maskT, img);
             if (trace is not null)
             {
-                foreach (var (n, t) in new[] { ("image_embeds", img), ("last_hidden_state", hs) })
-                {
-                    var own = t.detach();
-                    DisposeScope.Current?.Detach(own);
-                    trace(n, own);
-                }
+                trace("image_embeds", DisposeScope.HandOut(img));
+                trace("last_hidden_state", DisposeScope.HandOut(hs));
             }
             feats.Add(hs.select(1, 0));
         }

@@ -217,12 +217,7 @@ public sealed class OpenClipReward : IRewardModel
             var h = (int)Math.Round(image.Height * scale, MidpointRounding.ToEven);
             var w = (int)Math.Round(image.Width * scale, MidpointRounding.ToEven);
             x = nn.functional.interpolate(x.unsqueeze(0), size: (h, w), mode: nn.InterpolationMode.Bicubic, align_corners: false, antialias: antialias).squeeze(0);
-            if (trace is not null)
-            {
-                var own = x.detach();
-                DisposeScope.Current?.Detach(own);
-                trace("resized", own);
-            }
+            trace?.Invoke("resized", DisposeScope.HandOut(x));
             var (padW, padH) = (s - w, s - h);
             x = nn.functional.pad(x, [padW / 2, padW - padW / 2, padH / 2, padH - padH / 2]);
         }

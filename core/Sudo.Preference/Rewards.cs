@@ -199,12 +199,7 @@ public sealed class AestheticMlp : nn.Module<Tensor, Tensor>
         for (var i = 0; i < 5; i++)
         {
             x = _layers.linears[i].forward(x);
-            if (trace is not null)
-            {
-                var own = x.detach();
-                DisposeScope.Current?.Detach(own);
-                trace(names[i], own);
-            }
+            trace?.Invoke(names[i], DisposeScope.HandOut(x));
         }
         return scope.MoveToOuter(x);
     }

@@ -266,7 +266,7 @@ public sealed class StepAwarePreferenceModel : nn.Module
         var freqs = (arange(0, half, 1, ScalarType.Float32, t.device) * (-Math.Log(10000.0)) / half).exp();
         var args = t.to(ScalarType.Float32).unsqueeze(1) * freqs.unsqueeze(0);
         var emb = cat([args.cos(), args.sin()], -1);
-        if (frequencies is not null) frequencies(Own(emb));
+        if (frequencies is not null) frequencies(DisposeScope.HandOut(emb));
         var c = t_linear_2.forward(nn.functional.silu(t_linear_1.forward(emb.to(t_linear_1.weight.dtype))));
         return scope.MoveToOuter(c);
     }
@@ -292,11 +292,11 @@ public sealed class StepAwarePreferenceModel : nn.Module
             h = layer.layer_norm2.forward(x) * (1.0 + scaleMlp) + shiftMlp;
             x = x + gateMlp * layer.mlp.forward(h);
         }
-        trace?.Invoke("vision_last_hidden_state", Own(x));
+        trace?.Invoke("vision_last_hidden_state", DisposeScope.HandOut(x));
         var pooled = v.post_layernorm.forward(x.select(1, 0));
         var pm = pooled_adaLN_modulation.forward(c).chunk(2, -1);
         pooled = pooled * (1.0 + pm[1]) + pm[0];
-        trace?.Invoke("vision_pooled", Own(pooled));
+        trace?.Invoke("vision_pooled", DisposeScope.HandOut(pooled));
         return scope.MoveToOuter(clip.visual_projection.forward(pooled));
     }
 
@@ -335,14 +335,6 @@ public sealed class StepAwarePreferenceModel : nn.Module
         var mean = tensor(image_mean.Select(v => (float)v).ToArray(), [1, 3, 1, 1]).to(x.device);
         var std = tensor(image_std.Select(v => (float)v).ToArray(), [1, 3, 1, 1]).to(x.device);
         return scope.MoveToOuter((x - mean) / std);
-    }
-
-    /// <summary>A new handle to an intermediate value that the receiver owns (outside every dispose scope).</summary>
-    private static Tensor Own(Tensor t)
-    {
-        var own = t.detach();
-        DisposeScope.Current?.Detach(own);
-        return own;
     }
 
     /// <summary>SPO's preference_score_compare (spo/preference_models/compare_funcs.py): scores [K, b] of K candidates

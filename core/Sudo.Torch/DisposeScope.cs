@@ -53,6 +53,15 @@ public sealed class DisposeScope : IDisposable
 
     public (T1, T2) MoveToOuter<T1, T2>(T1 a, T2 b) where T1 : Tensor where T2 : Tensor => (MoveToOuter(a), MoveToOuter(b));
 
+    /// <summary>A new handle to <paramref name="t"/>'s values (detached from autograd) that no dispose scope owns: what a
+    /// trace callback receives, or state kept across calls. The receiver disposes it.</summary>
+    public static Tensor HandOut(Tensor t)
+    {
+        var own = t.detach();
+        _current?.Detach(own);
+        return own;
+    }
+
     /// <summary>Removes the tensor from this scope: the caller disposes it.</summary>
     public T Detach<T>(T t) where T : Tensor
     {
