@@ -36,6 +36,19 @@ public sealed record LoaderOptions
     /// <summary>Skip pairs whose images are null or do not decode (counted, warned once each) instead of stopping.</summary>
     public bool skip_bad_rows { get; init; }
     public int shuffle_window_blocks { get; init; } = 4;
+    /// <summary>Data parallelism: this process's rank among <see cref="world_size"/>. Every rank walks the same epoch
+    /// order; each global batch is world_size × batch_size consecutive pairs of it, and rank r decodes only rows
+    /// [r·batch_size, (r+1)·batch_size) (accelerate's split of a shared sampler, without the padding).</summary>
+    public int rank { get; init; }
+    public int world_size { get; init; } = 1;
+}
+
+/// <summary>One global batch (all ranks' pairs): the epoch, the range of the epoch order it consumed, the pair
+/// indices in order, and where this rank's rows start.</summary>
+public sealed record GlobalBatch(int epoch, int start, int end, int[] indices, int offset, int count)
+{
+    /// <summary>The global rows this rank trains on.</summary>
+    public IEnumerable<int> Rows => Enumerable.Range(offset, count);
 }
 
 /// <summary>A decoded, transformed pair: images are [3, res, res] float32 in [−1, 1]; the loader's caller owns them.</summary>
@@ -65,14 +78,24 @@ public sealed class PairLoader : IDisposable
     private readonly BlockCache _blocks;
     private readonly TaskFactory? _factory;
     private readonly ConcurrentExclusiveSchedulerPair? _schedulers;
-    private readonly Queue<(int pos, Task<LoadedPair?> item)> _pending = new();
+    private readonly Queue<Planned> _planned = new();
+    private int _planEpoch, _planPosition;
+    private int[] _planOrder = [];
     private readonly Action<string> _warn;
+
+    /// <summary>The global batch that <see cref="Next"/> served last (null before the first).</summary>
+    public GlobalBatch? last { get; private set; }
+
+    private sealed record Planned(GlobalBatch batch, Task<LoadedPair?>[] mine);
 
     public PairLoader(PreferenceData data, LoaderOptions options, Action<string>? warn = null)
     {
         if (options.batch_size < 1) throw new ArgumentException("batch size must be ≥ 1");
-        if (options.batch_size > data.Count)
-            throw new ArgumentException($"--train_batch_size {options.batch_size} exceeds the {data.Count} pairs of the dataset ({data.Counts})");
+        if (options.world_size < 1 || options.rank < 0 || options.rank >= options.world_size)
+            throw new ArgumentException($"rank {options.rank} is outside a world of {options.world_size} processes");
+        if ((long)options.batch_size * options.world_size > data.Count)
+            throw new ArgumentException($"--train_batch_size {options.batch_size}" + (options.world_size > 1 ? $" × {options.world_size} processes" : "") +
+                $" exceeds the {data.Count} pairs of the dataset ({data.Counts})");
         if (options.workers < 0) throw new ArgumentException("--dataloader_num_workers must be ≥ 0");
         this.data = data;
         this.options = options;
@@ -86,7 +109,10 @@ public sealed class PairLoader : IDisposable
         Seek(0, 0);
     }
 
-    public int BatchesPerEpoch => data.Count / options.batch_size;
+    /// <summary>Pairs per global batch: batch_size × world_size.</summary>
+    public int GlobalBatchSize => options.batch_size * options.world_size;
+
+    public int BatchesPerEpoch => data.Count / GlobalBatchSize;
 
     /// <summary>The pair indices of an epoch in the order they are served.</summary>
     public int[] EpochOrder(int epoch)
@@ -125,69 +151,141 @@ public sealed class PairLoader : IDisposable
         _order = EpochOrder(e);
         if (pos < 0 || pos > _order.Length) throw new ArgumentOutOfRangeException(nameof(pos), $"position {pos} outside epoch of {_order.Length} pairs");
         position = pos;
+        (_planEpoch, _planPosition, _planOrder, _orderEpoch) = (e, pos, _order, e);
     }
 
-    /// <summary>The next batch of batch_size pairs, moving to the next epoch when this one has fewer left.</summary>
+    /// <summary>This rank's share of the next global batch (batch_size pairs), moving to the next epoch when this one
+    /// has fewer than a global batch left (drop_last). <see cref="last"/> describes the whole global batch.</summary>
     public LoadedPair[] Next()
     {
-        var b = options.batch_size;
-        var batch = new List<LoadedPair>(b);
-        while (batch.Count < b)
+        if (_planned.Count == 0) Plan();
+        while (_factory != null && _planned.Count < Math.Max(1, options.prefetch_batches + 1)) Plan();
+        var p = _planned.Dequeue();
+        var items = new LoadedPair?[p.mine.Length];
+        try
         {
-            if (position + (b - batch.Count) > _order.Length)
+            for (var i = 0; i < items.Length; i++) items[i] = p.mine[i].GetAwaiter().GetResult();
+        }
+        catch
+        {
+            foreach (var t in p.mine) Discard(t);
+            throw;
+        }
+        var b = p.batch;
+        (epoch, position) = (b.epoch, b.end);
+        if (epoch != _orderEpoch) (_order, _orderEpoch) = (_planEpoch == epoch ? _planOrder : EpochOrder(epoch), epoch);
+        if (items.All(x => x != null))
+        {
+            last = b;
+            return items!;
+        }
+        // A pair that passed the record checks failed to decode (skip_bad_rows): one process takes the next good
+        // pairs of the order in its place; with several, the ranks would disagree on the batch.
+        var bad = b.indices[b.offset + Array.FindIndex(items, x => x is null)];
+        if (options.world_size > 1)
+        {
+            foreach (var x in items) x?.Dispose();
+            throw new InvalidDataException($"pair {bad} does not decode: with {options.world_size} processes every rank must see the same batches, so images " +
+                "that do not decode cannot be skipped on the fly — remove them first (sudoml data check), or train with one process");
+        }
+        DrainPending();
+        (_planEpoch, _planPosition, _planOrder) = (epoch, position, _order);
+        var kept = items.Where(x => x != null).Select(x => x!).ToList();
+        var indices = b.indices.Where((_, i) => items[i] != null).ToList();
+        try
+        {
+            while (kept.Count < options.batch_size)
             {
-                // drop_last: the rest of the epoch cannot fill the batch.
-                foreach (var p in batch) p.Dispose();
-                batch.Clear();
-                Seek(epoch + 1, 0);
+                if (_planPosition >= _planOrder.Length)
+                {
+                    // drop_last: the rest of the epoch cannot fill the batch.
+                    foreach (var x in kept) x.Dispose();
+                    kept.Clear();
+                    Seek(epoch + 1, 0);
+                    return Next();
+                }
+                var index = _planOrder[_planPosition++];
+                if (!RecordOk(index, warn: true)) continue;
+                if (LoadOne(index, epoch) is { } item)
+                {
+                    kept.Add(item);
+                    indices.Add(index);
+                }
+            }
+        }
+        catch
+        {
+            foreach (var x in kept) x.Dispose();
+            throw;
+        }
+        position = _planPosition;
+        last = b with { end = position, indices = indices.ToArray() };
+        return kept.ToArray();
+    }
+
+    private int _orderEpoch;
+
+    /// <summary>The record of pair <paramref name="index"/> (caption, encoded images), without decoding.</summary>
+    public PairRecord Record(int index) => _blocks.Record(index);
+
+    /// <summary>Plans the next global batch at the planning cursor and starts decoding this rank's rows.</summary>
+    private void Plan()
+    {
+        var g = GlobalBatchSize;
+        var picked = new List<int>(g);
+        var start = _planPosition;
+        while (picked.Count < g)
+        {
+            if (_planPosition + (g - picked.Count) > _planOrder.Length)
+            {
+                // drop_last: the rest of the epoch cannot fill the global batch.
+                picked.Clear();
+                _planEpoch++;
+                _planOrder = EpochOrder(_planEpoch);
+                _planPosition = start = 0;
                 continue;
             }
-            Fill();
-            var (pos, task) = _pending.Dequeue();
-            if (pos != position) throw new InvalidOperationException($"loader out of step ({pos} ≠ {position})");
-            position++;
-            LoadedPair? item;
-            try
-            {
-                item = task.GetAwaiter().GetResult();
-            }
-            catch
-            {
-                foreach (var p in batch) p.Dispose();
-                throw;
-            }
-            if (item != null) batch.Add(item);
+            var index = _planOrder[_planPosition++];
+            // Bad records (null images, unreadable rows) are known without decoding: every rank skips the same ones.
+            if (options.skip_bad_rows && !RecordOk(index, warn: options.rank == 0)) continue;
+            picked.Add(index);
         }
-        return batch.ToArray();
+        var offset = options.rank * options.batch_size;
+        var e = _planEpoch;
+        var mine = picked.Skip(offset).Take(options.batch_size).Select(index =>
+        {
+            var task = _factory != null ? _factory.StartNew(() => LoadOne(index, e)) : new Task<LoadedPair?>(() => LoadOne(index, e));
+            if (_factory == null) task.RunSynchronously();
+            return task;
+        }).ToArray();
+        _planned.Enqueue(new Planned(new GlobalBatch(e, start, _planPosition, picked.ToArray(), offset, options.batch_size), mine));
+    }
+
+    private bool RecordOk(int index, bool warn)
+    {
+        var record = _blocks.Record(index);
+        var problem = record.problem
+            ?? (record.winner is null ? $"{record.where}: the {record.winner_column ?? "winner"} image is null" : null)
+            ?? (options.losers && record.loser is null ? $"{record.where}: the {(record.winner_column == "jpg_0" ? "jpg_1" : "jpg_0")} image is null" : null);
+        if (problem is null) return true;
+        Interlocked.Increment(ref _skipped);
+        if (warn) _warn($"skipping a bad pair (--skip_bad_rows): {problem}");
+        return false;
     }
 
     /// <summary>Loads given pairs as in epoch <paramref name="e"/> (no order involved), on the calling thread.</summary>
     public LoadedPair[] Load(IEnumerable<int> indices, int e = 0) =>
         indices.Select(i => LoadOne(i, e) ?? throw new InvalidDataException($"pair {i} is bad and was skipped")).ToArray();
 
-    private void Fill()
-    {
-        var lookahead = Math.Max(1, options.prefetch_batches + 1) * options.batch_size;
-        var next = _pending.Count == 0 ? position : _pending.Last().pos + 1;
-        while (_pending.Count < lookahead && next < _order.Length)
-        {
-            var index = _order[next];
-            var e = epoch;
-            var task = _factory != null ? _factory.StartNew(() => LoadOne(index, e)) : new Task<LoadedPair?>(() => LoadOne(index, e));
-            if (_factory == null) task.RunSynchronously();
-            _pending.Enqueue((next, task));
-            next++;
-            if (_factory == null) break;   // synchronous: load one at a time, on demand
-        }
-    }
-
     private void DrainPending()
     {
-        while (_pending.Count > 0)
-        {
-            var (_, t) = _pending.Dequeue();
-            try { t.GetAwaiter().GetResult()?.Dispose(); } catch (Exception) { /* dropped work */ }
-        }
+        while (_planned.Count > 0)
+            foreach (var t in _planned.Dequeue().mine) Discard(t);
+    }
+
+    private static void Discard(Task<LoadedPair?> t)
+    {
+        try { t.GetAwaiter().GetResult()?.Dispose(); } catch (Exception) { /* dropped work */ }
     }
 
     private LoadedPair? LoadOne(int index, int e)
@@ -242,6 +340,10 @@ public sealed class PairLoader : IDisposable
             if (owned) image01.Dispose();
         }
     }
+
+    /// <summary>A seed for a random stream keyed by (seed, a, b) — e.g. a trainer's per-pair draws keyed by epoch and
+    /// pair — well mixed (SplitMix64) and non-negative, for a torch Generator.</summary>
+    public static long StreamSeed(long seed, long a, long b) => (long)(Mix(seed, a, b) >> 1);
 
     private static ulong Mix(long a, long b, long c)
     {

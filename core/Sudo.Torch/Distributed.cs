@@ -111,30 +111,32 @@ public sealed class ProcessGroup : IDisposable
         if (status != 0) throw new TorchException($"rank {rank}/{world_size} {op}", Native.LastError());
     }
 
-    /// <summary>all_reduce in place on every tensor (contiguous, on this backend's device).</summary>
-    public unsafe void all_reduce(IReadOnlyList<Tensor> tensors, CollectiveOp op = CollectiveOp.SUM)
+    /// <summary>all_reduce in place on each tensor (contiguous, on this backend's device): one collective per tensor
+    /// (c10d reads a list as one buffer per local device, so the list is never handed over as one call).</summary>
+    public void all_reduce(IReadOnlyList<Tensor> tensors, CollectiveOp op = CollectiveOp.SUM)
     {
-        if (tensors.Count == 0) return;
-        var hs = tensors.Select(t => t.Handle).ToArray();
-        fixed (IntPtr* p = hs)
-            Check(Native.sudo_pg_allreduce(Handle, p, hs.Length, op == CollectiveOp.AVG ? 0 : (int)op), $"all_reduce({op})");
-        if (op == CollectiveOp.AVG)
-            foreach (var t in tensors) t.div_(world_size);
+        foreach (var t in tensors) all_reduce(t, op);
     }
 
-    public void all_reduce(Tensor tensor, CollectiveOp op = CollectiveOp.SUM) => all_reduce([tensor], op);
-
-    /// <summary>broadcast in place from rank <paramref name="src"/>.</summary>
-    public unsafe void broadcast(IReadOnlyList<Tensor> tensors, int src = 0)
+    public unsafe void all_reduce(Tensor tensor, CollectiveOp op = CollectiveOp.SUM)
     {
-        if (tensors.Count == 0) return;
+        var h = tensor.Handle;
+        Check(Native.sudo_pg_allreduce(Handle, &h, 1, op == CollectiveOp.AVG ? 0 : (int)op), $"all_reduce({op})");
+        if (op == CollectiveOp.AVG) tensor.div_(world_size);
+    }
+
+    /// <summary>broadcast in place from rank <paramref name="src"/>, one collective per tensor.</summary>
+    public void broadcast(IReadOnlyList<Tensor> tensors, int src = 0)
+    {
+        foreach (var t in tensors) broadcast(t, src);
+    }
+
+    public unsafe void broadcast(Tensor tensor, int src = 0)
+    {
         if (src < 0 || src >= world_size) throw new ArgumentOutOfRangeException(nameof(src), $"source rank {src} outside the world of {world_size}");
-        var hs = tensors.Select(t => t.Handle).ToArray();
-        fixed (IntPtr* p = hs)
-            Check(Native.sudo_pg_broadcast(Handle, p, hs.Length, src), $"broadcast(src {src})");
+        var h = tensor.Handle;
+        Check(Native.sudo_pg_broadcast(Handle, &h, 1, src), $"broadcast(src {src})");
     }
-
-    public void broadcast(Tensor tensor, int src = 0) => broadcast([tensor], src);
 
     /// <summary>all_gather: every rank's tensor (same shape and dtype on every rank), in rank order.</summary>
     public unsafe Tensor[] all_gather(Tensor tensor)

@@ -199,11 +199,12 @@ public partial class Tensor : IDisposable
         double d;
         long i;
         Native.CheckStatus(Native.sudo_item(Handle, &d, &i), "item");
-        object r = typeof(T) == typeof(long) ? i
-            : typeof(T) == typeof(int) ? checked((int)i)
-            : typeof(T) == typeof(bool) ? i != 0
-            : typeof(T) == typeof(float) ? (float)d
-            : typeof(T) == typeof(double) ? d
+        // Each branch boxed as its own type (a conditional with a natural type would box them all as one).
+        object r = typeof(T) == typeof(long) ? (object)i
+            : typeof(T) == typeof(int) ? (object)checked((int)i)
+            : typeof(T) == typeof(bool) ? (object)(i != 0)
+            : typeof(T) == typeof(float) ? (object)(float)d
+            : typeof(T) == typeof(double) ? (object)d
             : throw new NotSupportedException($"item<{typeof(T).Name}> is not supported: use float, double, int, long or bool");
         return (T)r;
     }

@@ -37,6 +37,9 @@ public sealed class Trainer : IDisposable
     public int global_step { get; private set; }
     /// <summary>Optimizer steps of the run: max_train_steps, or num_train_epochs × (records ÷ batch ÷ accumulation).</summary>
     public int total_steps { get; }
+    /// <summary>The data-parallel job (DataParallel.Single for one process).</summary>
+    public DataParallel parallel { get; }
+    private readonly bool _ownsParallel;
     private readonly OfflinePairSource _pairs;
     private readonly LossFn _loss;
     private readonly Generator _rng;
@@ -48,14 +51,21 @@ public sealed class Trainer : IDisposable
 
     /// <param name="method">the method to train; null takes the preset named by config.method with the config's
     /// β and SUDO settings. A recipe's method names the run (config.method is set to its name).</param>
-    public Trainer(TrainConfig config, Method? method = null)
+    /// <param name="parallel">the data-parallel job this process belongs to; null joins the one the environment names
+    /// (torchrun, sudoml launch, srun), or trains alone when there is none.</param>
+    public Trainer(TrainConfig config, Method? method = null, DataParallel? parallel = null)
     {
         method ??= Methods.Preset(config.method, config.MethodSettings);
         if (method.pairs is not OfflinePairSource pairs)
             throw new ArgumentException($"method {method.name} draws its pairs from {method.pairs.Describe()}, not from a pair folder: train it with SpoTrainer (sudoml train --method spo, recipes/spo.fsx)");
         config = config with { method = method.name };
         config.Validate();
-        pairs.Validate(config.train_batch_size);
+        this.parallel = parallel ?? DataParallel.FromEnvironment(config.device);
+        _ownsParallel = parallel is null;
+        // One GPU per process: "cuda" in a CUDA job means this rank's cuda:LOCAL_RANK (as accelerate assigns it).
+        if (this.parallel.world_size > 1 && config.device.Trim().Equals("cuda", StringComparison.OrdinalIgnoreCase))
+            config = config with { device = $"cuda:{this.parallel.device.Index}" };
+        pairs.Validate(config.train_batch_size * this.parallel.world_size);
         this.config = config;
         this.method = method;
         _loss = method.offline_loss;
@@ -122,7 +132,8 @@ public sealed class Trainer : IDisposable
         }
         unet.train();
         if (config.gradient_checkpointing || config.sdxl) unet.enable_gradient_checkpointing();
-        var lr = config.scale_lr ? config.learning_rate * config.gradient_accumulation_steps * config.train_batch_size : config.learning_rate;
+        // train.py: lr × accumulation × batch × num_processes under --scale_lr.
+        var lr = config.scale_lr ? config.learning_rate * config.gradient_accumulation_steps * config.train_batch_size * this.parallel.world_size : config.learning_rate;
         optimizer = config.use_adafactor || config.sdxl
             ? new torch.optim.Adafactor(_trainable, lr: lr, weight_decay: config.adam_weight_decay, clip_threshold: 1.0, scale_parameter: false, relative_step: false)
             : new torch.optim.AdamW(_trainable, lr, config.adam_beta1, config.adam_beta2, config.adam_epsilon, config.adam_weight_decay);
@@ -139,10 +150,14 @@ public sealed class Trainer : IDisposable
             workers = config.dataloader_num_workers,
             losers = pairs.uses_dataset_losers,
             skip_bad_rows = config.skip_bad_rows,
-        });
-        var batchesPerEpoch = data.Count / config.train_batch_size;
+            rank = this.parallel.rank,
+            world_size = this.parallel.world_size,
+        }, this.parallel.IsMain ? null : _ => { });
+        var batchesPerEpoch = loader.BatchesPerEpoch;
         total_steps = config.max_train_steps ?? config.num_train_epochs * (int)Math.Ceiling(batchesPerEpoch / (double)config.gradient_accumulation_steps);
         scheduler = torch.optim.lr_scheduler.get_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, total_steps);
+        // DDP's constructor: every rank starts from rank 0's trainable weights.
+        this.parallel.BroadcastFromMain(_trainable);
         if (config.ema_decay > 0)
             using (no_grad()) _ema = _trainable.Select(p => { var e = p.detach().clone(); DisposeScope.Current?.Detach(e); return e; }).ToArray();
     }
@@ -168,13 +183,13 @@ public sealed class Trainer : IDisposable
 
     public string Describe()
     {
-        var eff = config.train_batch_size * config.gradient_accumulation_steps;
+        var eff = config.train_batch_size * config.gradient_accumulation_steps * parallel.world_size;
         var lines = new List<string>
         {
             method.Describe(),
             $"{data.Count} pairs from {data.Source} ({data.Counts})" + (_pairs != method.pairs ? $"; {_pairs.Describe()}" : "") +
                 $"; {config.dataloader_num_workers} loader worker(s)",
-            $"effective batch = {config.train_batch_size} pairs per device × {config.gradient_accumulation_steps} accumulation × 1 process = {eff} pairs; {total_steps} optimizer steps",
+            $"effective batch = {config.train_batch_size} pairs per device × {config.gradient_accumulation_steps} accumulation × {parallel.world_size} process{(parallel.world_size == 1 ? "" : "es")} = {eff} pairs; {total_steps} optimizer steps",
             $"optimizer {optimizer.GetType().Name}, lr {optimizer.param_groups[0].initial_lr:G3} ({config.lr_scheduler}, warmup {config.lr_warmup_steps}), {_trainable.Sum(p => p.numel()):N0} trainable parameters" + (lora != null ? $" (LoRA rank {config.lora_rank})" : ""),
             $"reference: {(method.reference == ReferencePolicy.None ? "none" : lora != null ? "the same UNet with LoRA adapters off" : "frozen copy" + (config.reference_bf16 ? " (bf16)" : ""))}; mixed precision {config.MixedPrecision}",
         };
@@ -208,69 +223,109 @@ public sealed class Trainer : IDisposable
         finally { foreach (var p in batch) p.Dispose(); }
     }
 
-    /// <summary>The micro-batch forward: returns per-sample MSEs (fp32) of policy and reference.</summary>
-    public StepInputs Forward(LoadedPair[] batch)
+    /// <summary>The forward of a batch of loaded pairs as one process's whole batch (epoch: the loader's).</summary>
+    public StepInputs Forward(LoadedPair[] batch) =>
+        Forward(batch, new GlobalBatch(loader.epoch, 0, 0, batch.Select(p => p.record.index).ToArray(), 0, batch.Length));
+
+    /// <summary>A per-sample random stream: a function of the run seed, the epoch and the pair (not of the rank,
+    /// the batch split or the resume point), so world size 2 × batch b draws what world size 1 × batch 2b draws.</summary>
+    private Generator SampleGenerator(int epoch, long key) => new(PairLoader.StreamSeed(config.seed, 0x5a3b_0000_0000L + epoch, key));
+
+    /// <summary>The micro-batch forward of this rank's rows of a global batch: returns per-sample MSEs (fp32) of policy
+    /// and reference. The pair source plans over the global batch (with SUDO a loser may be another rank's winner,
+    /// which this rank then decodes itself); every random draw (VAE posterior sample, noise, t, caption dropout) comes
+    /// from the pair's own stream.</summary>
+    public StepInputs Forward(LoadedPair[] mine, GlobalBatch global)
     {
-        var b = batch.Length;
-        var records = batch.Select(p => p.record.AsPair()).ToArray();
+        var b = mine.Length;
+        if (b != global.count) throw new ArgumentException($"{b} loaded pairs for {global.count} rows of the global batch");
+        var rows = global.indices.Length;
+        var records = Enumerable.Range(0, rows).Select(i => i >= global.offset && i < global.offset + b
+            ? mine[i - global.offset].record.AsPair() : loader.Record(global.indices[i]).AsPair()).ToArray();
         var res = Resolution;
-        Tensor latents, ehs, t, noise, xt, target;
-        Tensor[]? added = null;
-        using (no_grad())
-            if (config.cache_latents)
-            {
-                // The loader's center-cropped, unflipped pixels (Validate requires both for --cache_latents).
-                (Tensor mean, Tensor std) Posterior(ImageRef r)
-                {
-                    var file = r.winner ? records[r.row].winner : records[r.row].loser;
-                    if (!_latentCache.TryGetValue(file, out var c))
-                    {
-                        var pix = r.winner ? batch[r.row].winner : batch[r.row].loser ?? throw new InvalidOperationException("the pair source uses losers it said it would not");
-                        using var post = pipe.vae.encode(pix.unsqueeze(0).to(pipe.device, pipe.vae.encoder.conv_in.weight.dtype));
-                        c = (post.mean.clone(), post.std.clone());
-                        DisposeScope.Current?.Detach(c.mean);
-                        DisposeScope.Current?.Detach(c.std);
-                        _latentCache[file] = c;
-                    }
-                    return c;
-                }
-                var plan = _pairs.Plan(records, _rng);
-                var posts = plan.winners.Concat(plan.losers).Select(Posterior).ToArray();
-                var mean = cat(posts.Select(p => p.mean).ToArray());
-                var std = cat(posts.Select(p => p.std).ToArray());
-                latents = pipe.vae.scale_latents(mean + std * randn(mean.shape, _rng).to(mean.device));
-            }
-            else
-            {
-                // Every image with its own crop/flip (the loader), then the source's pairing (SUDO: losers =
-                // winners[randperm(B)] in pixel space, as its train.py does).
-                var plan = _pairs.Plan(records, _rng);
-                Tensor Image(ImageRef r) => r.winner ? batch[r.row].winner : batch[r.row].loser ?? throw new InvalidOperationException("the pair source uses losers it said it would not");
-                var winners = stack(plan.winners.Select(Image).ToArray());
-                var losers = stack(plan.losers.Select(Image).ToArray());
-                var pix = cat([winners, losers]).to(pipe.device, pipe.vae.encoder.conv_in.weight.dtype);
-                using var post = pipe.vae.encode(pix);
-                latents = pipe.vae.scale_latents(post.sample(_rng));
-            }
-        using (no_grad())
+        var extra = new Dictionary<int, LoadedPair>();
+        var gens = Enumerable.Range(global.offset, b).Select(i => SampleGenerator(global.epoch, global.indices[i])).ToArray();
+        try
         {
-            var nB = randn([b, latents.size(1), latents.size(2), latents.size(3)], _rng).to(latents.device);
-            noise = cat([nB, nB]);
-            var tB = randint(0, noise_schedule.config.num_train_timesteps, [b], _rng).to(latents.device);
-            t = cat([tB, tB]);
-            xt = noise_schedule.add_noise(latents, noise, t);
-            target = noise_schedule.target(latents, noise, t);
-            var captions = records.Select(r => rand([1], _rng).item() < config.proportion_empty_prompts ? "" : r.caption).ToList();
-            var e = EncodeCaptions(captions);
-            ehs = cat([e, e]);
-            if (pipe.IsSDXL)
+            PairPlan plan;
+            // The pairing's stream: keyed by the global batch (its first pair and size), the same on every rank.
+            using (var planGen = new Generator(PairLoader.StreamSeed(config.seed, 0x91a7_0000_0000L + global.epoch, (long)global.indices[0] * 65536 + rows)))
+                plan = _pairs.Plan(records, planGen);
+            var winners = plan.winners.Skip(global.offset).Take(b).ToArray();
+            var losers = plan.losers.Skip(global.offset).Take(b).ToArray();
+            Tensor Image(ImageRef r)
             {
-                using var pe = pipe.encode_prompt(captions, 1, false);
-                var pooled = pe.pooled_prompt_embeds!;
-                var ids = pipe.get_add_time_ids((res, res), (0, 0), (res, res)).repeat(2 * b, 1);
-                added = [cat([pooled, pooled]), ids];
+                LoadedPair pair;
+                if (r.row >= global.offset && r.row < global.offset + b) pair = mine[r.row - global.offset];
+                else if (!extra.TryGetValue(r.row, out pair!)) extra[r.row] = pair = loader.Load([global.indices[r.row]], global.epoch)[0];
+                return r.winner ? pair.winner : pair.loser ?? throw new InvalidOperationException("the pair source uses losers it said it would not");
             }
+            Tensor latents, ehs, t, noise, xt, target;
+            Tensor[]? added = null;
+            using (no_grad())
+            {
+                Tensor mean, std;
+                if (config.cache_latents)
+                {
+                    // The loader's center-cropped, unflipped pixels (Validate requires both for --cache_latents).
+                    (Tensor mean, Tensor std) Posterior(ImageRef r)
+                    {
+                        var file = r.winner ? records[r.row].winner : records[r.row].loser;
+                        if (!_latentCache.TryGetValue(file, out var c))
+                        {
+                            using var post = pipe.vae.encode(Image(r).unsqueeze(0).to(pipe.device, pipe.vae.encoder.conv_in.weight.dtype));
+                            c = (post.mean.clone(), post.std.clone());
+                            DisposeScope.Current?.Detach(c.mean);
+                            DisposeScope.Current?.Detach(c.std);
+                            _latentCache[file] = c;
+                        }
+                        return c;
+                    }
+                    var posts = winners.Concat(losers).Select(Posterior).ToArray();
+                    mean = cat(posts.Select(p => p.mean).ToArray());
+                    std = cat(posts.Select(p => p.std).ToArray());
+                }
+                else
+                {
+                    // Every image with its own crop/flip (the loader), then the source's pairing (SUDO: losers =
+                    // winners[randperm] in pixel space, as its train.py does).
+                    var pix = cat([stack(winners.Select(Image).ToArray()), stack(losers.Select(Image).ToArray())]).to(pipe.device, pipe.vae.encoder.conv_in.weight.dtype);
+                    using var post = pipe.vae.encode(pix);
+                    (mean, std) = (post.mean.alias(), post.std.alias());
+                }
+                long[] one = [1, mean.size(1), mean.size(2), mean.size(3)];
+                // Each pair's stream, in a fixed order: posterior samples of winner and loser, noise, t, caption dropout.
+                var eps = gens.Select(g => (w: randn(one, g), l: randn(one, g))).ToArray();
+                var epsAll = cat(eps.Select(e => e.w).Concat(eps.Select(e => e.l)).ToArray()).to(mean.device, mean.dtype);
+                latents = pipe.vae.scale_latents(mean + std * epsAll);
+                var nB = cat(gens.Select(g => randn(one, g)).ToArray()).to(latents.device);
+                noise = cat([nB, nB]);
+                var tB = cat(gens.Select(g => randint(0, noise_schedule.config.num_train_timesteps, [1], g)).ToArray()).to(latents.device);
+                t = cat([tB, tB]);
+                xt = noise_schedule.add_noise(latents, noise, t);
+                target = noise_schedule.target(latents, noise, t);
+                var captions = Enumerable.Range(0, b).Select(i => rand([1], gens[i]).item() < config.proportion_empty_prompts ? "" : records[global.offset + i].caption).ToList();
+                var e = EncodeCaptions(captions);
+                ehs = cat([e, e]);
+                if (pipe.IsSDXL)
+                {
+                    using var pe = pipe.encode_prompt(captions, 1, false);
+                    var pooled = pe.pooled_prompt_embeds!;
+                    var ids = pipe.get_add_time_ids((res, res), (0, 0), (res, res)).repeat(2 * b, 1);
+                    added = [cat([pooled, pooled]), ids];
+                }
+            }
+            return ForwardModels(b, t, xt, target, ehs, added);
         }
+        finally
+        {
+            foreach (var g in gens) g.Dispose();
+            foreach (var p in extra.Values) p.Dispose();
+        }
+    }
+
+    private StepInputs ForwardModels(int b, Tensor t, Tensor xt, Tensor target, Tensor ehs, Tensor[]? added)
+    {
         var cond = added is null ? null : new AddedCondKwargs(added[0], added[1]);
         using var autocastScope = config.MixedPrecision switch
         {
@@ -309,14 +364,15 @@ public sealed class Trainer : IDisposable
             var batch = loader.Next();
             BatchLoaded?.Invoke(batch.Select(p => p.record).ToArray());
             StepInputs inputs;
-            try { inputs = Forward(batch); }
+            try { inputs = Forward(batch, loader.last!); }
             finally { foreach (var p in batch) p.Dispose(); }
             var o = _loss(inputs);
             var lv = o.loss.item();
-            if (!double.IsFinite(lv))
+            // Every rank skips together (a lone skip would pair different steps in the next all-reduce).
+            if (parallel.Any(!double.IsFinite(lv)))
             {
                 _nonfinite++;
-                Console.Error.WriteLine($"warning: step {global_step + 1}: loss is {lv}; skipping the step ({_nonfinite} in a row)");
+                Console.Error.WriteLine($"warning: step {global_step + 1}: loss is {(double.IsFinite(lv) ? $"{lv} here but not finite on another rank" : lv)}; skipping the step ({_nonfinite} in a row)");
                 if (_nonfinite >= config.max_nonfinite_steps)
                     throw new InvalidOperationException($"loss was not finite for {_nonfinite} steps in a row: stopping (lower the learning rate or check the data)");
                 optimizer.zero_grad();
@@ -328,6 +384,9 @@ public sealed class Trainer : IDisposable
                 if (t.numel() == 1) metrics[key] = metrics.GetValueOrDefault(key) + t.item() / accum;
         }
         _nonfinite = 0;
+        // DDP: the gradient of the global batch's mean loss on every rank, before unscaling and clipping.
+        parallel.AverageGradients(_trainable);
+        metrics = parallel.AverageMetrics(metrics);
         scaler.unscale_(optimizer);
         if (!(config.use_adafactor || config.sdxl) && config.max_grad_norm > 0)
             metrics["grad_norm"] = nn.utils.clip_grad_norm_(_trainable, config.max_grad_norm);
@@ -355,7 +414,7 @@ public sealed class Trainer : IDisposable
 
     /// <summary>Writes output_dir/checkpoint-N atomically: trainable weights (UNet or LoRA), optimizer, EMA, RNG
     /// states, data position, LR schedule and step, and the run record.</summary>
-    public string SaveCheckpoint(TrainingRun run) => run.SaveCheckpoint(global_step, new JsonObject
+    public string SaveCheckpoint(TrainingRun run) => !parallel.IsMain ? run.SaveCheckpoint(global_step, [], _ => { }) : run.SaveCheckpoint(global_step, new JsonObject
     {
         ["global_step"] = global_step,
         ["epoch"] = loader.epoch,
@@ -437,12 +496,15 @@ public sealed class Trainer : IDisposable
     /// steps, checkpoints every checkpointing_steps, and saves the final weights (unet/ or lora/) into output_dir.</summary>
     public void Train(Action<string>? log = null)
     {
-        var caller = log;
-        log ??= Console.WriteLine;
+        var main = parallel.IsMain;
+        var caller = main ? log : _ => { };
+        log = main ? log ?? Console.WriteLine : _ => { };
         using var run = new TrainingRun(config.output_dir, RunRecordNode(),
-            TrainingRun.TensorBoardDir(config.output_dir, config.report_to, config.logging_dir, config.tracker_project_name), config.checkpoints_total_limit);
+            TrainingRun.TensorBoardDir(config.output_dir, config.report_to, config.logging_dir, config.tracker_project_name), config.checkpoints_total_limit, writes: main);
         if (run.ResumePoint(config.resume_from_checkpoint) is { } resume)
         {
+            // Every rank reads the same checkpoint (rank 0 wrote it; the data position in it is global, so the world
+            // size may differ from the run that wrote it).
             RunRecord.CheckResume(resume, run.Record["config"]!.AsObject(), config.resume_allow_changes);
             LoadCheckpoint(resume);
             log($"resumed from {resume} at step {global_step}");
@@ -458,21 +520,34 @@ public sealed class Trainer : IDisposable
                 if (m is null) continue;
                 run.Log(global_step, m);
                 progress.Step(global_step, m);
-                if (config.checkpointing_steps > 0 && global_step % config.checkpointing_steps == 0) progress.Log($"saved {SaveCheckpoint(run)}");
-                if (ValidationPrompts is { Length: > 0 } && config.validation_steps > 0 && global_step % config.validation_steps == 0) progress.Log($"samples {SampleGrid()}");
+                if (config.checkpointing_steps > 0 && global_step % config.checkpointing_steps == 0)
+                {
+                    var saved = SaveCheckpoint(run);
+                    parallel.Barrier();   // nobody goes on (or reads it) before rank 0 has published it
+                    progress.Log($"saved {saved}");
+                }
+                if (ValidationPrompts is { Length: > 0 } && config.validation_steps > 0 && global_step % config.validation_steps == 0)
+                {
+                    if (main) progress.Log($"samples {SampleGrid()}");
+                    parallel.Barrier();
+                }
             }
         });
-        if (lora != null) lora.save(Path.Combine(config.output_dir, "lora"));
-        else unet.save_pretrained(Path.Combine(config.output_dir, "unet"));
-        if (_ema != null && lora == null)
+        if (main)
         {
-            // The EMA weights as a diffusers UNet folder.
-            using var copy = CloneFrozen(unet);
-            using (no_grad())
-                foreach (var (p, e) in copy.parameters().Zip(_ema)) p.copy_(e);
-            copy.save_pretrained(Path.Combine(config.output_dir, "unet_ema"));
+            if (lora != null) lora.save(Path.Combine(config.output_dir, "lora"));
+            else unet.save_pretrained(Path.Combine(config.output_dir, "unet"));
+            if (_ema != null && lora == null)
+            {
+                // The EMA weights as a diffusers UNet folder.
+                using var copy = CloneFrozen(unet);
+                using (no_grad())
+                    foreach (var (p, e) in copy.parameters().Zip(_ema)) p.copy_(e);
+                copy.save_pretrained(Path.Combine(config.output_dir, "unet_ema"));
+            }
+            TrainingRun.WriteSummary(config.output_dir, method.name, global_step, sw.Elapsed.TotalSeconds);
         }
-        TrainingRun.WriteSummary(config.output_dir, method.name, global_step, sw.Elapsed.TotalSeconds);
+        parallel.Barrier();
         log($"done: {global_step} steps in {sw.Elapsed.TotalSeconds:F1} s (peak RSS {ProcessMemory.PeakRssMb():F0} MB); weights in {config.output_dir}");
     }
 
@@ -488,5 +563,6 @@ public sealed class Trainer : IDisposable
         optimizer.Dispose();
         pipe.Dispose();
         _rng.Dispose();
+        if (_ownsParallel) parallel.Dispose();
     }
 }

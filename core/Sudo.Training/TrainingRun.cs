@@ -17,16 +17,21 @@ public sealed class TrainingRun : IDisposable
     private readonly TensorBoardWriter? _tb;
     private readonly string _jsonl, _csv;
     private string[]? _columns;
+    /// <summary>False on the ranks of a data-parallel job other than rank 0: they read checkpoints but write nothing.</summary>
+    public bool Writes { get; }
 
     /// <param name="tensorboardDir">null: no TensorBoard events (report_to none).</param>
-    public TrainingRun(string outputDir, JsonObject record, string? tensorboardDir, int? checkpointsTotalLimit)
+    /// <param name="writes">false: a non-main rank (no folder, record, metrics or checkpoint is written).</param>
+    public TrainingRun(string outputDir, JsonObject record, string? tensorboardDir, int? checkpointsTotalLimit, bool writes = true)
     {
         OutputDir = outputDir;
         Record = record;
         _totalLimit = checkpointsTotalLimit;
-        Directory.CreateDirectory(outputDir);
+        Writes = writes;
         _jsonl = Path.Combine(outputDir, "metrics.jsonl");
         _csv = Path.Combine(outputDir, "metrics.csv");
+        if (!writes) return;
+        Directory.CreateDirectory(outputDir);
         _columns = File.Exists(_csv) ? File.ReadLines(_csv).FirstOrDefault()?.Split(',') : null;
         if (tensorboardDir != null) _tb = new TensorBoardWriter(tensorboardDir);
     }
@@ -44,11 +49,15 @@ public sealed class TrainingRun : IDisposable
     };
 
     /// <summary>Writes output_dir/run_config.json (at the start of a run, after any resume check).</summary>
-    public void WriteRecord() => RunRecord.Write(OutputDir, Record);
+    public void WriteRecord()
+    {
+        if (Writes) RunRecord.Write(OutputDir, Record);
+    }
 
     /// <summary>One step's metrics to metrics.jsonl, metrics.csv (columns fixed by the first row) and TensorBoard (train/...).</summary>
     public void Log(int step, IReadOnlyDictionary<string, double> metrics)
     {
+        if (!Writes) return;
         var line = new JsonObject { ["step"] = step };
         foreach (var (k, v) in metrics) if (k != "step") line[k] = double.IsFinite(v) ? v : null;
         File.AppendAllText(_jsonl, line.ToJsonString() + "\n");
@@ -68,6 +77,7 @@ public sealed class TrainingRun : IDisposable
     public string SaveCheckpoint(int step, JsonObject state, Action<string> write)
     {
         var final = Path.Combine(OutputDir, $"checkpoint-{step}");
+        if (!Writes) return final;
         var tmp = Path.Combine(OutputDir, $".tmp-checkpoint-{step}-{Guid.NewGuid():N}");
         Directory.CreateDirectory(tmp);
         try

@@ -36,6 +36,9 @@ public class TensorTests
         Assert.That(t.numel(), Is.EqualTo(24));
         Assert.That(t.stride(), Is.EqualTo(new long[] { 12, 4, 1 }));
         Assert.That(t[1, 2, 3].item<long>(), Is.EqualTo(23));
+        Assert.That((t[1, 2, 3].item<int>(), t[0, 0, 1].item<bool>(), t[0, 0, 0].item<bool>()), Is.EqualTo((23, true, false)));
+        Assert.That((t[0, 1, 1].to(ScalarType.Float32) / 2).item<float>(), Is.EqualTo(2.5f), "each type boxed as itself");
+        Assert.That((t[0, 1, 1].to(ScalarType.Float64) / 4).item<double>(), Is.EqualTo(1.25));
         Assert.That(t[1, .., 1].ToArray<long>(), Is.EqualTo(new long[] { 13, 17, 21 }));
         Assert.That(t[TensorIndex.Colon, 1..3, TensorIndex.Slice(0, 4, 2)].ToArray<long>(), Is.EqualTo(new long[] { 4, 6, 8, 10, 16, 18, 20, 22 }));
         Assert.That(t[TensorIndex.None].shape, Is.EqualTo(new long[] { 1, 2, 3, 4 }));
