@@ -58,6 +58,13 @@ public static class RunRecord
         ["environment"] = Environment(),
     };
 
+    /// <summary>Adds the data-parallel world size to a record's config as "num_processes" (accelerate's name).</summary>
+    public static JsonObject WithProcesses(JsonObject record, int worldSize)
+    {
+        record["config"]!["num_processes"] = worldSize;
+        return record;
+    }
+
     public static void Write(string folder, JsonObject record)
     {
         Directory.CreateDirectory(folder);
@@ -69,8 +76,22 @@ public static class RunRecord
     public static List<(string field, string was, string now)> Differences(JsonObject saved, JsonObject current, IEnumerable<string> allowed)
     {
         var skip = new HashSet<string>(FreeOnResume.Concat(allowed));
-        var keys = saved.Select(kv => kv.Key).Union(current.Select(kv => kv.Key)).Where(k => !skip.Contains(k)).OrderBy(k => k, StringComparer.Ordinal);
         var diffs = new List<(string, string, string)>();
+        // The world size may change on resume when the global batch (per-device batch × processes) stays: the data
+        // position and every random draw are global (a record without num_processes was one process).
+        if (saved.ContainsKey("num_processes") || current.ContainsKey("num_processes"))
+        {
+            // Integers as written (a parsed record holds JsonElements, a fresh one ints).
+            static long Num(JsonNode? v, long absent) => v is null ? absent : long.Parse(v.ToJsonString(), System.Globalization.CultureInfo.InvariantCulture);
+            static (long b, long n) Split(JsonObject c) => (Num(c["train_batch_size"], 0), Num(c["num_processes"], 1));
+            var (sb, sn) = Split(saved);
+            var (cb, cn) = Split(current);
+            if (sb * sn != cb * cn && !skip.Contains("train_batch_size"))
+                diffs.Add(("train_batch_size", $"{sb} × {sn} process(es) = {sb * sn} pairs per global micro-batch", $"{cb} × {cn} = {cb * cn}"));
+            skip.Add("train_batch_size");
+            skip.Add("num_processes");
+        }
+        var keys = saved.Select(kv => kv.Key).Union(current.Select(kv => kv.Key)).Where(k => !skip.Contains(k)).OrderBy(k => k, StringComparer.Ordinal);
         foreach (var k in keys)
         {
             var a = saved[k];

@@ -38,7 +38,7 @@ public sealed class Trainer : IDisposable
     /// <summary>Optimizer steps of the run: max_train_steps, or num_train_epochs × (records ÷ batch ÷ accumulation).</summary>
     public int total_steps { get; }
     /// <summary>The data-parallel job (DataParallel.Single for one process).</summary>
-    public DataParallel parallel { get; }
+    public DataParallel data_parallel { get; }
     private readonly bool _ownsParallel;
     private readonly OfflinePairSource _pairs;
     private readonly LossFn _loss;
@@ -51,25 +51,24 @@ public sealed class Trainer : IDisposable
 
     /// <param name="method">the method to train; null takes the preset named by config.method with the config's
     /// β and SUDO settings. A recipe's method names the run (config.method is set to its name).</param>
-    /// <param name="parallel">the data-parallel job this process belongs to; null joins the one the environment names
+    /// <param name="data_parallel">the data-parallel job this process belongs to; null joins the one the environment names
     /// (torchrun, sudoml launch, srun), or trains alone when there is none.</param>
-    public Trainer(TrainConfig config, Method? method = null, DataParallel? parallel = null)
+    public Trainer(TrainConfig config, Method? method = null, DataParallel? data_parallel = null)
     {
         method ??= Methods.Preset(config.method, config.MethodSettings);
         if (method.pairs is not OfflinePairSource pairs)
             throw new ArgumentException($"method {method.name} draws its pairs from {method.pairs.Describe()}, not from a pair folder: train it with SpoTrainer (sudoml train --method spo, recipes/spo.fsx)");
         config = config with { method = method.name };
         config.Validate();
-        this.parallel = parallel ?? DataParallel.FromEnvironment(config.device);
-        _ownsParallel = parallel is null;
-        // One GPU per process: "cuda" in a CUDA job means this rank's cuda:LOCAL_RANK (as accelerate assigns it).
-        if (this.parallel.world_size > 1 && config.device.Trim().Equals("cuda", StringComparison.OrdinalIgnoreCase))
-            config = config with { device = $"cuda:{this.parallel.device.Index}" };
-        pairs.Validate(config.train_batch_size * this.parallel.world_size);
+        this.data_parallel = data_parallel ?? DataParallel.FromEnvironment(config.device);
+        _ownsParallel = data_parallel is null;
+
+        pairs.Validate(config.train_batch_size * this.data_parallel.world_size);
         this.config = config;
         this.method = method;
         _loss = method.offline_loss;
-        var device = Device.Parse(config.device);
+        // One GPU per process: "cuda" in a CUDA job means this rank's cuda:LOCAL_RANK (as accelerate assigns it).
+        var device = this.data_parallel.world_size > 1 && Device.Parse(config.device) is { Type: DeviceType.CUDA, Index: < 0 } ? this.data_parallel.device : Device.Parse(config.device);
         if (method.reference == ReferencePolicy.AdaptersOff && config.lora_rank == 0)
             throw new ArgumentException($"method {method.name} compares with the UNet's LoRA adapters off: pass --lora_rank ≥ 1");
         // Before any loading: a bf16 request on a CPU without bf16 kernels is refused (or warned about) now, not after hours.
@@ -133,7 +132,7 @@ public sealed class Trainer : IDisposable
         unet.train();
         if (config.gradient_checkpointing || config.sdxl) unet.enable_gradient_checkpointing();
         // train.py: lr × accumulation × batch × num_processes under --scale_lr.
-        var lr = config.scale_lr ? config.learning_rate * config.gradient_accumulation_steps * config.train_batch_size * this.parallel.world_size : config.learning_rate;
+        var lr = config.scale_lr ? config.learning_rate * config.gradient_accumulation_steps * config.train_batch_size * this.data_parallel.world_size : config.learning_rate;
         optimizer = config.use_adafactor || config.sdxl
             ? new torch.optim.Adafactor(_trainable, lr: lr, weight_decay: config.adam_weight_decay, clip_threshold: 1.0, scale_parameter: false, relative_step: false)
             : new torch.optim.AdamW(_trainable, lr, config.adam_beta1, config.adam_beta2, config.adam_epsilon, config.adam_weight_decay);
@@ -150,14 +149,14 @@ public sealed class Trainer : IDisposable
             workers = config.dataloader_num_workers,
             losers = pairs.uses_dataset_losers,
             skip_bad_rows = config.skip_bad_rows,
-            rank = this.parallel.rank,
-            world_size = this.parallel.world_size,
-        }, this.parallel.IsMain ? null : _ => { });
+            rank = this.data_parallel.rank,
+            world_size = this.data_parallel.world_size,
+        }, this.data_parallel.IsMain ? null : _ => { });
         var batchesPerEpoch = loader.BatchesPerEpoch;
         total_steps = config.max_train_steps ?? config.num_train_epochs * (int)Math.Ceiling(batchesPerEpoch / (double)config.gradient_accumulation_steps);
         scheduler = torch.optim.lr_scheduler.get_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, total_steps);
         // DDP's constructor: every rank starts from rank 0's trainable weights.
-        this.parallel.BroadcastFromMain(_trainable);
+        this.data_parallel.BroadcastFromMain(_trainable);
         if (config.ema_decay > 0)
             using (no_grad()) _ema = _trainable.Select(p => { var e = p.detach().clone(); DisposeScope.Current?.Detach(e); return e; }).ToArray();
     }
@@ -183,13 +182,13 @@ public sealed class Trainer : IDisposable
 
     public string Describe()
     {
-        var eff = config.train_batch_size * config.gradient_accumulation_steps * parallel.world_size;
+        var eff = config.train_batch_size * config.gradient_accumulation_steps * data_parallel.world_size;
         var lines = new List<string>
         {
             method.Describe(),
             $"{data.Count} pairs from {data.Source} ({data.Counts})" + (_pairs != method.pairs ? $"; {_pairs.Describe()}" : "") +
                 $"; {config.dataloader_num_workers} loader worker(s)",
-            $"effective batch = {config.train_batch_size} pairs per device × {config.gradient_accumulation_steps} accumulation × {parallel.world_size} process{(parallel.world_size == 1 ? "" : "es")} = {eff} pairs; {total_steps} optimizer steps",
+            $"effective batch = {config.train_batch_size} pairs per device × {config.gradient_accumulation_steps} accumulation × {data_parallel.world_size} process{(data_parallel.world_size == 1 ? "" : "es")} = {eff} pairs; {total_steps} optimizer steps",
             $"optimizer {optimizer.GetType().Name}, lr {optimizer.param_groups[0].initial_lr:G3} ({config.lr_scheduler}, warmup {config.lr_warmup_steps}), {_trainable.Sum(p => p.numel()):N0} trainable parameters" + (lora != null ? $" (LoRA rank {config.lora_rank})" : ""),
             $"reference: {(method.reference == ReferencePolicy.None ? "none" : lora != null ? "the same UNet with LoRA adapters off" : "frozen copy" + (config.reference_bf16 ? " (bf16)" : ""))}; mixed precision {config.MixedPrecision}",
         };
@@ -369,7 +368,7 @@ public sealed class Trainer : IDisposable
             var o = _loss(inputs);
             var lv = o.loss.item();
             // Every rank skips together (a lone skip would pair different steps in the next all-reduce).
-            if (parallel.Any(!double.IsFinite(lv)))
+            if (data_parallel.Any(!double.IsFinite(lv)))
             {
                 _nonfinite++;
                 Console.Error.WriteLine($"warning: step {global_step + 1}: loss is {(double.IsFinite(lv) ? $"{lv} here but not finite on another rank" : lv)}; skipping the step ({_nonfinite} in a row)");
@@ -385,8 +384,8 @@ public sealed class Trainer : IDisposable
         }
         _nonfinite = 0;
         // DDP: the gradient of the global batch's mean loss on every rank, before unscaling and clipping.
-        parallel.AverageGradients(_trainable);
-        metrics = parallel.AverageMetrics(metrics);
+        data_parallel.AverageGradients(_trainable);
+        metrics = data_parallel.AverageMetrics(metrics);
         scaler.unscale_(optimizer);
         if (!(config.use_adafactor || config.sdxl) && config.max_grad_norm > 0)
             metrics["grad_norm"] = nn.utils.clip_grad_norm_(_trainable, config.max_grad_norm);
@@ -410,11 +409,12 @@ public sealed class Trainer : IDisposable
     // ---- checkpoints (TrainingRun's format, shared with SPO) ----
 
     /// <summary>The record of this run: the resolved config (all fields, defaults included), the method and the machine.</summary>
-    public System.Text.Json.Nodes.JsonObject RunRecordNode() => RunRecord.Make(config with { mixed_precision = config.MixedPrecision }, method.Describe());
+    public System.Text.Json.Nodes.JsonObject RunRecordNode() =>
+        RunRecord.WithProcesses(RunRecord.Make(config with { mixed_precision = config.MixedPrecision }, method.Describe()), data_parallel.world_size);
 
     /// <summary>Writes output_dir/checkpoint-N atomically: trainable weights (UNet or LoRA), optimizer, EMA, RNG
     /// states, data position, LR schedule and step, and the run record.</summary>
-    public string SaveCheckpoint(TrainingRun run) => !parallel.IsMain ? run.SaveCheckpoint(global_step, [], _ => { }) : run.SaveCheckpoint(global_step, new JsonObject
+    public string SaveCheckpoint(TrainingRun run) => !data_parallel.IsMain ? run.SaveCheckpoint(global_step, [], _ => { }) : run.SaveCheckpoint(global_step, new JsonObject
     {
         ["global_step"] = global_step,
         ["epoch"] = loader.epoch,
@@ -496,7 +496,7 @@ public sealed class Trainer : IDisposable
     /// steps, checkpoints every checkpointing_steps, and saves the final weights (unet/ or lora/) into output_dir.</summary>
     public void Train(Action<string>? log = null)
     {
-        var main = parallel.IsMain;
+        var main = data_parallel.IsMain;
         var caller = main ? log : _ => { };
         log = main ? log ?? Console.WriteLine : _ => { };
         using var run = new TrainingRun(config.output_dir, RunRecordNode(),
@@ -523,13 +523,13 @@ public sealed class Trainer : IDisposable
                 if (config.checkpointing_steps > 0 && global_step % config.checkpointing_steps == 0)
                 {
                     var saved = SaveCheckpoint(run);
-                    parallel.Barrier();   // nobody goes on (or reads it) before rank 0 has published it
+                    data_parallel.Barrier();   // nobody goes on (or reads it) before rank 0 has published it
                     progress.Log($"saved {saved}");
                 }
                 if (ValidationPrompts is { Length: > 0 } && config.validation_steps > 0 && global_step % config.validation_steps == 0)
                 {
                     if (main) progress.Log($"samples {SampleGrid()}");
-                    parallel.Barrier();
+                    data_parallel.Barrier();
                 }
             }
         });
@@ -547,7 +547,7 @@ public sealed class Trainer : IDisposable
             }
             TrainingRun.WriteSummary(config.output_dir, method.name, global_step, sw.Elapsed.TotalSeconds);
         }
-        parallel.Barrier();
+        data_parallel.Barrier();
         log($"done: {global_step} steps in {sw.Elapsed.TotalSeconds:F1} s (peak RSS {ProcessMemory.PeakRssMb():F0} MB); weights in {config.output_dir}");
     }
 
@@ -563,6 +563,6 @@ public sealed class Trainer : IDisposable
         optimizer.Dispose();
         pipe.Dispose();
         _rng.Dispose();
-        if (_ownsParallel) parallel.Dispose();
+        if (_ownsParallel) data_parallel.Dispose();
     }
 }

@@ -1,0 +1,216 @@
+using NUnit.Framework;
+using Sudo.Data;
+using Sudo.Torch;
+using Sudo.Torch.Tests;
+using static Sudo.Torch.torch;
+
+namespace Sudo.Training.Tests;
+
+/// <summary>Data-parallel training with two processes on loopback (Gloo), launched as `sudoml launch
+/// --nproc_per_node 2` launches them: world size 2 × batch b trains to the weights of one process with batch 2b,
+/// the ranks split each global batch into disjoint halves whose union is the single run's batch, and a checkpoint
+/// written at world size 2 resumes at world size 1 and 2 to the uninterrupted run's weights.</summary>
+[NonParallelizable]
+public class DataParallelTests
+{
+    /// <summary>fp32 tolerance between world 2 × b and world 1 × 2b. The two compute the same mean gradient but sum it
+    /// in a different order (two half-batch backward passes averaged vs one full-batch pass), so they differ by float
+    /// rounding only. Adam divides each gradient entry by its own RMS, which turns a rounding-level difference of a
+    /// near-zero entry into an lr-sized step; the AdamW runs therefore use ε = 1e-2, where the update is linear in the
+    /// gradient (and a wrong scale, e.g. summing instead of averaging, would show). Observed: 1.2e-7, one fp32 ulp of
+    /// the weights (AMD EPYC, AVX2, 3 steps at lr 1e-3).</summary>
+    private const double Tolerance = 1e-6;
+
+    /// <summary>Adafactor has no such ε (its update is the gradient over its own factored RMS): its runs are checked
+    /// against 1% of the change training made (observed 0.3%).</summary>
+    private const double AdafactorRelative = 1e-2;
+
+    private static string _pairs = "";
+    private readonly List<string> _dirs = [];
+
+    [OneTimeSetUp]
+    public static void MakePairs()
+    {
+        _pairs = Path.Combine(Path.GetTempPath(), $"sudo-ddp-pairs-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(_pairs);
+        var rng = new Random(1);
+        var lines = new List<string>();
+        for (var i = 0; i < 12; i++)
+        {
+            RgbImage Img(int v) => new(40, 36, Enumerable.Range(0, 40 * 36 * 3).Select(_ => (byte)Math.Clamp(v + rng.Next(-60, 60), 0, 255)).ToArray());
+            ImageCodecs.Save(Img(190), Path.Combine(_pairs, $"w{i}.png"));
+            ImageCodecs.Save(Img(60), Path.Combine(_pairs, $"l{i}.png"));
+            lines.Add($$"""{"caption": "picture number {{i}}", "winner": "w{{i}}.png", "loser": "l{{i}}.png"}""");
+        }
+        File.WriteAllLines(Path.Combine(_pairs, "pairs.jsonl"), lines);
+    }
+
+    [OneTimeTearDown]
+    public static void Cleanup() => Directory.Delete(_pairs, true);
+
+    [TearDown]
+    public void TearDown()
+    {
+        foreach (var d in _dirs.Where(Directory.Exists)) Directory.Delete(d, true);
+        _dirs.Clear();
+    }
+
+    private string Dir(string name)
+    {
+        var d = Path.Combine(Path.GetTempPath(), $"sudo-ddp-{name}-{Guid.NewGuid():N}");
+        _dirs.Add(d);
+        return d;
+    }
+
+    private static string[] Flags(string method, string output, int batch, int accumulation, int steps, int lora, bool adafactor, int checkpointing) =>
+    [
+        "--method", method, "--pretrained_model_name_or_path", Shared.Require("golden", "pipe_sd15"), "--dataset_name", _pairs,
+        "--output_dir", output, "--train_batch_size", $"{batch}", "--gradient_accumulation_steps", $"{accumulation}",
+        "--max_train_steps", $"{steps}", "--learning_rate", "1e-3", "--adam_epsilon", "1e-2", "--lr_warmup_steps", "0", "--lora_rank", $"{lora}",
+        "--use_adafactor", adafactor ? "true" : "false", "--checkpointing_steps", $"{checkpointing}", "--resume_from_checkpoint", "latest",
+        "--log_every", "100", "--seed", "5",
+    ];
+
+    /// <summary>Two ranks of the worker recipe; returns each rank's micro-batches (pair indices).</summary>
+    private List<int[]>[] Launch(string[] flags, string seen)
+    {
+        if (!ProcessGroup.Available()) Assert.Ignore("the shim was built without c10d/Gloo");
+        var root = Shared.RepoRoot();
+        Assume.That(File.Exists(Path.Combine(root, "artifacts", "bin", "Sudo.Training", "release", "Sudo.Training.dll")), "needs the Release build");
+        var worker = Path.Combine(root, "tests", "Sudo.Training.Tests", "ddp_worker.fsx");
+        var lines = new List<string>();
+        var code = Launcher.Run(new LaunchOptions { nproc_per_node = 2, master_port = Shared.FreePort() },
+            ["dotnet", "fsi", worker, "--", .. flags, "--seen_dir", seen], lines.Add);
+        TestContext.Out.WriteLine(string.Join("\n", lines));
+        Assert.That(code, Is.EqualTo(0), string.Join("\n", lines.TakeLast(30)));
+        return [Seen(Path.Combine(seen, "rank0.txt")), Seen(Path.Combine(seen, "rank1.txt"))];
+    }
+
+    private static List<int[]> Seen(string file) =>
+        File.ReadAllLines(file).Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray()).ToList();
+
+    /// <summary>One process in this test process; returns its micro-batches.</summary>
+    private static List<int[]> TrainHere(string[] flags)
+    {
+        var config = Sudo.Training.Flags.Bind<TrainConfig>(flags).value;
+        var seen = new List<int[]>();
+        using var t = new Trainer(config);
+        Assert.That(t.data_parallel.world_size, Is.EqualTo(1));
+        t.BatchLoaded += records => seen.Add(records.Select(r => r.index).ToArray());
+        t.Train(_ => { });
+        return seen;
+    }
+
+    private static Dictionary<string, Tensor> Weights(string output, bool lora)
+    {
+        var file = lora ? Path.Combine(output, "lora", "pytorch_lora_weights.safetensors") : Path.Combine(output, "unet", "diffusion_pytorch_model.safetensors");
+        return safetensors.load_file(file, mmap: false);
+    }
+
+    /// <summary>The largest |a − b| over all tensors (after checking both have the same keys).</summary>
+    private static double MaxDiff(string a, string b, bool lora)
+    {
+        using var scope = NewDisposeScope();
+        var wa = Weights(a, lora);
+        var wb = Weights(b, lora);
+        Assert.That(wa.Keys.Order(), Is.EqualTo(wb.Keys.Order()));
+        return wa.Keys.Max(k => (wa[k] - wb[k]).abs().max().item());
+    }
+
+    private static double MaxChange(string trained, bool lora)
+    {
+        using var scope = NewDisposeScope();
+        var w = Weights(trained, lora);
+        if (lora) return w.Where(kv => kv.Key.Contains("lora_B")).Max(kv => kv.Value.abs().max().item());
+        var init = safetensors.load_file(Path.Combine(Shared.Require("golden", "pipe_sd15"), "unet", "diffusion_pytorch_model.safetensors"), mmap: false);
+        return w.Keys.Max(k => (w[k] - init[k]).abs().max().item());
+    }
+
+    [TestCase("dpo", 0, false)]
+    [TestCase("sudo", 0, false)]
+    [TestCase("dpo", 2, false)]
+    [TestCase("sft", 2, true)]
+    public void TwoProcessesOfBatchBTrainAsOneOfBatch2B(string method, int lora, bool adafactor)
+    {
+        const int steps = 3;
+        var two = Dir("w2");
+        var ranks = Launch(Flags(method, two, 2, 2, steps, lora, adafactor, 0), Dir("seen"));
+        var one = Dir("w1");
+        var single = TrainHere(Flags(method, one, 4, 2, steps, lora, adafactor, 0));
+
+        // The data: micro-batch k of the single run = rank 0's k-th half followed by rank 1's, disjoint.
+        Assert.That(ranks[0].Count, Is.EqualTo(steps * 2));
+        Assert.That(ranks[1].Count, Is.EqualTo(steps * 2));
+        for (var k = 0; k < single.Count; k++)
+        {
+            Assert.That(ranks[0][k].Intersect(ranks[1][k]), Is.Empty, $"micro-batch {k}: the ranks share a pair");
+            Assert.That(ranks[0][k].Concat(ranks[1][k]), Is.EqualTo(single[k]), $"micro-batch {k}");
+        }
+        // The weights: trained (they moved) and equal within fp32 rounding.
+        var moved = MaxChange(one, lora > 0);
+        var diff = MaxDiff(two, one, lora > 0);
+        TestContext.Out.WriteLine($"{method} lora {lora} adafactor {adafactor}: max |w2 − w1| = {diff:E2} (largest change by training {moved:E2})");
+        Assert.That(moved, Is.GreaterThan(1e-4), "training changed the weights");
+        Assert.That(diff, Is.LessThan(adafactor ? AdafactorRelative * moved : Tolerance));
+        Assert.That(File.Exists(Path.Combine(two, "metrics.jsonl")), Is.True, "rank 0 logs");
+        Assert.That(File.ReadAllLines(Path.Combine(two, "metrics.jsonl")).Length, Is.EqualTo(steps), "one line per step, written once");
+    }
+
+    [Test]
+    public void CheckpointOfTwoProcessesResumesWithOneAndWithTwo()
+    {
+        const int steps = 4;
+        var straight = Dir("straight");
+        Launch(Flags("dpo", straight, 2, 1, steps, 0, false, 2), Dir("seen"));
+        Assert.That(TrainingRun.Checkpoints(straight).Select(Path.GetFileName), Is.EqualTo(new[] { "checkpoint-2", "checkpoint-4" }));
+
+        string FromCheckpoint2(string name)
+        {
+            var d = Dir(name);
+            Directory.CreateDirectory(d);
+            CopyDir(Path.Combine(straight, "checkpoint-2"), Path.Combine(d, "checkpoint-2"));
+            return d;
+        }
+        // World size 1 with the same global batch (1 × 4) continues the global data position.
+        var one = FromCheckpoint2("resume1");
+        TrainHere(Flags("dpo", one, 4, 1, steps, 0, false, 0));
+        var two = FromCheckpoint2("resume2");
+        Launch(Flags("dpo", two, 2, 1, steps, 0, false, 0), Dir("seen"));
+        var d1 = MaxDiff(one, straight, false);
+        var d2 = MaxDiff(two, straight, false);
+        TestContext.Out.WriteLine($"resumed at world 1: max diff {d1:E2}; at world 2: {d2:E2}");
+        Assert.That(d2, Is.EqualTo(0), "the same world size resumes bit-exactly");
+        Assert.That(d1, Is.LessThan(Tolerance));
+    }
+
+    private static void CopyDir(string from, string to)
+    {
+        Directory.CreateDirectory(to);
+        foreach (var f in Directory.GetFiles(from)) File.Copy(f, Path.Combine(to, Path.GetFileName(f)));
+        foreach (var d in Directory.GetDirectories(from)) CopyDir(d, Path.Combine(to, Path.GetFileName(d)));
+    }
+
+    [Test]
+    public void LoaderShardsEveryGlobalBatchAndSkipsTheSameBadRecordsOnEveryRank()
+    {
+        using var d = PreferenceData.Open(_pairs, new TableOptions());
+        LoaderOptions O(int rank, int world, int b) => new() { resolution = 16, batch_size = b, seed = 9, rank = rank, world_size = world };
+        using var single = new PairLoader(d, O(0, 1, 4));
+        using var r0 = new PairLoader(d, O(0, 2, 2));
+        using var r1 = new PairLoader(d, O(1, 2, 2));
+        // 12 pairs, global batch 4: 3 batches per epoch, then the next epoch's order.
+        for (var k = 0; k < 5; k++)
+        {
+            var s = single.Next();
+            var a = r0.Next();
+            var b = r1.Next();
+            Assert.That(a.Concat(b).Select(p => p.record.index), Is.EqualTo(s.Select(p => p.record.index)), $"batch {k}");
+            Assert.That((r0.epoch, r0.position), Is.EqualTo((single.epoch, single.position)), "the data position is global");
+            Assert.That((r0.last!.offset, r1.last!.offset, r1.last.indices), Is.EqualTo((0, 2, single.last!.indices)));
+            for (var i = 0; i < 2; i++) Assert.That(b[i].winner.ToArray<float>(), Is.EqualTo(s[2 + i].winner.ToArray<float>()), "same crop and flip on any rank");
+            foreach (var p in s.Concat(a).Concat(b)) p.Dispose();
+        }
+        Assert.That(r1.BatchesPerEpoch, Is.EqualTo(3));
+        Assert.That(Assert.Throws<ArgumentException>(() => new PairLoader(d, O(0, 4, 4)))!.Message, Does.Contain("× 4 processes").And.Contain("exceeds the 12 pairs"));
+    }
+}
