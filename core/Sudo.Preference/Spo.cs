@@ -13,6 +13,9 @@ namespace Sudo.Preference;
 public sealed record StepPair(long t, Tensor x_t_w, Tensor x_t_l, Tensor x_w, Tensor x_l, Tensor cond, Tensor uncond, string prompt,
     Tensor? pooled = null, Tensor? negative_pooled = null) : IDisposable
 {
+    /// <summary>The prompt's place in the batch it was sampled with (the trainer orders a round's pairs by it).</summary>
+    public int prompt_index { get; init; }
+
     public IEnumerable<Tensor> Tensors => new[] { x_t_w, x_t_l, x_w, x_l, cond, uncond, pooled, negative_pooled }.OfType<Tensor>();
 
     public void Dispose()
@@ -174,7 +177,8 @@ public sealed class SpoSampler
                 foreach (var (t, xt, xprev) in segment)
                     pairs.Add(new StepPair((long)t, xt[rw..(rw + 1)].clone(), xt[rl..(rl + 1)].clone(), xprev[rw..(rw + 1)].clone(), xprev[rl..(rl + 1)].clone(),
                         embeds.prompt_embeds[p..(p + 1)].clone(), embeds.negative_prompt_embeds![p..(p + 1)].clone(), prompts[p],
-                        embeds.pooled_prompt_embeds?[p..(p + 1)].clone(), embeds.negative_pooled_prompt_embeds?[p..(p + 1)].clone()));
+                        embeds.pooled_prompt_embeds?[p..(p + 1)].clone(), embeds.negative_pooled_prompt_embeds?[p..(p + 1)].clone())
+                    { prompt_index = p });
             }
             if (final) break;
             // Continue from a uniformly random candidate per prompt; branch again with its ε at t_i.

@@ -36,6 +36,10 @@ public sealed class DataParallel : IDisposable
     /// CPU device, NCCL for CUDA. A process not launched as part of a job, or a job of one process, is Single.</summary>
     public static DataParallel FromEnvironment(string device, TimeSpan? timeout = null)
     {
+        // A collective that waits longer than SUDO_DIST_TIMEOUT seconds (default 30 min, as PyTorch) fails naming the rank.
+        if (timeout is null && System.Environment.GetEnvironmentVariable("SUDO_DIST_TIMEOUT") is { Length: > 0 } v)
+            timeout = double.TryParse(v, System.Globalization.CultureInfo.InvariantCulture, out var sec) && sec > 0
+                ? TimeSpan.FromSeconds(sec) : throw new ArgumentException($"SUDO_DIST_TIMEOUT='{v}' is not a positive number of seconds");
         var env = DistEnv.FromEnvironment();
         if (env is null || env.world_size == 1) return Single;
         var dev = Device.Parse(device);

@@ -21,6 +21,10 @@ public static class RunRecord
         "validation_prompts", "validation_prompts_file", "validation_steps", "max_nonfinite_steps", "max_empty_rounds",
     };
 
+    /// <summary>Settings counted per process (train.py's per-device batch, SPO's prompts and pairs per rank): a resume
+    /// compares them multiplied by num_processes.</summary>
+    public static readonly IReadOnlyList<string> PerProcess = ["train_batch_size", "prompts_per_round"];
+
     static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
     /// <summary>The config as a JSON object with every public field (the serializer writes defaults too).</summary>
@@ -77,18 +81,20 @@ public static class RunRecord
     {
         var skip = new HashSet<string>(FreeOnResume.Concat(allowed));
         var diffs = new List<(string, string, string)>();
-        // The world size may change on resume when the global batch (per-device batch × processes) stays: the data
+        // The world size may change on resume when the global sizes (per-process size × processes) stay: the data
         // position and every random draw are global (a record without num_processes was one process).
         if (saved.ContainsKey("num_processes") || current.ContainsKey("num_processes"))
         {
             // Integers as written (a parsed record holds JsonElements, a fresh one ints).
             static long Num(JsonNode? v, long absent) => v is null ? absent : long.Parse(v.ToJsonString(), System.Globalization.CultureInfo.InvariantCulture);
-            static (long b, long n) Split(JsonObject c) => (Num(c["train_batch_size"], 0), Num(c["num_processes"], 1));
-            var (sb, sn) = Split(saved);
-            var (cb, cn) = Split(current);
-            if (sb * sn != cb * cn && !skip.Contains("train_batch_size"))
-                diffs.Add(("train_batch_size", $"{sb} × {sn} process(es) = {sb * sn} pairs per global micro-batch", $"{cb} × {cn} = {cb * cn}"));
-            skip.Add("train_batch_size");
+            var (sn, cn) = (Num(saved["num_processes"], 1), Num(current["num_processes"], 1));
+            foreach (var field in PerProcess.Where(f => saved.ContainsKey(f) || current.ContainsKey(f)))
+            {
+                var (sv, cv) = (Num(saved[field], 0), Num(current[field], 0));
+                if (sv * sn != cv * cn && !skip.Contains(field))
+                    diffs.Add((field, $"{sv} × {sn} process(es) = {sv * sn} in all", $"{cv} × {cn} = {cv * cn}"));
+                skip.Add(field);
+            }
             skip.Add("num_processes");
         }
         var keys = saved.Select(kv => kv.Key).Union(current.Select(kv => kv.Key)).Where(k => !skip.Contains(k)).OrderBy(k => k, StringComparer.Ordinal);

@@ -23,6 +23,9 @@ public sealed class SpoTrainer : IDisposable
     public SpoTrainConfig settings { get; private set; }
     public Method method { get; }
     public int global_step { get; private set; }
+    /// <summary>The data-parallel job (DataParallel.Single for one process).</summary>
+    public DataParallel data_parallel { get; }
+    private readonly bool _ownsParallel;
     private readonly Generator _rng;
     private readonly TransitionLossFn _loss;
     private readonly StableDiffusionPipeline? _ownedPipe;
@@ -55,13 +58,16 @@ public sealed class SpoTrainer : IDisposable
         _loss = this.method.transition_loss;
         this.settings = settings with { method = this.method.name };
         (_ownedPipe, _ownedScorer) = (ownedPipe, ownedScorer);
+        data_parallel = DataParallel.FromEnvironment(pipe.device.ToString());
+        _ownsParallel = true;
         _rng = new Generator(settings.seed);
         pipe.unet.requires_grad_(false);
         pipe.vae.requires_grad_(false);
         pipe.components.text_encoder.requires_grad_(false);
         lora = Lora.Attach(pipe.unet, new LoraConfig(settings.lora_rank, settings.lora_rank), _rng);
         this.sampler = sampler;
-        optimizer = new torch.optim.AdamW(lora.parameters(), settings.learning_rate, weight_decay: settings.adam_weight_decay);
+        optimizer = new torch.optim.AdamW(lora.parameters(), settings.learning_rate, eps: settings.adam_epsilon, weight_decay: settings.adam_weight_decay);
+        data_parallel.BroadcastFromMain(lora.parameters().ToArray());
     }
 
     /// <summary>An SPO run from its settings: loads the pipeline (DDIM), takes SPO's sampling preset for the model
@@ -128,45 +134,60 @@ public sealed class SpoTrainer : IDisposable
         }
     }
 
-    /// <summary>One round: sample, then train on the kept pairs in minibatches. Returns per-step metrics.</summary>
+    /// <summary>One round: sample, then train on the kept pairs in minibatches. Returns per-step metrics.
+    /// Data-parallel (SPO's train_spo.py): <paramref name="prompts"/> are the round's prompts of all ranks, each rank
+    /// samples its equal share, the kept step pairs of all ranks are all-gathered (their counts differ), every rank
+    /// draws the same permutation of them, and each optimizer step trains on train_batch_size × world_size pairs,
+    /// train_batch_size per rank, with the gradients averaged. Pairs beyond the last full global batch are dropped.</summary>
     public List<Dictionary<string, double>> Round(IReadOnlyList<string> prompts, int train_batch_size = 2)
     {
-        var gens = prompts.Select(_ => new Generator(randint(0, long.MaxValue / 2, [1], _rng).item<long>())).ToArray();
-        List<StepPair> pairs;
+        var (world, rank) = (data_parallel.world_size, data_parallel.rank);
+        if (prompts.Count % world != 0)
+            throw new ArgumentException($"{prompts.Count} prompts do not split evenly over {world} processes");
+        var per = prompts.Count / world;
+        // Every rank draws every prompt's seed (the generator stays the same on all ranks) and uses its own share.
+        var seeds = prompts.Select(_ => randint(0, long.MaxValue / 2, [1], _rng).item<long>()).ToArray();
+        var gens = seeds.Skip(rank * per).Take(per).Select(x => new Generator(x)).ToArray();
+        List<StepPair> local;
         try
         {
             pipe.unet.eval();
-            pairs = sampler.Sample(prompts, gens);
+            local = sampler.Sample(prompts.Skip(rank * per).Take(per).ToList(), gens);
         }
         finally
         {
             foreach (var g in gens) g.Dispose();
         }
+        var pairs = GatherPairs(data_parallel, local, rank * per, prompts);
         var metrics = new List<Dictionary<string, double>>();
         try
         {
             using var perm = randperm(pairs.Count, _rng);
             var order = perm.ToArray<long>();
+            var global = train_batch_size * world;
             pipe.unet.train();
-            for (var s = 0; s + train_batch_size <= order.Length; s += train_batch_size)
+            var parameters = lora.parameters().ToArray();
+            for (var s = 0; s + global <= order.Length; s += global)
             {
                 using var scope = NewDisposeScope();
-                var batch = order[s..(s + train_batch_size)].Select(i => pairs[(int)i]).ToList();
+                var batch = order[(s + rank * train_batch_size)..(s + (rank + 1) * train_batch_size)].Select(i => pairs[(int)i]).ToList();
                 var o = SpoLoss.Compute(pipe, lora, batch, config, _loss);
                 optimizer.zero_grad();
                 o.loss.backward();
-                var norm = settings.max_grad_norm > 0 ? nn.utils.clip_grad_norm_(lora.parameters(), settings.max_grad_norm) : double.NaN;
+                data_parallel.AverageGradients(parameters);
+                var norm = settings.max_grad_norm > 0 ? nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm) : double.NaN;
                 optimizer.step();
                 global_step++;
                 var m = new Dictionary<string, double>
                 {
-                    ["step"] = global_step,
                     ["loss"] = o.loss.item(),
                     ["pairs_in_round"] = pairs.Count,
-                    ["grad_norm"] = norm,
                 };
                 foreach (var (k, t) in o.diagnostics)
                     if (k is not ("logits" or "loss_per_sample" or "ratio_w_clamped" or "ratio_l_clamped")) m[k] = t.numel() == 1 ? t.item() : t.mean().item();
+                m = data_parallel.AverageMetrics(m);
+                m["step"] = global_step;
+                m["grad_norm"] = norm;
                 metrics.Add(m);
             }
         }
@@ -177,8 +198,98 @@ public sealed class SpoTrainer : IDisposable
         return metrics;
     }
 
+    /// <summary>The step pairs of every rank, in one order on all of them: by step (t descending), then by the
+    /// prompt's place among the round's <paramref name="prompts"/>. Each rank's pairs travel as one flat buffer and a
+    /// header of shapes (all_gather of different sizes: train_spo.py's gather_tensor_with_diff_shape), so a rank that
+    /// kept no pair takes part like the others. <paramref name="local"/> is consumed (disposed or returned).</summary>
+    public static List<StepPair> GatherPairs(DataParallel dp, List<StepPair> local, int promptOffset, IReadOnlyList<string> prompts)
+    {
+        List<StepPair> all;
+        if (dp.world_size == 1) all = local.Select(p => p with { prompt_index = p.prompt_index + promptOffset }).ToList();
+        else
+        {
+            var device = local.Count > 0 ? local[0].x_t_w.device : dp.device;
+            all = [];
+            try
+            {
+                using var scope = NewDisposeScope();
+                var (header, flat) = Pack(local, promptOffset, device);
+                var headers = dp.group!.all_gather_variable(header);
+                var flats = dp.group.all_gather_variable(flat);
+                for (var r = 0; r < dp.world_size; r++) all.AddRange(Unpack(headers[r], flats[r], prompts));
+                foreach (var p in all)
+                    foreach (var t in p.Tensors) scope.Detach(t);
+            }
+            catch
+            {
+                foreach (var p in all) p.Dispose();
+                throw;
+            }
+            finally
+            {
+                foreach (var p in local) p.Dispose();
+            }
+        }
+        return all.OrderByDescending(p => p.t).ThenBy(p => p.prompt_index).ToList();
+    }
+
+    // A pair's header: t, prompt index, then per tensor slot (x_t_w, x_t_l, x_w, x_l, cond, uncond, pooled,
+    // negative_pooled): dtype (−1: absent), rank, sizes. The values of all slots follow each other in the flat buffer (fp32).
+    private static (Tensor header, Tensor flat) Pack(List<StepPair> pairs, int promptOffset, Device device)
+    {
+        var h = new List<long>();
+        var parts = new List<Tensor>();
+        foreach (var p in pairs)
+        {
+            h.Add(p.t);
+            h.Add(p.prompt_index + promptOffset);
+            foreach (var x in Slots(p))
+            {
+                if (x is null)
+                {
+                    h.Add(-1);
+                    continue;
+                }
+                h.Add((long)x.dtype);
+                h.Add(x.dim());
+                h.AddRange(x.shape);
+                parts.Add(x.reshape(-1).to(ScalarType.Float32));
+            }
+        }
+        var flat = parts.Count > 0 ? cat(parts.ToArray()).to(device) : zeros([0], ScalarType.Float32, device);
+        return (tensor(h.ToArray(), device: device), flat);
+    }
+
+    private static IEnumerable<StepPair> Unpack(Tensor header, Tensor flat, IReadOnlyList<string> prompts)
+    {
+        var h = header.cpu().ToArray<long>();
+        var i = 0;
+        long offset = 0;
+        var pairs = new List<StepPair>();
+        while (i < h.Length)
+        {
+            var (t, index) = (h[i], (int)h[i + 1]);
+            i += 2;
+            var slots = new Tensor?[8];
+            for (var k = 0; k < 8; k++)
+            {
+                var dtype = h[i++];
+                if (dtype < 0) continue;
+                var shape = h[(i + 1)..(i + 1 + (int)h[i])];
+                i += 1 + shape.Length;
+                var n = shape.Aggregate(1L, (a, b) => a * b);
+                slots[k] = flat.narrow(0, offset, n).view(shape).to((ScalarType)dtype).clone();
+                offset += n;
+            }
+            pairs.Add(new StepPair(t, slots[0]!, slots[1]!, slots[2]!, slots[3]!, slots[4]!, slots[5]!, prompts[index], slots[6], slots[7]) { prompt_index = index });
+        }
+        return pairs;
+    }
+
+    private static Tensor?[] Slots(StepPair p) => [p.x_t_w, p.x_t_l, p.x_w, p.x_l, p.cond, p.uncond, p.pooled, p.negative_pooled];
+
     /// <summary>The record of this run (settings with the sampling preset resolved, the method, the machine).</summary>
-    public System.Text.Json.Nodes.JsonObject RunRecordNode() => RunRecord.Make(settings, method.Describe());
+    public System.Text.Json.Nodes.JsonObject RunRecordNode() => RunRecord.WithProcesses(RunRecord.Make(settings, method.Describe()), data_parallel.world_size);
 
     /// <summary>Trains to settings.max_train_steps optimizer steps, drawing prompts_per_round prompts per round from
     /// <paramref name="prompts"/> with the trainer's generator; checkpoints every checkpointing_steps into
@@ -189,10 +300,13 @@ public sealed class SpoTrainer : IDisposable
     public void Train(IReadOnlyList<string> prompts, Action<string>? log = null)
     {
         if (prompts.Count == 0) throw new ArgumentException("SPO needs at least one prompt");
-        var caller = log;
-        log ??= Console.WriteLine;
+        var main = data_parallel.IsMain;
+        var caller = main ? log : _ => { };
+        log = main ? log ?? Console.WriteLine : _ => { };
         var s = settings;
-        using var run = new TrainingRun(s.output_dir, RunRecordNode(), TrainingRun.TensorBoardDir(s.output_dir, s.report_to, s.logging_dir, s.tracker_project_name), s.checkpoints_total_limit);
+        var world = data_parallel.world_size;
+        using var run = new TrainingRun(s.output_dir, RunRecordNode(), TrainingRun.TensorBoardDir(s.output_dir, s.report_to, s.logging_dir, s.tracker_project_name),
+            s.checkpoints_total_limit, writes: main);
         if (run.ResumePoint(s.resume_from_checkpoint) is { } ck)
         {
             RunRecord.CheckResume(ck, run.Record["config"]!.AsObject(), s.resume_allow_changes);
@@ -200,7 +314,8 @@ public sealed class SpoTrainer : IDisposable
             log($"resumed from {ck} at step {global_step}");
         }
         run.WriteRecord();
-        log($"{method.Describe()}\n{prompts.Count} prompts, {s.prompts_per_round} per round, {s.train_batch_size} step pairs per optimizer step, LoRA rank {s.lora_rank}, lr {s.learning_rate:G3}; {s.max_train_steps} optimizer steps");
+        var procs = world == 1 ? "" : $" per process × {world} processes";
+        log($"{method.Describe()}\n{prompts.Count} prompts, {s.prompts_per_round}{procs} per round, {s.train_batch_size}{procs} step pairs per optimizer step, LoRA rank {s.lora_rank}, lr {s.learning_rate:G3}; {s.max_train_steps} optimizer steps");
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var empty = 0;
         var lastCheckpoint = global_step;
@@ -208,7 +323,7 @@ public sealed class SpoTrainer : IDisposable
         {
             while (global_step < s.max_train_steps)
             {
-                var round = NextPrompts(prompts, s.prompts_per_round);
+                var round = NextPrompts(prompts, s.prompts_per_round * world);
                 var ms = Round(round, s.train_batch_size);
                 empty = ms.Count == 0 ? empty + 1 : 0;
                 if (empty >= s.max_empty_rounds)
@@ -217,14 +332,20 @@ public sealed class SpoTrainer : IDisposable
                 if (ms.Count > 0) progress.Step(global_step, ms[^1]);
                 if (s.checkpointing_steps > 0 && global_step / s.checkpointing_steps > lastCheckpoint / s.checkpointing_steps)
                 {
-                    progress.Log($"saved {Save(run)}");
+                    var saved = Save(run);
+                    data_parallel.Barrier();   // nobody goes on (or reads it) before rank 0 has published it
+                    progress.Log($"saved {saved}");
                     lastCheckpoint = global_step;
                 }
             }
         });
-        lora.save(Path.Combine(s.output_dir, "lora"));
-        if (s.save_merged_unet) SaveMergedUnet(Path.Combine(s.output_dir, "unet"));
-        TrainingRun.WriteSummary(s.output_dir, method.name, global_step, sw.Elapsed.TotalSeconds);
+        if (main)
+        {
+            lora.save(Path.Combine(s.output_dir, "lora"));
+            if (s.save_merged_unet) SaveMergedUnet(Path.Combine(s.output_dir, "unet"));
+            TrainingRun.WriteSummary(s.output_dir, method.name, global_step, sw.Elapsed.TotalSeconds);
+        }
+        data_parallel.Barrier();
         log($"done: {global_step} steps in {sw.Elapsed.TotalSeconds:F1} s; LoRA in {Path.Combine(s.output_dir, "lora")}");
     }
 
@@ -277,7 +398,7 @@ public sealed class SpoTrainer : IDisposable
         Train(prompts, log);
     }
 
-    public string Save(TrainingRun run) => run.SaveCheckpoint(global_step, new System.Text.Json.Nodes.JsonObject
+    public string Save(TrainingRun run) => !data_parallel.IsMain ? run.SaveCheckpoint(global_step, [], _ => { }) : run.SaveCheckpoint(global_step, new System.Text.Json.Nodes.JsonObject
     {
         ["global_step"] = global_step,
         ["method"] = method.name,
@@ -312,6 +433,7 @@ public sealed class SpoTrainer : IDisposable
         optimizer.Dispose();
         lora.Dispose();
         _rng.Dispose();
+        if (_ownsParallel) data_parallel.Dispose();
         _ownedScorer?.Dispose();
         _ownedPipe?.Dispose();
     }

@@ -184,6 +184,8 @@ public sealed record SpoTrainConfig
     public int max_train_steps { get; init; } = 2000;
     public double learning_rate { get; init; } = 6e-5;
     public double adam_weight_decay { get; init; } = 1e-4;
+    /// <summary>AdamW ε (SPO's config: 1e-8).</summary>
+    public double adam_epsilon { get; init; } = 1e-8;
     public double max_grad_norm { get; init; } = 1.0;
     public int lora_rank { get; init; } = 4;
     public int checkpointing_steps { get; init; } = 500;

@@ -74,16 +74,22 @@ public class DataParallelTests
     /// <summary>Two ranks of the worker recipe; returns each rank's micro-batches (pair indices).</summary>
     private List<int[]>[] Launch(string[] flags, string seen)
     {
+        RunWorker("ddp_worker.fsx", [.. flags, "--seen_dir", seen]);
+        return [Seen(Path.Combine(seen, "rank0.txt")), Seen(Path.Combine(seen, "rank1.txt"))];
+    }
+
+    /// <summary>Runs a worker script as two ranks (Launcher.Run, as sudoml launch); returns the rank-prefixed output.</summary>
+    private static List<string> RunWorker(string script, string[] flags)
+    {
         if (!ProcessGroup.Available()) Assert.Ignore("the shim was built without c10d/Gloo");
         var root = Shared.RepoRoot();
         Assume.That(File.Exists(Path.Combine(root, "artifacts", "bin", "Sudo.Training", "release", "Sudo.Training.dll")), "needs the Release build");
-        var worker = Path.Combine(root, "tests", "Sudo.Training.Tests", "ddp_worker.fsx");
         var lines = new List<string>();
         var code = Launcher.Run(new LaunchOptions { nproc_per_node = 2, master_port = Shared.FreePort() },
-            ["dotnet", "fsi", worker, "--", .. flags, "--seen_dir", seen], lines.Add);
+            ["dotnet", "fsi", Path.Combine(root, "tests", "Sudo.Training.Tests", script), "--", .. flags], lines.Add);
         TestContext.Out.WriteLine(string.Join("\n", lines));
         Assert.That(code, Is.EqualTo(0), string.Join("\n", lines.TakeLast(30)));
-        return [Seen(Path.Combine(seen, "rank0.txt")), Seen(Path.Combine(seen, "rank1.txt"))];
+        return lines;
     }
 
     private static List<int[]> Seen(string file) =>
@@ -188,6 +194,55 @@ public class DataParallelTests
         Directory.CreateDirectory(to);
         foreach (var f in Directory.GetFiles(from)) File.Copy(f, Path.Combine(to, Path.GetFileName(f)));
         foreach (var d in Directory.GetDirectories(from)) CopyDir(d, Path.Combine(to, Path.GetFileName(d)));
+    }
+
+    [Test]
+    public void SpoStepPairsOfDifferentCountsAreGatheredInOneOrderOnEveryRank()
+    {
+        var lines = RunWorker("ddp_spo_worker.fsx", ["--scenario", "gather", "--prompts", "p0|p1|p2|p3"]);
+        // Rank r's prompts are p{2r}, p{2r+1}; pairs ordered by t descending, then by the prompt's place in the round.
+        string[] expected =
+        [
+            "A t=900 prompt=0:p0 v=0 w=0.5 cond=Float16/0", "A t=800 prompt=1:p1 v=1 w=1.5 cond=Float16/1",
+            "A t=800 prompt=3:p3 v=100 w=100.5 cond=Float16/100", "A t=700 prompt=0:p0 v=2 w=2.5 cond=Float16/2", "A count=4",
+            "B t=500 prompt=2:p2 v=100 w=100.5 cond=Float16/100", "B t=500 prompt=3:p3 v=101 w=101.5 cond=Float16/101", "B count=2",
+        ];
+        foreach (var rank in new[] { 0, 1 })
+        {
+            var mine = lines.Where(l => l.StartsWith($"[rank {rank}] A ") || l.StartsWith($"[rank {rank}] B ")).Select(l => l[$"[rank {rank}] ".Length..]).ToList();
+            Assert.That(mine.Count, Is.EqualTo(expected.Length), $"rank {rank}: {string.Join(" / ", mine)}");
+            for (var i = 0; i < expected.Length; i++) Assert.That(mine[i], Does.StartWith(expected[i]), $"rank {rank}, line {i}");
+            Assert.That(mine.Where(l => l.Contains(" t=")), Has.All.Contains("shape=[|1L; 4L; 2L; 2L|]"));
+        }
+    }
+
+    [Test]
+    public void SpoWithTwoProcessesTrainsAsOneWithTheirPromptsAndPairs()
+    {
+        string[] Spo(string output, int prompts, int pairs) =>
+        [
+            "--pretrained_model_name_or_path", Shared.Require("golden", "pipe_sd15"),
+            "--scorer", Sudo.Preference.StepAwarePreferenceModel.FindSpoCheckpoint(Shared.Require("golden", "spm"))!,
+            "--output_dir", output, "--max_train_steps", "3", "--num_inference_steps", "4", "--divert_start_step", "1",
+            "--num_sample_each_step", "2", "--spo_threshold", "-1", "--resolution", "32", "--checkpointing_steps", "0",
+            "--lora_rank", "2", "--learning_rate", "1e-3", "--adam_epsilon", "1e-2", "--seed", "4",
+            "--prompts_per_round", $"{prompts}", "--train_batch_size", $"{pairs}",
+        ];
+        const string prompts = "a red fox|a blue bird";
+        var two = Dir("spo2");
+        RunWorker("ddp_spo_worker.fsx", [.. Spo(two, 1, 1), "--prompts", prompts]);
+        var one = Dir("spo1");
+        using (var t = SpoTrainer.Open(Sudo.Training.Flags.Bind<SpoTrainConfig>(Spo(one, 2, 2)).value))
+        {
+            Assert.That(t.data_parallel.world_size, Is.EqualTo(1));
+            t.Train(prompts.Split('|'), _ => { });
+            Assert.That(t.global_step, Is.EqualTo(3), "one round: 2 prompts × 3 steps = 6 pairs, 2 per step");
+        }
+        var moved = MaxChange(one, true);
+        var diff = MaxDiff(two, one, true);
+        TestContext.Out.WriteLine($"spo: max |w2 − w1| = {diff:E2} (largest LoRA B {moved:E2})");
+        Assert.That(moved, Is.GreaterThan(1e-4));
+        Assert.That(diff, Is.LessThan(Tolerance));
     }
 
     [Test]
