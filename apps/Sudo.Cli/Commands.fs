@@ -61,6 +61,16 @@ let benchData () =
     printfn "%s" (json r)
     0
 
+let benchDdp () =
+    // Each configuration runs as ranks of this same command under the launcher (children read SUDO_BENCH_DDP_CHILD).
+    let self =
+        match Environment.ProcessPath with
+        | p when IO.Path.GetFileNameWithoutExtension(p) = "dotnet" -> [| p; Environment.GetCommandLineArgs().[0]; "bench"; "ddp" |]
+        | p -> [| p; "bench"; "ddp" |]
+    let r = Sudo.Bench.DdpBench.Run(self)
+    printfn "%s" (json r)
+    0
+
 let benchSample () =
     let r = Sudo.Bench.SampleBench.Run()
     printfn "%s" (json r)

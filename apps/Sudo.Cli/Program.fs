@@ -15,7 +15,7 @@ type BenchArgs =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Target _ -> "what to measure: engine, unet, sample, train, data."
+            | Target _ -> "what to measure: engine, unet, sample, train, data, ddp."
 
 type DataArgs =
     | [<MainCommand; ExactlyOnce>] Args of action_and_dataset: string list
@@ -273,6 +273,7 @@ type CliArgs =
 [<EntryPoint>]
 let main argv =
     if Sudo.Bench.DataBench.RunChildIfAsked() then exit 0
+    if Sudo.Bench.DdpBench.RunChildIfAsked() then exit 0
     // `sudoml launch [--nproc_per_node N] [--nnodes M --node_rank R --master_addr A --master_port P] [--] <command ...>`:
     // its own small parser, because everything after its flags is the launched command.
     if argv.Length > 0 && argv.[0] = "launch" then exit (Commands.launch (Array.skip 1 argv))
@@ -298,8 +299,9 @@ let main argv =
             | "sample" -> Commands.benchSample ()
             | "train" -> Commands.benchTrain ()
             | "data" -> Commands.benchData ()
+            | "ddp" -> Commands.benchDdp ()
             | other ->
-                eprintfn "sudoml bench: unknown target '%s' (expected: engine, unet, sample, train, data)" other
+                eprintfn "sudoml bench: unknown target '%s' (expected: engine, unet, sample, train, data, ddp)" other
                 2
         | Data a ->
             match a.GetResult DataArgs.Args with

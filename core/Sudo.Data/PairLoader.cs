@@ -186,7 +186,7 @@ public sealed class PairLoader : IDisposable
         {
             foreach (var x in items) x?.Dispose();
             throw new InvalidDataException($"pair {bad} does not decode: with {options.world_size} processes every rank must see the same batches, so images " +
-                "that do not decode cannot be skipped on the fly — remove them first (sudoml data check), or train with one process");
+                "that do not decode cannot be skipped on the fly — remove them first (one process with --skip_bad_rows names each), or train with one process");
         }
         DrainPending();
         (_planEpoch, _planPosition, _planOrder) = (epoch, position, _order);

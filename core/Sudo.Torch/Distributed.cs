@@ -16,7 +16,7 @@ public enum CollectiveOp
 }
 
 /// <summary>Where this process sits in a job: the variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK,
-/// LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), or SLURM's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID,
+/// LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT; a Kubernetes PyTorchJob sets all but the LOCAL_ ones), or SLURM's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID,
 /// SLURM_NTASKS_PER_NODE; the master from MASTER_ADDR / MASTER_PORT, which the sbatch script exports).</summary>
 public sealed record DistEnv(int rank, int world_size, int local_rank, int local_world_size, string master_addr, int master_port)
 {
@@ -37,7 +37,10 @@ public sealed record DistEnv(int rank, int world_size, int local_rank, int local
         if (Int("WORLD_SIZE") is { } world)
         {
             var rank = Int("RANK") ?? throw new ArgumentException("WORLD_SIZE is set but RANK is not (torchrun sets both)");
-            e = new DistEnv(rank, world, Int("LOCAL_RANK") ?? rank, Int("LOCAL_WORLD_SIZE") ?? world, addr, port);
+            // A Kubernetes PyTorchJob sets only RANK, WORLD_SIZE and MASTER_*: one process per pod, local rank 0.
+            e = Int("LOCAL_RANK") is { } local
+                ? new DistEnv(rank, world, local, Int("LOCAL_WORLD_SIZE") ?? world, addr, port)
+                : new DistEnv(rank, world, 0, Int("LOCAL_WORLD_SIZE") ?? 1, addr, port);
         }
         else if (Int("SLURM_NTASKS") is { } tasks && tasks > 1)
         {

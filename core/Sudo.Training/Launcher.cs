@@ -38,6 +38,8 @@ public static class Launcher
             // One thread pool per process unless the user chose: N ranks on one node share its cores.
             ["SUDO_TORCH_THREADS"] = System.Environment.GetEnvironmentVariable("SUDO_TORCH_THREADS")
                 ?? S(Math.Max(1, System.Environment.ProcessorCount / Math.Max(1, o.nproc_per_node))),
+            ["SUDO_BLAS_THREADS"] = System.Environment.GetEnvironmentVariable("SUDO_BLAS_THREADS")
+                ?? S(Math.Max(1, System.Environment.ProcessorCount / Math.Max(1, o.nproc_per_node))),
         };
     }
 

@@ -133,6 +133,8 @@ public class DistributedTests
         Assert.That(torchrun, Is.EqualTo(new DistEnv(3, 8, 1, 4, "node0", 1234)));
         var slurm = DistEnv.FromEnvironment(n => n switch { "SLURM_PROCID" => "5", "SLURM_NTASKS" => "16", "SLURM_LOCALID" => "5", "SLURM_NTASKS_PER_NODE" => "8(x2)", "MASTER_ADDR" => "n1", _ => null });
         Assert.That(slurm, Is.EqualTo(new DistEnv(5, 16, 5, 8, "n1", 29500)));
+        var pytorchJob = DistEnv.FromEnvironment(n => n switch { "RANK" => "3", "WORLD_SIZE" => "4", "MASTER_ADDR" => "job-master-0", "MASTER_PORT" => "23456", _ => null });
+        Assert.That(pytorchJob, Is.EqualTo(new DistEnv(3, 4, 0, 1, "job-master-0", 23456)), "a PyTorchJob pod: one process, local rank 0");
         Assert.That(DistEnv.FromEnvironment(_ => null), Is.Null, "not launched as a job");
         Assert.Throws<ArgumentException>(() => DistEnv.FromEnvironment(n => n switch { "RANK" => "2", "WORLD_SIZE" => "2", _ => null }));
     }

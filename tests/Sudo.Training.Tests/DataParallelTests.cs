@@ -246,7 +246,36 @@ public class DataParallelTests
     }
 
     [Test]
-    public void LoaderShardsEveryGlobalBatchAndSkipsTheSameBadRecordsOnEveryRank()
+    public void ResumeComparesPerProcessSizesTimesTheProcessCount()
+    {
+        System.Text.Json.Nodes.JsonObject C(int batch, int? processes, int prompts = 2)
+        {
+            var c = new System.Text.Json.Nodes.JsonObject { ["train_batch_size"] = batch, ["prompts_per_round"] = prompts, ["learning_rate"] = 1e-5 };
+            if (processes is { } n) c["num_processes"] = n;
+            return c;
+        }
+        Assert.That(RunRecord.Differences(C(2, 2), C(4, 1, 4), []), Is.Empty, "2 × 2 = 4 × 1");
+        Assert.That(RunRecord.Differences(C(4, null, 4), C(2, 2), []), Is.Empty, "a record without num_processes was one process");
+        var d = RunRecord.Differences(C(2, 2), C(2, 1, 1), []);
+        Assert.That(d.Select(x => x.field), Is.EqualTo(new[] { "train_batch_size", "prompts_per_round" }));
+        Assert.That(d[0].was, Does.Contain("2 × 2 process(es) = 4"));
+        Assert.That(d[0].now, Does.Contain("2 × 1 = 2"));
+        Assert.That(RunRecord.Differences(C(2, 2), C(2, 1, 4), ["train_batch_size"]), Is.Empty, "explicitly allowed");
+    }
+
+    [Test]
+    public void GradientBucketsKeepToTheCapAndToOneDtype()
+    {
+        using var scope = NewDisposeScope();
+        var dp = new DataParallel(null) { bucket_bytes = 400 };
+        Tensor[] ps = [zeros([50]), zeros([40]), zeros([20]), zeros([200]), zeros([10], ScalarType.Float64), zeros([10], ScalarType.Float64), zeros([5])];
+        var sizes = dp.Buckets(ps).Select(b => b.Select(p => p.numel()).ToArray()).ToArray();
+        // 50 + 40 floats = 360 bytes; +20 would pass 400; 200 floats is a bucket of its own; dtypes never mix.
+        Assert.That(sizes, Is.EqualTo(new[] { new long[] { 50, 40 }, [20], [200], [10, 10], [5] }));
+    }
+
+    [Test]
+    public void LoaderShardsEveryGlobalBatchOverTheRanks()
     {
         using var d = PreferenceData.Open(_pairs, new TableOptions());
         LoaderOptions O(int rank, int world, int b) => new() { resolution = 16, batch_size = b, seed = 9, rank = rank, world_size = world };
@@ -267,5 +296,56 @@ public class DataParallelTests
         }
         Assert.That(r1.BatchesPerEpoch, Is.EqualTo(3));
         Assert.That(Assert.Throws<ArgumentException>(() => new PairLoader(d, O(0, 4, 4)))!.Message, Does.Contain("× 4 processes").And.Contain("exceeds the 12 pairs"));
+    }
+
+    /// <summary>The bad-input fixtures (../shared/fixtures/pickapic/bad, cases.json): a record whose image is null is
+    /// known before decoding, so with --skip_bad_rows every rank skips it alike and the ranks' union is still the single
+    /// run's batch; an image that fails to decode cannot be skipped on one rank alone, so a sharded run stops naming it.</summary>
+    [Test]
+    public void BadRecordsAreSkippedAlikeOnEveryRankAndUndecodableImagesStopAShardedRun()
+    {
+        var bad = Shared.Require("fixtures", "pickapic", "bad");
+        var cases = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(bad, "cases.json")))!.AsArray();
+        string Dir(string name) => Path.Combine(Path.GetDirectoryName(bad)!, cases.First(c => (string)c!["case"]! == name)!["dir"]!.GetValue<string>());
+        LoaderOptions O(int rank, int world, int b) => new() { resolution = 16, batch_size = b, shuffle = false, skip_bad_rows = true, rank = rank, world_size = world };
+
+        using (var d = PreferenceData.Open(Dir("null_jpg_0"), new TableOptions { skip_bad_rows = true }))
+        {
+            using var single = new PairLoader(d, O(0, 1, 2), _ => { });
+            using var r0 = new PairLoader(d, O(0, 2, 1), _ => { });
+            using var r1 = new PairLoader(d, O(1, 2, 1), _ => { });
+            var served = new List<int>();
+            while (true)
+            {
+                var s = single.Next();
+                var a = r0.Next();
+                var b = r1.Next();
+                try
+                {
+                    if (single.epoch > 0) break;
+                    Assert.That(a.Concat(b).Select(p => p.record.index), Is.EqualTo(s.Select(p => p.record.index)));
+                    served.AddRange(s.Select(p => p.record.index));
+                }
+                finally
+                {
+                    foreach (var p in s.Concat(a).Concat(b)) p.Dispose();
+                }
+            }
+            Assert.That(single.skipped, Is.GreaterThan(0), "the fixture's null image was skipped");
+            Assert.That((r0.skipped, r1.skipped), Is.EqualTo((single.skipped, single.skipped)), "every rank skipped the same records");
+            Assert.That(served, Is.Not.Empty);
+        }
+        using (var d = PreferenceData.Open(Dir("corrupt_jpeg"), new TableOptions { skip_bad_rows = true }))
+        {
+            using var r0 = new PairLoader(d, O(0, 2, 1), _ => { });
+            using var r1 = new PairLoader(d, O(1, 2, 1), _ => { });
+            // Whichever rank holds the corrupt image stops within one epoch.
+            var e = Assert.Throws<InvalidDataException>(() =>
+            {
+                for (var k = 0; k < d.Count; k++)
+                    foreach (var p in r0.Next().Concat(r1.Next())) p.Dispose();
+            })!;
+            Assert.That(e.Message, Does.Contain("does not decode").And.Contain("2 processes").And.Contain("--skip_bad_rows names each"));
+        }
     }
 }
