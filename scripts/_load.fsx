@@ -31,6 +31,9 @@ let trainConfig (extras: (string * string) list) = bind<Sudo.Training.TrainConfi
 /// An SPO run's settings from the recipe's flags (SpoTrainConfig: SPO's defaults, the same flag names).
 let spoConfig (extras: (string * string) list) = bind<Sudo.Training.SpoTrainConfig> extras
 
+/// A step-aware preference model run's settings from the recipe's flags (SpmTrainConfig: SPO's SPM defaults).
+let spmConfig (extras: (string * string) list) = bind<Sudo.Training.SpmTrainConfig> extras
+
 /// Flags of a recipe that trains nothing: (name, default) pairs; unknown flags are refused.
 let recipeOptions (options: (string * string) list) =
     let d = Sudo.Training.Flags.Options(recipeArgv, readOnlyDict options)

@@ -268,17 +268,21 @@ public static class SpoLoss
 /// PickScore's pairwise loss on the time-conditioned scores. With t = 0 the clean images are scored.</summary>
 public static class SpmTraining
 {
+    /// <param name="noise">the noise shared by both images ([B, C, h, w]); null draws it from the default generator.</param>
+    /// <param name="posterior">standard normal draws for the winner's and the loser's VAE posterior samples (SPO's
+    /// trainer samples the latent distribution); null takes the posterior mode.</param>
     public static (Tensor loss, Tensor accuracy) Loss(StepAwarePreferenceModel spm, StableDiffusionPipeline? basePipe, Tensor pixelsW, Tensor pixelsL,
-        IReadOnlyList<string> captions, CLIPTokenizer scorerTokenizer, Tensor timesteps, double guidance = 5.0)
+        IReadOnlyList<string> captions, CLIPTokenizer scorerTokenizer, Tensor timesteps, double guidance = 5.0,
+        Tensor? noise = null, (Tensor winner, Tensor loser)? posterior = null)
     {
         using var scope = NewDisposeScope();
         var ids = scorerTokenizer.call(captions, scorerTokenizer.model_max_length, pixelsW.device).input_ids;
-        Tensor Prepare(Tensor pixels, Tensor noise)
+        Tensor Prepare(Tensor pixels, Tensor noise, Tensor? postEps)
         {
             if (basePipe is null) return spm.preprocess(pixels);
             using var _ = no_grad();
             using var post = basePipe.vae.encode(pixels);
-            var z0 = basePipe.vae.scale_latents(post.mode());
+            var z0 = basePipe.vae.scale_latents(postEps is null ? post.mode() : post.sample(noise: postEps));
             var sched = basePipe.scheduler.schedule;
             var xt = sched.add_noise(z0, noise, timesteps);
             using var embeds = basePipe.encode_prompt(captions, 1, true);
@@ -299,11 +303,11 @@ public static class SpmTraining
         Tensor noiseShared;
         using (no_grad())
         {
-            noiseShared = basePipe is null ? zeros([1]) : randn([pixelsW.size(0), basePipe.unet.config.in_channels,
-                pixelsW.size(2) / basePipe.vae_scale_factor, pixelsW.size(3) / basePipe.vae_scale_factor]);
+            noiseShared = noise ?? (basePipe is null ? zeros([1]) : randn([pixelsW.size(0), basePipe.unet.config.in_channels,
+                pixelsW.size(2) / basePipe.vae_scale_factor, pixelsW.size(3) / basePipe.vae_scale_factor]));
         }
-        var sw = spm.score(Prepare(pixelsW, noiseShared), ids, timesteps.to(ScalarType.Float32));
-        var sl = spm.score(Prepare(pixelsL, noiseShared), ids, timesteps.to(ScalarType.Float32));
+        var sw = spm.score(Prepare(pixelsW, noiseShared, posterior?.winner), ids, timesteps.to(ScalarType.Float32));
+        var sl = spm.score(Prepare(pixelsL, noiseShared, posterior?.loser), ids, timesteps.to(ScalarType.Float32));
         var (loss, acc) = StepAwarePreferenceModel.pairwise_loss(sw, sl);
         return (scope.MoveToOuter(loss), scope.MoveToOuter(acc));
     }

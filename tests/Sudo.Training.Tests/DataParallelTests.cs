@@ -79,14 +79,16 @@ public class DataParallelTests
     }
 
     /// <summary>Runs a worker script as two ranks (Launcher.Run, as sudoml launch); returns the rank-prefixed output.</summary>
-    private static List<string> RunWorker(string script, string[] flags)
+    private static List<string> RunWorker(string script, string[] flags) => RunScript(Path.Combine("tests", "Sudo.Training.Tests", script), flags);
+
+    private static List<string> RunScript(string script, string[] flags)
     {
         if (!ProcessGroup.Available()) Assert.Ignore("the shim was built without c10d/Gloo");
         var root = Shared.RepoRoot();
         Assume.That(File.Exists(Path.Combine(root, "artifacts", "bin", "Sudo.Training", "release", "Sudo.Training.dll")), "needs the Release build");
         var lines = new List<string>();
         var code = Launcher.Run(new LaunchOptions { nproc_per_node = 2, master_port = Shared.FreePort() },
-            ["dotnet", "fsi", Path.Combine(root, "tests", "Sudo.Training.Tests", script), "--", .. flags], lines.Add);
+            ["dotnet", "fsi", Path.Combine(root, script), "--", .. flags], lines.Add);
         TestContext.Out.WriteLine(string.Join("\n", lines));
         Assert.That(code, Is.EqualTo(0), string.Join("\n", lines.TakeLast(30)));
         return lines;
@@ -243,6 +245,70 @@ public class DataParallelTests
         TestContext.Out.WriteLine($"spo: max |w2 − w1| = {diff:E2} (largest LoRA B {moved:E2})");
         Assert.That(moved, Is.GreaterThan(1e-4));
         Assert.That(diff, Is.LessThan(Tolerance));
+    }
+
+    /// <summary>The step-aware preference model's training (recipes/train_spm.fsx under the launcher): world 2 × 2 pairs
+    /// equals world 1 × 4 pairs, and the result is SPO's layout, loadable as an SPO scorer.</summary>
+    [Test]
+    public void StepAwareModelTrainsWithTwoProcessesAsWithOne()
+    {
+        string[] Spm(string output, int batch) =>
+        [
+            "--pretrained_model_name_or_path", Shared.Require("golden", "pipe_sd15"), "--scorer_init", Shared.Require("golden", "spm"),
+            "--dataset_name", _pairs, "--output_dir", output, "--resolution", "32", "--train_batch_size", $"{batch}", "--max_train_steps", "3",
+            "--learning_rate", "1e-3", "--adam_epsilon", "1e-2", "--lr_warmup_steps", "0", "--checkpointing_steps", "0", "--seed", "6",
+        ];
+        var two = Dir("spm2");
+        RunScript(Path.Combine("recipes", "train_spm.fsx"), Spm(two, 2));
+        var one = Dir("spm1");
+        using (var t = new SpmTrainer(Sudo.Training.Flags.Bind<SpmTrainConfig>(Spm(one, 4)).value))
+        {
+            Assert.That(t.data_parallel.world_size, Is.EqualTo(1));
+            t.Train(_ => { });
+        }
+        using var scope = NewDisposeScope();
+        using var a = Sudo.Preference.StepAwarePreferenceModel.from_pretrained(two);
+        using var b = Sudo.Preference.StepAwarePreferenceModel.from_pretrained(one);
+        using var init = Sudo.Preference.StepAwarePreferenceModel.from_pretrained(Shared.Require("golden", "spm"));
+        var (sa, sb, si) = (a.state_dict(), b.state_dict(), init.state_dict());
+        var diff = sa.Keys.Max(k => (sa[k] - sb[k]).abs().max().item());
+        var moved = sa.Keys.Max(k => (sa[k] - si[k]).abs().max().item());
+        TestContext.Out.WriteLine($"spm: max |w2 − w1| = {diff:E2} (largest change by training {moved:E2})");
+        Assert.That(moved, Is.GreaterThan(1e-4));
+        Assert.That(diff, Is.LessThan(Tolerance));
+    }
+
+    [Test]
+    public void StepAwareModelResumesExactly()
+    {
+        SpmTrainConfig C(string output, int steps) => new()
+        {
+            pretrained_model_name_or_path = Shared.Require("golden", "pipe_sd15"),
+            scorer_init = Shared.Require("golden", "spm"),
+            dataset_name = _pairs,
+            output_dir = output,
+            resolution = 32,
+            train_batch_size = 4,
+            max_train_steps = steps,
+            learning_rate = 1e-3,
+            lr_warmup_steps = 1,
+            checkpointing_steps = 2,
+            seed = 6,
+            report_to = "none",
+        };
+        var straight = Dir("spm-straight");
+        using (var t = new SpmTrainer(C(straight, 4))) t.Train(_ => { });
+        // A run killed after its step-2 checkpoint: only the checkpoint is left.
+        var resumed = Dir("spm-resumed");
+        CopyDir(Path.Combine(straight, "checkpoint-2"), Path.Combine(resumed, "checkpoint-2"));
+        var log = new List<string>();
+        using (var t = new SpmTrainer(C(resumed, 4))) t.Train(log.Add);
+        Assert.That(log[0], Does.Contain("resumed from").And.Contain("checkpoint-2"));
+        using var scope = NewDisposeScope();
+        using var a = Sudo.Preference.StepAwarePreferenceModel.from_pretrained(straight);
+        using var b = Sudo.Preference.StepAwarePreferenceModel.from_pretrained(resumed);
+        var (sa, sb) = (a.state_dict(), b.state_dict());
+        foreach (var k in sa.Keys) Assert.That(sa[k].equal(sb[k]), k);
     }
 
     [Test]
