@@ -218,17 +218,11 @@ public sealed class SpmTrainer : IDisposable
     public void Train(Action<string>? log = null)
     {
         var main = data_parallel.IsMain;
-        var caller = main ? log : _ => { };
-        log = main ? log ?? Console.WriteLine : _ => { };
-        using var run = new TrainingRun(config.output_dir, RunRecordNode(),
-            TrainingRun.TensorBoardDir(config.output_dir, config.report_to, config.logging_dir, config.tracker_project_name), config.checkpoints_total_limit, writes: main);
-        if (run.ResumePoint(config.resume_from_checkpoint) is { } resume)
-        {
-            RunRecord.CheckResume(resume, run.Record["config"]!.AsObject(), config.resume_allow_changes);
-            LoadCheckpoint(resume);
-            log($"resumed from {resume} at step {global_step}");
-        }
-        run.WriteRecord();
+        var (run, say, caller) = TrainingRun.Start(data_parallel, log, config.output_dir, RunRecordNode(),
+            TrainingRun.TensorBoardDir(config.output_dir, config.report_to, config.logging_dir, config.tracker_project_name), config.checkpoints_total_limit,
+            config.resume_from_checkpoint, config.resume_allow_changes, LoadCheckpoint, () => global_step);
+        using var _ = run;
+        log = say;
         log($"step-aware preference model from {config.scorer_init} on x̂₀ of {config.pretrained_model_name_or_path} (CFG {config.guidance_scale}); " +
             $"{data.Count} pairs from {data.Source}; {config.train_batch_size} pairs per process × {data_parallel.world_size} = {loader.GlobalBatchSize} per step; " +
             $"AdamW lr {config.learning_rate:G3} (warmup {config.lr_warmup_steps}, linear decay), {_trainable.Sum(p => p.numel()):N0} trainable parameters; {config.max_train_steps} steps");
@@ -241,11 +235,7 @@ public sealed class SpmTrainer : IDisposable
                 run.Log(global_step, m);
                 progress.Step(global_step, m);
                 if (config.checkpointing_steps > 0 && global_step % config.checkpointing_steps == 0)
-                {
-                    var saved = SaveCheckpoint(run);
-                    data_parallel.Barrier();
-                    progress.Log($"saved {saved}");
-                }
+                    progress.Log($"saved {TrainingRun.Checkpoint(data_parallel, () => SaveCheckpoint(run))}");
             }
         });
         if (main)

@@ -301,19 +301,13 @@ public sealed class SpoTrainer : IDisposable
     {
         if (prompts.Count == 0) throw new ArgumentException("SPO needs at least one prompt");
         var main = data_parallel.IsMain;
-        var caller = main ? log : _ => { };
-        log = main ? log ?? Console.WriteLine : _ => { };
         var s = settings;
         var world = data_parallel.world_size;
-        using var run = new TrainingRun(s.output_dir, RunRecordNode(), TrainingRun.TensorBoardDir(s.output_dir, s.report_to, s.logging_dir, s.tracker_project_name),
-            s.checkpoints_total_limit, writes: main);
-        if (run.ResumePoint(s.resume_from_checkpoint) is { } ck)
-        {
-            RunRecord.CheckResume(ck, run.Record["config"]!.AsObject(), s.resume_allow_changes);
-            Load(ck);
-            log($"resumed from {ck} at step {global_step}");
-        }
-        run.WriteRecord();
+        var (run, say, caller) = TrainingRun.Start(data_parallel, log, s.output_dir, RunRecordNode(),
+            TrainingRun.TensorBoardDir(s.output_dir, s.report_to, s.logging_dir, s.tracker_project_name), s.checkpoints_total_limit,
+            s.resume_from_checkpoint, s.resume_allow_changes, Load, () => global_step);
+        using var _ = run;
+        log = say;
         var procs = world == 1 ? "" : $" per process × {world} processes";
         log($"{method.Describe()}\n{prompts.Count} prompts, {s.prompts_per_round}{procs} per round, {s.train_batch_size}{procs} step pairs per optimizer step, LoRA rank {s.lora_rank}, lr {s.learning_rate:G3}; {s.max_train_steps} optimizer steps");
         var sw = System.Diagnostics.Stopwatch.StartNew();
@@ -332,9 +326,7 @@ public sealed class SpoTrainer : IDisposable
                 if (ms.Count > 0) progress.Step(global_step, ms[^1]);
                 if (s.checkpointing_steps > 0 && global_step / s.checkpointing_steps > lastCheckpoint / s.checkpointing_steps)
                 {
-                    var saved = Save(run);
-                    data_parallel.Barrier();   // nobody goes on (or reads it) before rank 0 has published it
-                    progress.Log($"saved {saved}");
+                    progress.Log($"saved {TrainingRun.Checkpoint(data_parallel, () => Save(run))}");
                     lastCheckpoint = global_step;
                 }
             }

@@ -497,19 +497,11 @@ public sealed class Trainer : IDisposable
     public void Train(Action<string>? log = null)
     {
         var main = data_parallel.IsMain;
-        var caller = main ? log : _ => { };
-        log = main ? log ?? Console.WriteLine : _ => { };
-        using var run = new TrainingRun(config.output_dir, RunRecordNode(),
-            TrainingRun.TensorBoardDir(config.output_dir, config.report_to, config.logging_dir, config.tracker_project_name), config.checkpoints_total_limit, writes: main);
-        if (run.ResumePoint(config.resume_from_checkpoint) is { } resume)
-        {
-            // Every rank reads the same checkpoint (rank 0 wrote it; the data position in it is global, so the world
-            // size may differ from the run that wrote it).
-            RunRecord.CheckResume(resume, run.Record["config"]!.AsObject(), config.resume_allow_changes);
-            LoadCheckpoint(resume);
-            log($"resumed from {resume} at step {global_step}");
-        }
-        run.WriteRecord();
+        var (run, say, caller) = TrainingRun.Start(data_parallel, log, config.output_dir, RunRecordNode(),
+            TrainingRun.TensorBoardDir(config.output_dir, config.report_to, config.logging_dir, config.tracker_project_name), config.checkpoints_total_limit,
+            config.resume_from_checkpoint, config.resume_allow_changes, LoadCheckpoint, () => global_step);
+        using var _ = run;
+        log = say;
         log(Describe());
         var sw = Stopwatch.StartNew();
         TrainingProgress.Run(method.name, total_steps, global_step, config.log_every, caller, progress =>
@@ -521,11 +513,7 @@ public sealed class Trainer : IDisposable
                 run.Log(global_step, m);
                 progress.Step(global_step, m);
                 if (config.checkpointing_steps > 0 && global_step % config.checkpointing_steps == 0)
-                {
-                    var saved = SaveCheckpoint(run);
-                    data_parallel.Barrier();   // nobody goes on (or reads it) before rank 0 has published it
-                    progress.Log($"saved {saved}");
-                }
+                    progress.Log($"saved {TrainingRun.Checkpoint(data_parallel, () => SaveCheckpoint(run))}");
                 if (ValidationPrompts is { Length: > 0 } && config.validation_steps > 0 && global_step % config.validation_steps == 0)
                 {
                     if (main) progress.Log($"samples {SampleGrid()}");

@@ -36,6 +36,42 @@ public sealed class TrainingRun : IDisposable
         if (tensorboardDir != null) _tb = new TensorBoardWriter(tensorboardDir);
     }
 
+    /// <summary>How every trainer starts a run: rank 0 writes (the other ranks of a data-parallel job log nothing and
+    /// write nothing), the checkpoint named by <paramref name="resumeFrom"/> is checked against the recorded settings and
+    /// loaded on every rank (the data position in it is global, so the world size may differ from the run that wrote
+    /// it), and run_config.json is written. Returns the run, the log for this rank, and the progress reporter's log.</summary>
+    public static (TrainingRun run, Action<string> log, Action<string>? progressLog) Start(DataParallel dp, Action<string>? log, string outputDir,
+        JsonObject record, string? tensorboardDir, int? checkpointsTotalLimit, string? resumeFrom, string? allowChanges, Action<string> loadCheckpoint, Func<int> step)
+    {
+        var main = dp.IsMain;
+        Action<string> say = main ? log ?? Console.WriteLine : _ => { };
+        var run = new TrainingRun(outputDir, record, tensorboardDir, checkpointsTotalLimit, writes: main);
+        try
+        {
+            if (run.ResumePoint(resumeFrom) is { } checkpoint)
+            {
+                RunRecord.CheckResume(checkpoint, run.Record["config"]!.AsObject(), allowChanges);
+                loadCheckpoint(checkpoint);
+                say($"resumed from {checkpoint} at step {step()}");
+            }
+            run.WriteRecord();
+        }
+        catch
+        {
+            run.Dispose();
+            throw;
+        }
+        return (run, say, main ? log : _ => { });
+    }
+
+    /// <summary>Rank 0 writes a checkpoint (<paramref name="save"/>); every rank then waits until it is published.</summary>
+    public static string Checkpoint(DataParallel dp, Func<string> save)
+    {
+        var saved = save();
+        dp.Barrier();
+        return saved;
+    }
+
     /// <summary>The TensorBoard folder for a run: output_dir/logging_dir/tracker_project_name (accelerate's layout).</summary>
     public static string? TensorBoardDir(string outputDir, string reportTo, string loggingDir, string project) =>
         reportTo == "none" ? null : Path.Combine(outputDir, loggingDir, project);
