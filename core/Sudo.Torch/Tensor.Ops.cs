@@ -207,13 +207,27 @@ public partial class Tensor
     public Tensor clamp_(double? min = null, double? max = null) =>
         InPlace(Native.sudo_clamp(Handle, min.HasValue ? 1 : 0, min ?? 0, max.HasValue ? 1 : 0, max ?? 0, 1), "clamp_");
     public Tensor masked_fill_(Tensor mask, Scalar value) => InPlace(Native.sudo_masked_fill(Handle, mask.Handle, value.Value, 1), "masked_fill_");
+    /// <summary>Fills with N(mean, std²) draws; a generator of another device draws there and the values are copied
+    /// in (the device-placement contract of torch.randn and friends).</summary>
     public Tensor normal_(double mean = 0, double std = 1, Generator? generator = null)
     {
+        if (generator != null && !torch.SameDevice(generator.Device, device))
+        {
+            using var there = torch.empty(shape, dtype, generator.Device);
+            there.normal_(mean, std, generator);
+            return copy_(there);
+        }
         Native.CheckStatus(Native.sudo_normal_(Handle, mean, std, Generator.HandleOf(generator)), "normal_");
         return this;
     }
     public Tensor uniform_(double from = 0, double to = 1, Generator? generator = null)
     {
+        if (generator != null && !torch.SameDevice(generator.Device, device))
+        {
+            using var there = torch.empty(shape, dtype, generator.Device);
+            there.uniform_(from, to, generator);
+            return copy_(there);
+        }
         Native.CheckStatus(Native.sudo_uniform_(Handle, from, to, Generator.HandleOf(generator)), "uniform_");
         return this;
     }

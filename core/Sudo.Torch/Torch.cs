@@ -138,18 +138,37 @@ public static unsafe partial class torch
         return Tensor.Wrap(Native.sudo_linspace(start, end, steps, (int)dt, (int)dev.Type, dev.Index), "linspace");
     }
 
+    // The device-placement contract of every random draw: a generator draws on its own device; when the tensor is
+    // wanted on another one, the values are drawn where the generator lives and moved (diffusers' randn_tensor does
+    // the same), so a CPU generator gives the same numbers on every device and no caller can hand libtorch a
+    // generator of the wrong device.
+    internal static bool SameDevice(Device a, Device b) => a.Type == b.Type && (a.Index == b.Index || a.Index < 0 || b.Index < 0);
+
+    private static Tensor Drawn(Generator? generator, Device dev, Func<Device, Tensor> draw)
+    {
+        if (generator is null || SameDevice(generator.Device, dev)) return draw(dev);
+        using var there = draw(generator.Device);
+        return there.to(dev);
+    }
+
     public static Tensor randn(long[] shape, Generator? generator = null, ScalarType? dtype = null, Device? device = null, bool requires_grad = false)
     {
         var (dt, dev) = Resolve(dtype, device);
-        fixed (long* p = shape)
-            return Finish(Tensor.Wrap(Native.sudo_randn(p, shape.Length, Generator.HandleOf(generator), (int)dt, (int)dev.Type, dev.Index), "randn"), requires_grad);
+        return Finish(Drawn(generator, dev, d =>
+        {
+            fixed (long* p = shape)
+                return Tensor.Wrap(Native.sudo_randn(p, shape.Length, Generator.HandleOf(generator), (int)dt, (int)d.Type, d.Index), "randn");
+        }), requires_grad);
     }
 
     public static Tensor rand(long[] shape, Generator? generator = null, ScalarType? dtype = null, Device? device = null, bool requires_grad = false)
     {
         var (dt, dev) = Resolve(dtype, device);
-        fixed (long* p = shape)
-            return Finish(Tensor.Wrap(Native.sudo_rand(p, shape.Length, Generator.HandleOf(generator), (int)dt, (int)dev.Type, dev.Index), "rand"), requires_grad);
+        return Finish(Drawn(generator, dev, d =>
+        {
+            fixed (long* p = shape)
+                return Tensor.Wrap(Native.sudo_rand(p, shape.Length, Generator.HandleOf(generator), (int)dt, (int)d.Type, d.Index), "rand");
+        }), requires_grad);
     }
 
     /// <summary>Integers uniform in [low, high) (int64 by default).</summary>
@@ -157,25 +176,37 @@ public static unsafe partial class torch
     {
         var dt = dtype ?? ScalarType.Int64;
         var dev = device ?? default_device;
-        fixed (long* p = shape)
-            return Tensor.Wrap(Native.sudo_randint(low, high, p, shape.Length, Generator.HandleOf(generator), (int)dt, (int)dev.Type, dev.Index), "randint");
+        return Drawn(generator, dev, d =>
+        {
+            fixed (long* p = shape)
+                return Tensor.Wrap(Native.sudo_randint(low, high, p, shape.Length, Generator.HandleOf(generator), (int)dt, (int)d.Type, d.Index), "randint");
+        });
     }
 
     public static Tensor randperm(long n, Generator? generator = null, ScalarType? dtype = null, Device? device = null)
     {
         var dt = dtype ?? ScalarType.Int64;
         var dev = device ?? default_device;
-        return Tensor.Wrap(Native.sudo_randperm(n, Generator.HandleOf(generator), (int)dt, (int)dev.Type, dev.Index), "randperm");
+        return Drawn(generator, dev, d => Tensor.Wrap(Native.sudo_randperm(n, Generator.HandleOf(generator), (int)dt, (int)d.Type, d.Index), "randperm"));
     }
 
     public static Tensor normal(double mean, double std, long[] shape, Generator? generator = null, ScalarType? dtype = null, Device? device = null)
     {
         var (dt, dev) = Resolve(dtype, device);
-        fixed (long* p = shape)
-            return Tensor.Wrap(Native.sudo_normal(mean, std, p, shape.Length, Generator.HandleOf(generator), (int)dt, (int)dev.Type, dev.Index), "normal");
+        return Drawn(generator, dev, d =>
+        {
+            fixed (long* p = shape)
+                return Tensor.Wrap(Native.sudo_normal(mean, std, p, shape.Length, Generator.HandleOf(generator), (int)dt, (int)d.Type, d.Index), "normal");
+        });
     }
 
-    public static Tensor bernoulli(Tensor p, Generator? generator = null) => Tensor.Wrap(Native.sudo_bernoulli(p.Handle, Generator.HandleOf(generator)), "bernoulli");
+    public static Tensor bernoulli(Tensor p, Generator? generator = null)
+    {
+        if (generator is null || SameDevice(generator.Device, p.device)) return Tensor.Wrap(Native.sudo_bernoulli(p.Handle, Generator.HandleOf(generator)), "bernoulli");
+        using var there = p.to(generator.Device);
+        using var drawn = bernoulli(there, generator);
+        return drawn.to(p.device);
+    }
 
     // ---- data in ----
     /// <summary>A tensor holding a copy of <paramref name="data"/> with the given shape (default: 1-D).

@@ -109,7 +109,7 @@ public sealed class SpoTrainer : IDisposable
             };
             if (reward != null) return new SpoTrainer(pipe, c, new SpoSampler(pipe, c, reward), settings, method, pipe);
             var scorer = settings.scorer ?? throw new ArgumentException("SPO needs a scorer: --scorer <SPO's *_step-aware_preference_model.bin or a folder holding it>");
-            var spm = StepAwarePreferenceModel.from_pretrained(scorer, wrapPlainClip: settings.scorer_plain_clip);
+            var spm = StepAwarePreferenceModel.from_pretrained(scorer, pipe.device, wrapPlainClip: settings.scorer_plain_clip);   // on the pipeline's device: it scores the pipeline's pixels
             spm.requires_grad_(false).eval();
             return new SpoTrainer(pipe, c, new SpoSampler(pipe, spm, pipe.components.tokenizer, c), settings, method, pipe, spm);
         }

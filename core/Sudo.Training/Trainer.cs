@@ -328,7 +328,7 @@ public sealed class Trainer : IDisposable
         var cond = added is null ? null : new AddedCondKwargs(added[0], added[1]);
         using var autocastScope = config.MixedPrecision switch
         {
-            "bf16" => autocast(Device.Parse(config.device)),
+            "bf16" => autocast(Device.Parse(config.device), ScalarType.BFloat16),   // explicit: CUDA autocast defaults to fp16
             "fp16" => autocast(Device.Parse(config.device), ScalarType.Float16),
             _ => null,
         };

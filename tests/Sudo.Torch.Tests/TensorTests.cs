@@ -5,6 +5,33 @@ namespace Sudo.Torch.Tests;
 
 public class TensorTests
 {
+    /// <summary>The device-placement contract of random draws: a generator draws on its own device and the values move
+    /// to the tensor's (a CPU generator for a CUDA tensor is the trainers' case; "meta" stands in for it on a CPU-only
+    /// machine). Proof that the draw happened on the generator: it advanced exactly as the same draw on CPU did.</summary>
+    [Test]
+    public void RandomDrawsHappenOnTheGeneratorsDeviceAndMoveToTheTensors()
+    {
+        using var scope = NewDisposeScope();
+        using var a = new Generator(7);
+        using var b = new Generator(7);
+        var draws = new (string op, Func<Generator, Device, Tensor> draw)[]
+        {
+            ("randn", (g, d) => randn([2, 3], g, device: d)),
+            ("rand", (g, d) => rand([5], g, device: d)),
+            ("randint", (g, d) => randint(0, 100, [4], g, device: d)),
+            ("randperm", (g, d) => randperm(6, g, device: d)),
+            ("normal", (g, d) => normal(1, 2, [3], g, device: d)),
+            ("normal_", (g, d) => empty([2, 2], device: d).normal_(0, 1, g)),
+            ("uniform_", (g, d) => empty([3], device: d).uniform_(0, 1, g)),
+        };
+        foreach (var (op, draw) in draws)
+        {
+            var moved = draw(a, Device.Meta);
+            Assert.That((moved.device, moved.shape), Is.EqualTo((Device.Meta, draw(b, Device.CPU).shape)), op);
+            Assert.That(randn([4], a).ToArray<float>(), Is.EqualTo(randn([4], b).ToArray<float>()), $"{op}: the generator advanced as on its own device");
+        }
+    }
+
     [Test]
     public void DTypesRoundTripThroughHostArrays()
     {
