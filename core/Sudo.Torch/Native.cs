@@ -32,6 +32,8 @@ internal static unsafe partial class Native
     [LibraryImport(Lib)] internal static partial int sudo_cuda_empty_cache();
     [LibraryImport(Lib)] internal static partial int sudo_cuda_synchronize(int device);
     [LibraryImport(Lib)] internal static partial long sudo_cuda_memory_allocated(int device);
+    [LibraryImport(Lib)] internal static partial int sudo_cuda_memory_stats(int device, long* out4);
+    [LibraryImport(Lib)] internal static partial int sudo_cuda_reset_peak_memory_stats(int device);
     [LibraryImport(Lib)] internal static partial IntPtr sudo_last_error();
     [LibraryImport(Lib)] internal static partial void sudo_clear_error();
     [LibraryImport(Lib)] internal static partial int sudo_set_num_threads(int n);

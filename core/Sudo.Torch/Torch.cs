@@ -80,6 +80,18 @@ public static unsafe partial class torch
         public static void empty_cache() => Native.CheckStatus(Native.sudo_cuda_empty_cache(), "cuda.empty_cache");
         public static void synchronize(int device = 0) => Native.CheckStatus(Native.sudo_cuda_synchronize(device), "cuda.synchronize");
         public static long memory_allocated(int device = 0) => Native.sudo_cuda_memory_allocated(device);
+
+        /// <summary>(allocated, peak allocated, reserved, peak reserved) bytes of the caching allocator on
+        /// <paramref name="device"/> (torch.cuda.memory_allocated / max_memory_allocated / memory_reserved /
+        /// max_memory_reserved); zeros on a build without CUDA.</summary>
+        public static unsafe (long allocated, long max_allocated, long reserved, long max_reserved) memory_stats(int device = 0)
+        {
+            var o = stackalloc long[4];
+            Native.CheckStatus(Native.sudo_cuda_memory_stats(device, o), "cuda.memory_stats");
+            return (o[0], o[1], o[2], o[3]);
+        }
+
+        public static void reset_peak_memory_stats(int device = 0) => Native.CheckStatus(Native.sudo_cuda_reset_peak_memory_stats(device), "cuda.reset_peak_memory_stats");
     }
 
     // ---- creation ----

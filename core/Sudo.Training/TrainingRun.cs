@@ -166,6 +166,14 @@ public sealed class TrainingRun : IDisposable
             ["seconds"] = Math.Round(seconds, 1),
             ["peak_rss_mb"] = Math.Round(ProcessMemory.PeakRssMb(), 1),
             ["torch_threads"] = torch.get_num_threads(),
+            // GPU peaks of the caching allocator (torch.cuda.max_memory_allocated / max_memory_reserved), per device.
+            ["gpu_peak_memory_mb"] = torch.cuda.is_available()
+                ? new JsonArray(Enumerable.Range(0, torch.cuda.device_count()).Select(d => torch.cuda.memory_stats(d)).Select(m => (JsonNode)new JsonObject
+                {
+                    ["allocated"] = Math.Round(m.max_allocated / 1048576.0, 1),
+                    ["reserved"] = Math.Round(m.max_reserved / 1048576.0, 1),
+                }).ToArray())
+                : null,
         }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 

@@ -9,6 +9,14 @@ public class TensorTests
     /// to the tensor's (a CPU generator for a CUDA tensor is the trainers' case; "meta" stands in for it on a CPU-only
     /// machine). Proof that the draw happened on the generator: it advanced exactly as the same draw on CPU did.</summary>
     [Test]
+    public void CudaMemoryStatsAreZeroWithoutCuda()
+    {
+        if (torch.cuda.is_available()) Assert.Ignore("this machine has CUDA: the stats are real");
+        Assert.That(torch.cuda.memory_stats(0), Is.EqualTo((0L, 0L, 0L, 0L)));
+        Assert.DoesNotThrow(() => torch.cuda.reset_peak_memory_stats(0));
+    }
+
+    [Test]
     public void RandomDrawsHappenOnTheGeneratorsDeviceAndMoveToTheTensors()
     {
         using var scope = NewDisposeScope();

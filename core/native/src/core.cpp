@@ -91,6 +91,29 @@ int64_t sudo_cuda_memory_allocated(int32_t device) {
 #endif
 }
 
+// torch.cuda.max_memory_allocated / memory_reserved / max_memory_reserved: out[0..3] = allocated current, allocated
+// peak, reserved current, reserved peak (bytes; the aggregate pool). 0 on a build without CUDA.
+int32_t sudo_cuda_memory_stats(int32_t device, int64_t* out) {
+#ifdef SUDO_WITH_CUDA
+  TRY_S(auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device);
+        out[0] = stats.allocated_bytes[0].current; out[1] = stats.allocated_bytes[0].peak;
+        out[2] = stats.reserved_bytes[0].current; out[3] = stats.reserved_bytes[0].peak;)
+#else
+  (void)device;
+  for (int i = 0; i < 4; ++i) out[i] = 0;
+  return 0;
+#endif
+}
+
+int32_t sudo_cuda_reset_peak_memory_stats(int32_t device) {
+#ifdef SUDO_WITH_CUDA
+  TRY_S(c10::cuda::CUDACachingAllocator::resetPeakStats(device);)
+#else
+  (void)device;
+  return 0;
+#endif
+}
+
 const char* sudo_last_error(void) { return g_error.c_str(); }
 void sudo_clear_error(void) { g_error.clear(); }
 

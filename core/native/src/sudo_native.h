@@ -66,6 +66,8 @@ SUDO_EXPORT int32_t sudo_cuda_device_count(void);
 SUDO_EXPORT int32_t sudo_cuda_empty_cache(void);
 SUDO_EXPORT int32_t sudo_cuda_synchronize(int32_t device);
 SUDO_EXPORT int64_t sudo_cuda_memory_allocated(int32_t device);
+SUDO_EXPORT int32_t sudo_cuda_memory_stats(int32_t device, int64_t* out);
+SUDO_EXPORT int32_t sudo_cuda_reset_peak_memory_stats(int32_t device);
 SUDO_EXPORT const char* sudo_last_error(void);
 SUDO_EXPORT void sudo_clear_error(void);
 SUDO_EXPORT int32_t sudo_set_num_threads(int32_t n);
