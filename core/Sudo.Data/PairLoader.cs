@@ -12,6 +12,10 @@
 // batches) are shuffled, taken `shuffle_window_blocks` at a time, and the pairs of each window shuffled together. Reading then
 // touches a bounded number of blocks at a time: memory is about (window + workers + 1) × the largest block plus
 // the prefetched pairs, plus 4 bytes per pair for the order — independent of the number of shards.
+//
+// Data parallelism (rank, world_size): every rank walks the same order; each global batch is world_size × batch_size
+// consecutive usable pairs (records known bad before decoding are skipped alike on every rank), of which rank r
+// decodes rows [r·b, (r+1)·b). The position is global, so a checkpoint resumes at any world size.
 using System.Collections.Concurrent;
 using Sudo.Torch;
 using static Sudo.Torch.torch;
