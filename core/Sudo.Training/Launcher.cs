@@ -57,6 +57,7 @@ public static class Launcher
             lock (lockObj) output(line);
         }
         var procs = new List<Process>();
+        var returned = 0;
         var failed = -1;
         var failedCode = 0;
         // Not disposed: Exited handlers may still run after Run returns.
@@ -83,13 +84,22 @@ public static class Launcher
                 var rank = int.Parse(env["RANK"], System.Globalization.CultureInfo.InvariantCulture);
                 p.Exited += (_, _) =>
                 {
-                    if (p.ExitCode == 0) return;
+                    // Exited handlers run on pool threads and may come after Run has returned and disposed the process
+                    // (reading its exit code then throws): an exception here would take down the whole host process.
+                    int code;
+                    try
+                    {
+                        if (Volatile.Read(ref returned) != 0) return;
+                        code = p.ExitCode;
+                    }
+                    catch (InvalidOperationException) { return; }
+                    if (code == 0) return;
                     lock (lockObj)
                     {
                         if (failed >= 0) return;
-                        (failed, failedCode) = (rank, p.ExitCode);
+                        (failed, failedCode) = (rank, code);
                     }
-                    Write($"launch: rank {rank} exited with code {p.ExitCode}; stopping the other ranks");
+                    Write($"launch: rank {rank} exited with code {code}; stopping the other ranks");
                     stopping.Set();
                 };
                 if (!p.Start()) throw new InvalidOperationException($"launch: could not start {command[0]}");
@@ -100,7 +110,14 @@ public static class Launcher
             // Every rank's exit signals `finished` once all are gone; a failure or Ctrl-C signals `stopping`.
             var finished = new ManualResetEventSlim();
             foreach (var p in procs)
-                p.Exited += (_, _) => { if (procs.All(q => q.HasExited)) finished.Set(); };
+                p.Exited += (_, _) =>
+                {
+                    try
+                    {
+                        if (Volatile.Read(ref returned) == 0 && procs.All(q => q.HasExited)) finished.Set();
+                    }
+                    catch (InvalidOperationException) { /* Run has returned and disposed the processes */ }
+                };
             if (procs.All(q => q.HasExited)) finished.Set();   // all gone before the handlers were attached
             WaitHandle.WaitAny([finished.WaitHandle, stopping.WaitHandle]);
             if (!finished.IsSet)
@@ -116,6 +133,7 @@ public static class Launcher
         finally
         {
             Console.CancelKeyPress -= onCancel;
+            Volatile.Write(ref returned, 1);
             foreach (var p in procs)
             {
                 if (!p.HasExited) p.Kill(entireProcessTree: true);
