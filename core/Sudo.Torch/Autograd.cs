@@ -140,6 +140,9 @@ public static unsafe partial class torch
 
     public static bool is_autocast_enabled(DeviceType device = DeviceType.CPU) => Native.sudo_autocast_enabled((int)device) != 0;
 
+    /// <summary>The dtype autocast computes in on <paramref name="device"/> (torch.get_autocast_dtype).</summary>
+    public static ScalarType get_autocast_dtype(DeviceType device = DeviceType.CPU) => (ScalarType)Native.sudo_autocast_dtype((int)device);
+
     private sealed class Callback(Action onDispose) : IDisposable
     {
         private Action? _action = onDispose;

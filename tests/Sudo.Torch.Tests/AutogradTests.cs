@@ -169,6 +169,34 @@ public class AutogradTests
     }
 
     [Test]
+    public void CheckpointRecomputesUnderTheForwardsAutocastOnEveryDevice()
+    {
+        // Backward runs outside the autocast scopes; the recomputation must see the forward's state of
+        // both device types (enabled and dtype) and leave the caller's state as it was. CUDA autocast is a
+        // thread-local flag, so it is set and checked here without a GPU.
+        using var scope = NewDisposeScope();
+        var seen = new List<(bool Cpu, ScalarType CpuDt, bool Cuda, ScalarType CudaDt)>();
+        var x = randn([4, 4], requires_grad: true);
+        Tensor y;
+        using (autocast(Device.CPU, ScalarType.BFloat16))
+        using (autocast(new Device(DeviceType.CUDA, 0), ScalarType.BFloat16))
+            y = utils.checkpoint.run(t =>
+            {
+                seen.Add((is_autocast_enabled(DeviceType.CPU), get_autocast_dtype(DeviceType.CPU),
+                          is_autocast_enabled(DeviceType.CUDA), get_autocast_dtype(DeviceType.CUDA)));
+                return t * 2;
+            }, x);
+        Assert.That(is_autocast_enabled(DeviceType.CUDA), Is.False);
+        y.sum().backward();
+        Assert.That(seen, Has.Count.EqualTo(2), "forward, then the recomputation in backward");
+        Assert.That(seen[0], Is.EqualTo((true, ScalarType.BFloat16, true, ScalarType.BFloat16)));
+        Assert.That(seen[1], Is.EqualTo(seen[0]), "the recomputed block ran under a different autocast state");
+        Assert.That(is_autocast_enabled(DeviceType.CPU) || is_autocast_enabled(DeviceType.CUDA), Is.False,
+            "backward left autocast switched on");
+        Assert.That(get_autocast_dtype(DeviceType.CUDA), Is.EqualTo(ScalarType.Float16), "backward left CUDA autocast in bf16");
+    }
+
+    [Test]
     public void Bf16AutocastOnCpu()
     {
         Requires.Bf16Compute();

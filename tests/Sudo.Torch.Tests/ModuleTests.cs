@@ -169,4 +169,38 @@ public class ModuleTests
         var l2 = (nn.Linear)seq[2];
         Check.Close(seq.forward(x), l2.forward(nn.functional.silu(l0.forward(x))), 0, "sequential");
     }
+
+    [Test]
+    public void CpuOffloadLendsFrozenWeightsToTheDeviceForOneScope()
+    {
+        // On a machine without a GPU the "device copies" are CPU clones (copyOnCpu): the scope must swap them in,
+        // keep the parameter objects, and swap the host weights back, so a change to the lent copy is dropped.
+        using var scope = NewDisposeScope();
+        using var g = new Generator(0);
+        var net = new Attn(8);
+        foreach (var p in net.parameters()) using (no_grad()) p.copy_(randn(p.shape, g));
+        var before = net.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+        var weight = net.to_q.weight;
+        var x = randn([2, 4, 8], g);
+        var y0 = net.forward(x).detach();
+        var e = Assert.Throws<ArgumentException>(() => new CpuOffload(net, Device.CPU, copyOnCpu: true))!;
+        Assert.That(e.Message, Does.Contain("frozen").And.Contain("requires_grad_(false)"));
+        net.requires_grad_(false);
+        var off = new CpuOffload(net, Device.CPU, copyOnCpu: true);
+        Assert.That(off.active);
+        using (off.onto())
+        {
+            Assert.That(ReferenceEquals(net.to_q.weight, weight), "the parameter objects are kept");
+            Check.Close(net.forward(x), y0, 0, "forward with the lent weights");
+            using (no_grad()) foreach (var p in net.parameters()) p.add_(1.0);
+        }
+        foreach (var (k, v) in net.state_dict()) Check.Close(v, before[k], 0, $"{k}: the lent copy leaked back");
+        var cpuOff = new CpuOffload(net, Device.CPU);
+        Assert.That(cpuOff.active, Is.False, "a CPU execution device moves nothing");
+        using (cpuOff.onto())
+        {
+            using (no_grad()) weight.add_(1.0);
+        }
+        Check.Close(weight, before["to_q.weight"] + 1, 0, "inactive: the module's own weights were used");
+    }
 }

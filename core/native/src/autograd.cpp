@@ -1,6 +1,8 @@
 // Autograd entry points, grad/inference/anomaly modes, autocast, and reentrant gradient checkpointing.
 #include "common.h"
 
+#include <algorithm>
+
 #include <ATen/autocast_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/InferenceMode.h>
@@ -40,26 +42,79 @@ std::vector<at::Tensor> run_block(sudo_block_fn fn, void* ctx, const std::vector
   return result;
 }
 
+// The autocast state of both device types (enabled, dtype), as torch.utils.checkpoint saves and restores
+// it for the recomputation (torch/utils/checkpoint.py: device_autocast_kwargs + cpu autocast kwargs), so a
+// block recomputed in backward runs under the same autocast as its forward on CPU and on CUDA.
 struct AutocastState {
-  bool cpu_enabled = false;
-  at::ScalarType cpu_dtype = at::kBFloat16;
+  bool cpu_enabled = false, cuda_enabled = false;
+  at::ScalarType cpu_dtype = at::kBFloat16, cuda_dtype = at::kHalf;
   void capture() {
 #if SUDO_TORCH_AT_LEAST(2, 4)
     cpu_enabled = at::autocast::is_autocast_enabled(at::kCPU);
     cpu_dtype = at::autocast::get_autocast_dtype(at::kCPU);
+    cuda_enabled = at::autocast::is_autocast_enabled(at::kCUDA);
+    cuda_dtype = at::autocast::get_autocast_dtype(at::kCUDA);
 #else
     cpu_enabled = at::autocast::is_cpu_enabled();
     cpu_dtype = at::autocast::get_autocast_cpu_dtype();
+    cuda_enabled = at::autocast::is_enabled();
+    cuda_dtype = at::autocast::get_autocast_gpu_dtype();
 #endif
   }
   void apply() const {
 #if SUDO_TORCH_AT_LEAST(2, 4)
     at::autocast::set_autocast_enabled(at::kCPU, cpu_enabled);
     at::autocast::set_autocast_dtype(at::kCPU, cpu_dtype);
+    at::autocast::set_autocast_enabled(at::kCUDA, cuda_enabled);
+    at::autocast::set_autocast_dtype(at::kCUDA, cuda_dtype);
 #else
     at::autocast::set_cpu_enabled(cpu_enabled);
     at::autocast::set_autocast_cpu_dtype(cpu_dtype);
+    at::autocast::set_enabled(cuda_enabled);
+    at::autocast::set_autocast_gpu_dtype(cuda_dtype);
 #endif
+  }
+};
+
+// The default generators a block may draw from: the CPU one and those of the CUDA devices its inputs
+// live on (torch/utils/checkpoint.py: get_device_states / set_device_states, preserve_rng_state=True).
+struct RngStates {
+  std::vector<at::Generator> gens;
+  std::vector<at::Tensor> states;
+  void capture(const std::vector<at::Tensor>& inputs) {
+    gens.clear();
+    states.clear();
+    gens.push_back(at::detail::getDefaultCPUGenerator());
+    std::vector<c10::DeviceIndex> seen;
+    for (auto& t : inputs) {
+      if (!t.defined() || !t.is_cuda()) continue;
+      auto idx = t.device().index();
+      if (std::find(seen.begin(), seen.end(), idx) != seen.end()) continue;
+      seen.push_back(idx);
+      gens.push_back(at::globalContext().defaultGenerator(t.device()));
+    }
+    for (auto& g : gens) {
+      std::lock_guard<std::mutex> lock(g.mutex());
+      states.push_back(g.get_state());
+    }
+  }
+  bool empty() const { return gens.empty(); }
+  // Sets these states and returns what was there before.
+  RngStates swap_in() {
+    RngStates before;
+    before.gens = gens;
+    for (size_t i = 0; i < gens.size(); ++i) {
+      std::lock_guard<std::mutex> lock(gens[i].mutex());
+      before.states.push_back(gens[i].get_state());
+      gens[i].set_state(states[i]);
+    }
+    return before;
+  }
+  void restore() {
+    for (size_t i = 0; i < gens.size(); ++i) {
+      std::lock_guard<std::mutex> lock(gens[i].mutex());
+      gens[i].set_state(states[i]);
+    }
   }
 };
 
@@ -74,14 +129,14 @@ struct CheckpointBackward : public torch::autograd::Node {
   std::vector<bool> input_requires_grad;
   std::vector<at::Tensor> params;   // leaves
   bool preserve_rng = false;
-  at::Tensor rng_state;
+  RngStates rng;
   AutocastState autocast;
 
   std::string name() const override { return "CheckpointBackward"; }
   void release_variables() override {
     inputs.clear();
     params.clear();
-    rng_state = at::Tensor();
+    rng = RngStates();
   }
   ~CheckpointBackward() override {
     if (release) release(ctx);
@@ -100,24 +155,19 @@ struct CheckpointBackward : public torch::autograd::Node {
     AutocastState outer;
     outer.capture();
     autocast.apply();
-    at::Tensor outer_rng;
-    auto gen = at::detail::getDefaultCPUGenerator();
-    if (preserve_rng && rng_state.defined()) {
-      std::lock_guard<std::mutex> lock(gen.mutex());
-      outer_rng = gen.get_state();
-      gen.set_state(rng_state);
-    }
+    RngStates outer_rng;
+    if (preserve_rng && !rng.empty()) outer_rng = rng.swap_in();
     std::vector<at::Tensor> outs;
     try {
       at::AutoGradMode enable(true);
       outs = run_block(fn, ctx, in);
     } catch (...) {
       outer.apply();
-      if (outer_rng.defined()) { std::lock_guard<std::mutex> lock(gen.mutex()); gen.set_state(outer_rng); }
+      outer_rng.restore();
       throw;
     }
     outer.apply();
-    if (outer_rng.defined()) { std::lock_guard<std::mutex> lock(gen.mutex()); gen.set_state(outer_rng); }
+    outer_rng.restore();
 
     variable_list out_sel, grad_sel, diff;
     std::vector<size_t> diff_slot;
@@ -199,11 +249,7 @@ int32_t sudo_checkpoint(sudo_block_fn fn, void* ctx, const sudo_tensor* inputs, 
       node->ctx = ctx;
       node->preserve_rng = preserve_rng != 0;
       node->autocast.capture();
-      if (node->preserve_rng) {
-        auto gen = at::detail::getDefaultCPUGenerator();
-        std::lock_guard<std::mutex> lock(gen.mutex());
-        node->rng_state = gen.get_state();
-      }
+      if (node->preserve_rng) node->rng.capture(in);
       {
         at::NoGradGuard ng;
         result = run_block(fn, ctx, in);

@@ -8,6 +8,8 @@
 #include <memory>
 #include <string>
 
+#include <torch/version.h>
+
 #ifdef SUDO_WITH_GLOO
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -20,9 +22,17 @@
 namespace {
 
 #ifdef SUDO_WITH_GLOO
+// libtorch 2.x made ProcessGroupGloo/ProcessGroupNCCL c10d::Backends (a ProcessGroup dispatches to them);
+// 1.13's derive from ProcessGroup. Both offer the same collectives with the same option structs.
+#if TORCH_VERSION_MAJOR >= 2
+using PgBase = c10d::Backend;
+#else
+using PgBase = c10d::ProcessGroup;
+#endif
+
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  c10::intrusive_ptr<PgBase> pg;
   std::chrono::milliseconds timeout;
   int rank;
   int world;
