@@ -38,10 +38,14 @@ public sealed class CpuOffload
         return t;
     }
 
-    /// <summary>The module's weights on the execution device until the returned scope is disposed.</summary>
+    private int _depth;
+
+    /// <summary>The module's weights on the execution device until the returned scope is disposed. Scopes nest:
+    /// only the outermost one copies and releases.</summary>
     public IDisposable onto()
     {
         if (!active) return Nothing.Instance;
+        if (_depth++ > 0) return new Scope(this);
         using (no_grad())
             foreach (var (live, host) in _tensors)
             {
@@ -53,6 +57,7 @@ public sealed class CpuOffload
 
     private void Release()
     {
+        if (--_depth > 0) return;
         using (no_grad())
             foreach (var (live, host) in _tensors) live.set_data(host);
     }

@@ -201,6 +201,12 @@ public static unsafe partial class Library
         var blasThreads = EnvInt("SUDO_BLAS_THREADS") ?? (Environment.GetEnvironmentVariable("OPENBLAS_NUM_THREADS") is null ? Environment.ProcessorCount : (int?)null);
         if (torchThreads is int t) Native.CheckStatus(Native.sudo_set_num_threads(t), "set_num_threads");
         if (blasThreads is int b) Native.sudo_blas_set_num_threads(b);
+        switch (Environment.GetEnvironmentVariable("SUDO_MKLDNN"))
+        {
+            case null or "" or "1": break;
+            case "0": Native.sudo_backend_flag(0, 0); break;
+            case var v: throw new ArgumentException($"SUDO_MKLDNN='{v}': expected 0 (oneDNN kernels off) or 1");
+        }
     }
 
     private static int? EnvInt(string name)

@@ -15,7 +15,7 @@ internal struct NativeScalar
 internal static unsafe partial class Native
 {
     internal const string Lib = "sudo_native";
-    internal const int AbiVersion = 5;
+    internal const int AbiVersion = 6;
 
     // Runs before the first P/Invoke of this assembly: resolve the shim next to the assembly (or
     // $SUDO_NATIVE_LIB), whichever host loaded us (dotnet test, the CLI, dotnet fsi).
@@ -174,6 +174,7 @@ internal static unsafe partial class Native
     [LibraryImport(Lib)] internal static partial void sudo_set_checkpoint_release(delegate* unmanaged[Cdecl]<IntPtr, void> release);
     [LibraryImport(Lib)] internal static partial int sudo_checkpoint(delegate* unmanaged[Cdecl]<IntPtr, IntPtr*, int, IntPtr*, int, int*, int> fn, IntPtr ctx, IntPtr* inputs, int nInputs, IntPtr* parameters, int nParams, int preserveRng, IntPtr* outs, int cap, int* nout);
 
+    [LibraryImport(Lib)] internal static partial int sudo_backend_flag(int which, int value);
     [LibraryImport(Lib)] internal static partial int sudo_autocast_set(int devType, int enabled, int dtype);
     [LibraryImport(Lib)] internal static partial int sudo_autocast_enabled(int devType);
     [LibraryImport(Lib)] internal static partial int sudo_autocast_dtype(int devType);

@@ -95,8 +95,17 @@ public sealed record TrainConfig
     /// <summary>LoRA rank (0 = full fine-tune). With LoRA the reference is the same UNet with adapters off.</summary>
     public int lora_rank { get; init; }
     public double? lora_alpha { get; init; }
-    /// <summary>Keep the frozen reference UNet in bf16 (full fine-tune only).</summary>
+    /// <summary>Keep the frozen reference UNet in bf16 (full fine-tune only), whatever frozen_precision says.</summary>
     public bool reference_bf16 { get; init; }
+    /// <summary>The dtype of the frozen modules (VAE, text encoders, the frozen-copy reference UNet). "auto": train.py's
+    /// weight_dtype — under --mixed_precision fp16/bf16 they are cast to that dtype (Diffusion-DPO train.py L913-939,
+    /// vae/text_encoder/ref_unet .to(weight_dtype)), fp32 otherwise; "fp32": keep them fp32 (more memory, no rounding of
+    /// the reference prediction or the latents).</summary>
+    public string frozen_precision { get; init; } = "auto";
+    /// <summary>CPU offload of the frozen modules (VAE, text encoders, frozen-copy reference): their weights stay on the CPU
+    /// and are lent to the GPU for each use, as train.py's accelerate.cpu_offload for --sdxl (L928-935). Unset: on for
+    /// --sdxl on CUDA, off otherwise; on a CPU device it changes nothing.</summary>
+    public bool? offload { get; init; }
     public int max_nonfinite_steps { get; init; } = 5;
     /// <summary>Cache each image's VAE posterior (mean, std) and each caption's text embedding: latents are
     /// then sampled from the cached posterior (as upstream samples from the live one). Needs a fixed crop:
@@ -125,6 +134,19 @@ public sealed record TrainConfig
     [JsonIgnore]
     public string MixedPrecision => mixed_precision ?? (Device.Parse(device).Type == DeviceType.CPU ? "no" : "fp16");
 
+    /// <summary>The frozen modules' dtype with frozen_precision resolved: null keeps them fp32.</summary>
+    [JsonIgnore]
+    public ScalarType? FrozenDtype => frozen_precision == "fp32" ? null : MixedPrecision switch
+    {
+        "fp16" => ScalarType.Float16,
+        "bf16" => ScalarType.BFloat16,
+        _ => null,
+    };
+
+    /// <summary>offload with its default resolved: train.py offloads for --sdxl; only a CUDA device has anything to gain.</summary>
+    [JsonIgnore]
+    public bool Offload => Device.Parse(device).Type == DeviceType.CUDA && (offload ?? sdxl);
+
     [JsonIgnore]
     public MethodSettings MethodSettings => new()
     {
@@ -142,6 +164,8 @@ public sealed record TrainConfig
         if (MixedPrecision is not ("no" or "bf16" or "fp16")) throw new ArgumentException($"--mixed_precision {mixed_precision}: expected no, bf16 or fp16");
         if (MixedPrecision == "fp16" && Device.Parse(device).Type == DeviceType.CPU) throw new ArgumentException("--mixed_precision fp16 needs CUDA (libtorch 1.13 cannot compute fp16 on CPU): use bf16");
         if (lora_rank < 0) throw new ArgumentException("--lora_rank must be ≥ 0");
+        if (frozen_precision is not ("auto" or "fp32"))
+            throw new ArgumentException($"--frozen_precision {frozen_precision}: expected auto (train.py: the mixed-precision dtype) or fp32");
         if (proportion_empty_prompts is < 0 or > 1) throw new ArgumentException("--proportion_empty_prompts must be in [0, 1]");
         if (cache_latents && (random_crop || !no_hflip))
             throw new ArgumentException("--cache_latents needs a fixed crop: pass --no_hflip and leave --random_crop off (cached latents cannot be re-augmented)");

@@ -33,6 +33,28 @@ public sealed class Trainer : IDisposable
     public torch.optim.lr_scheduler.LambdaLR scheduler { get; }
     /// <summary>Dynamic loss scaling, enabled for fp16 (as accelerate's GradScaler); a pass-through otherwise.</summary>
     public torch.amp.GradScaler scaler { get; }
+    // --offload: the VAE and text encoders (lent together: they are used together), and the reference UNet.
+    private readonly CpuOffload[] _offloads = [];
+    private readonly CpuOffload? _offReference;
+
+    /// <summary>The offloaded frozen modules (VAE, text encoders) on the training device until disposed — wrap any
+    /// use of <see cref="pipe"/> outside training (sampling, scoring) in it. Does nothing without --offload.</summary>
+    public IDisposable FrozenModulesOnDevice() => Lend(_offloads);
+
+    private static IDisposable Lend(params CpuOffload?[] offloads)
+    {
+        var scopes = offloads.Where(o => o is { active: true }).Select(o => o!.onto()).ToList();
+        return new Releaser(scopes);
+    }
+
+    private sealed class Releaser(List<IDisposable> scopes) : IDisposable
+    {
+        public void Dispose()
+        {
+            for (var i = scopes.Count - 1; i >= 0; i--) scopes[i].Dispose();
+            scopes.Clear();
+        }
+    }
     public NoiseSchedule noise_schedule { get; }
     public int global_step { get; private set; }
     /// <summary>Optimizer steps of the run: max_train_steps, or num_train_epochs × (records ÷ batch ÷ accumulation).</summary>
@@ -74,6 +96,9 @@ public sealed class Trainer : IDisposable
         // Before any loading: a bf16 request on a CPU without bf16 kernels is refused (or warned about) now, not after hours.
         if (config.MixedPrecision == "bf16") Precision.RequireUsableBf16(device, config.allow_slow_bf16, "--mixed_precision bf16");
         if (config.reference_bf16) Precision.RequireUsableBf16(device, config.allow_slow_bf16, "--reference_bf16");
+        if (config.FrozenDtype == ScalarType.BFloat16) Precision.RequireUsableBf16(device, config.allow_slow_bf16, "--frozen_precision auto under --mixed_precision bf16");
+        // train.py: `if args.allow_tf32: torch.backends.cuda.matmul.allow_tf32 = True` (no effect on a CPU).
+        if (config.allow_tf32) torch.backends.cuda.matmul.allow_tf32 = true;
         manual_seed(config.seed);
         _rng = new Generator(config.seed);
         var loaded = PreferenceData.Open(config.DatasetFolder, new TableOptions
@@ -118,6 +143,13 @@ public sealed class Trainer : IDisposable
         pipe.vae.requires_grad_(false);
         pipe.components.text_encoder.requires_grad_(false);
         pipe.components.text_encoder_2?.requires_grad_(false);
+        if (config.FrozenDtype is { } frozenDt)
+        {
+            // train.py: vae, text_encoder(s) and ref_unet .to(weight_dtype); the trained UNet keeps fp32 master weights.
+            pipe.vae.to(frozenDt);
+            pipe.components.text_encoder.to(frozenDt);
+            pipe.components.text_encoder_2?.to(frozenDt);
+        }
         if (config.lora_rank > 0)
         {
             unet.requires_grad_(false);
@@ -127,7 +159,13 @@ public sealed class Trainer : IDisposable
         else
         {
             _trainable = unet.parameters().ToArray();
-            if (method.reference == ReferencePolicy.FrozenCopy) reference = CloneFrozen(unet, config.reference_bf16 ? ScalarType.BFloat16 : null);
+            if (method.reference == ReferencePolicy.FrozenCopy) reference = CloneFrozen(unet, config.reference_bf16 ? ScalarType.BFloat16 : config.FrozenDtype);
+        }
+        if (config.Offload)
+        {
+            _offloads = [new CpuOffload(pipe.vae, device), new CpuOffload(pipe.components.text_encoder, device),
+                         .. pipe.components.text_encoder_2 is { } te2 ? [new CpuOffload(te2, device)] : Array.Empty<CpuOffload>()];
+            if (reference != null) _offReference = new CpuOffload(reference, device);
         }
         unet.train();
         if (config.gradient_checkpointing || config.sdxl) unet.enable_gradient_checkpointing();
@@ -190,7 +228,8 @@ public sealed class Trainer : IDisposable
                 $"; {config.dataloader_num_workers} loader worker(s)",
             $"effective batch = {config.train_batch_size} pairs per device × {config.gradient_accumulation_steps} accumulation × {data_parallel.world_size} process{(data_parallel.world_size == 1 ? "" : "es")} = {eff} pairs; {total_steps} optimizer steps",
             $"optimizer {optimizer.GetType().Name}, lr {optimizer.param_groups[0].initial_lr:G3} ({config.lr_scheduler}, warmup {config.lr_warmup_steps}), {_trainable.Sum(p => p.numel()):N0} trainable parameters" + (lora != null ? $" (LoRA rank {config.lora_rank})" : ""),
-            $"reference: {(method.reference == ReferencePolicy.None ? "none" : lora != null ? "the same UNet with LoRA adapters off" : "frozen copy" + (config.reference_bf16 ? " (bf16)" : ""))}; mixed precision {config.MixedPrecision}",
+            $"reference: {(method.reference == ReferencePolicy.None ? "none" : lora != null ? "the same UNet with LoRA adapters off" : "frozen copy" + (config.reference_bf16 ? " (bf16)" : config.FrozenDtype is { } fd ? $" ({fd.TorchName()})" : ""))}; mixed precision {config.MixedPrecision}" +
+                $"; VAE and text encoders in {(config.FrozenDtype ?? ScalarType.Float32).TorchName()}" + (config.Offload ? "; frozen modules offloaded to the CPU" : ""),
         };
         return string.Join("\n", lines);
     }
@@ -199,6 +238,7 @@ public sealed class Trainer : IDisposable
     {
         using var scope = NewDisposeScope();
         using var _ = no_grad();
+        using var lent = FrozenModulesOnDevice();
         if (config.cache_latents && !pipe.IsSDXL)
         {
             foreach (var c in captions.Distinct().Where(c => !_textCache.ContainsKey(c)))
@@ -262,6 +302,7 @@ public sealed class Trainer : IDisposable
             Tensor latents, ehs, t, noise, xt, target;
             Tensor[]? added = null;
             using (no_grad())
+            using (FrozenModulesOnDevice())
             {
                 Tensor mean, std;
                 if (config.cache_latents)
@@ -296,7 +337,9 @@ public sealed class Trainer : IDisposable
                 // Each pair's stream, in a fixed order: posterior samples of winner and loser, noise, t, caption dropout.
                 var eps = gens.Select(g => (w: randn(one, g), l: randn(one, g))).ToArray();
                 var epsAll = cat(eps.Select(e => e.w).Concat(eps.Select(e => e.l)).ToArray()).to(mean.device, mean.dtype);
-                latents = pipe.vae.scale_latents(mean + std * epsAll);
+                // Frozen-precision VAE: the latents are noised in fp32 (train.py keeps them in weight_dtype; the UNet's
+                // autocast casts its inputs down either way).
+                latents = pipe.vae.scale_latents(mean + std * epsAll).@float();
                 var nB = cat(gens.Select(g => randn(one, g)).ToArray()).to(latents.device);
                 noise = cat([nB, nB]);
                 var tB = cat(gens.Select(g => randint(0, noise_schedule.config.num_train_timesteps, [1], g)).ToArray()).to(latents.device);
@@ -342,8 +385,9 @@ public sealed class Trainer : IDisposable
             if (lora != null)
                 using (lora.disabled()) refPred = unet.forward(xt, t, ehs, cond);
             else
-                refPred = reference!.forward(xt.to(reference.conv_in.weight.dtype), t, ehs.to(reference.conv_in.weight.dtype),
-                    cond is null ? null : new AddedCondKwargs(cond.text_embeds.to(reference.conv_in.weight.dtype), cond.time_ids.to(reference.conv_in.weight.dtype)));
+                using (Lend(_offReference))
+                    refPred = reference!.forward(xt.to(reference.conv_in.weight.dtype), t, ehs.to(reference.conv_in.weight.dtype),
+                        cond is null ? null : new AddedCondKwargs(cond.text_embeds.to(reference.conv_in.weight.dtype), cond.time_ids.to(reference.conv_in.weight.dtype)));
             r = Losses.per_sample_mse(refPred, target);
         }
         return new StepInputs(m, r, b, t) { schedule = noise_schedule };
@@ -479,6 +523,7 @@ public sealed class Trainer : IDisposable
         try
         {
             using var scope = NewDisposeScope();
+            using var lent = FrozenModulesOnDevice();
             using var r = sampler.call(new GenerationOptions { prompt = prompts, num_inference_steps = 20, guidance_scale = 7.5, generators = gens, height = Resolution, width = Resolution });
             var path = Path.Combine(config.output_dir, "samples", $"step-{global_step}.png");
             Sudo.Data.ImageCodecs.Save(Sudo.Data.Images.Grid(r.images!, rows: 1), path);

@@ -192,6 +192,8 @@ public class ModuleTests
         {
             Assert.That(ReferenceEquals(net.to_q.weight, weight), "the parameter objects are kept");
             Check.Close(net.forward(x), y0, 0, "forward with the lent weights");
+            using (off.onto()) Check.Close(net.forward(x), y0, 0, "a nested scope keeps the lent weights");
+            Check.Close(net.forward(x), y0, 0, "after the nested scope the weights are still lent");
             using (no_grad()) foreach (var p in net.parameters()) p.add_(1.0);
         }
         foreach (var (k, v) in net.state_dict()) Check.Close(v, before[k], 0, $"{k}: the lent copy leaked back");
@@ -202,5 +204,38 @@ public class ModuleTests
             using (no_grad()) weight.add_(1.0);
         }
         Check.Close(weight, before["to_q.weight"] + 1, 0, "inactive: the module's own weights were used");
+    }
+
+    [Test]
+    public void BackendSwitchesReadBackWhatWasSetAndOneDnnOffChangesNoResult()
+    {
+        using var scope = NewDisposeScope();
+        var mk = torch.backends.mkldnn.enabled;
+        var tf = torch.backends.cuda.matmul.allow_tf32;
+        try
+        {
+            torch.backends.cuda.matmul.allow_tf32 = true;
+            Assert.That(torch.backends.cuda.matmul.allow_tf32, Is.True);
+            torch.backends.cuda.matmul.allow_tf32 = false;
+            Assert.That(torch.backends.cuda.matmul.allow_tf32, Is.False);
+            // A convolution and its input gradient with oneDNN on and off agree to fp32 rounding.
+            using var g = new Generator(0);
+            var conv = new nn.Conv2d(16, 4, 3, padding: 1);
+            var x = randn([2, 16, 8, 8], g);
+            Tensor Run(bool onednn)
+            {
+                torch.backends.mkldnn.enabled = onednn;
+                Assert.That(torch.backends.mkldnn.enabled, Is.EqualTo(onednn));
+                var xi = x.detach().requires_grad_();
+                conv.forward(xi).square().sum().backward();
+                return xi.grad!;
+            }
+            Check.Close(Run(false), Run(true), 1e-4, "input gradient, oneDNN off vs on");
+        }
+        finally
+        {
+            torch.backends.mkldnn.enabled = mk;
+            torch.backends.cuda.matmul.allow_tf32 = tf;
+        }
     }
 }

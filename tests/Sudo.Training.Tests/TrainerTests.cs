@@ -113,6 +113,45 @@ public class TrainerTests
     }
 
     [Test]
+    public void FrozenModulesTakeTheMixedPrecisionDtypeAsTrainPyDoes()
+    {
+        // train.py L913-939: vae, text encoder and ref_unet .to(weight_dtype); the trained UNet keeps fp32 weights.
+        // bf16 runs on every CPU here (allow_slow_bf16: the modules are tiny).
+        var bf16 = Config("dpo", 1) with { mixed_precision = "bf16", allow_slow_bf16 = true, train_batch_size = 1 };
+        using (var t = new Trainer(bf16))
+        {
+            Assert.That(t.pipe.vae.encoder.conv_in.weight.dtype, Is.EqualTo(ScalarType.BFloat16));
+            Assert.That(t.pipe.components.text_encoder.parameters().Select(p => p.dtype), Is.All.EqualTo(ScalarType.BFloat16));
+            Assert.That(t.reference!.conv_in.weight.dtype, Is.EqualTo(ScalarType.BFloat16));
+            Assert.That(t.unet.parameters().Select(p => p.dtype), Is.All.EqualTo(ScalarType.Float32));
+            var m = t.Step()!;
+            Assert.That(double.IsFinite(m["loss"]), m["loss"].ToString());
+            Assert.That(t.Describe(), Does.Contain("VAE and text encoders in torch.bfloat16"));
+        }
+        using (var t = new Trainer(bf16 with { frozen_precision = "fp32" }))
+        {
+            Assert.That(t.pipe.vae.encoder.conv_in.weight.dtype, Is.EqualTo(ScalarType.Float32));
+            Assert.That(t.reference!.conv_in.weight.dtype, Is.EqualTo(ScalarType.Float32));
+        }
+        using (var t = new Trainer(Config("dpo", 1)))
+            Assert.That(t.reference!.conv_in.weight.dtype, Is.EqualTo(ScalarType.Float32), "no mixed precision: fp32 as train.py");
+        Assert.Throws<ArgumentException>(() => (bf16 with { frozen_precision = "fp16" }).Validate());
+    }
+
+    [Test]
+    public void OffloadDefaultsToTrainPysSdxlChoiceOnCudaOnly()
+    {
+        var cfg = new TrainConfig { pretrained_model_name_or_path = "m", dataset_name = "d" };
+        Assert.That((cfg with { sdxl = true, device = "cuda" }).Offload, Is.True, "train.py offloads for --sdxl");
+        Assert.That((cfg with { sdxl = true, device = "cuda:1", offload = false }).Offload, Is.False);
+        Assert.That((cfg with { device = "cuda" }).Offload, Is.False);
+        Assert.That((cfg with { device = "cuda", offload = true }).Offload, Is.True);
+        Assert.That((cfg with { sdxl = true, offload = true }).Offload, Is.False, "a CPU device has nothing to offload to");
+        Assert.That(Flags.Bind<TrainConfig>(["--offload", "false"]).value.offload, Is.False);
+        Assert.That(Flags.Bind<TrainConfig>(["--offload"]).value.offload, Is.True);
+    }
+
+    [Test]
     public void OneDpoStepRaisesTheImplicitRewardMarginOfItsPair()
     {
         using var t = new Trainer(Config("dpo", 1) with { train_batch_size = 1, learning_rate = 1e-5, lr_warmup_steps = 0, proportion_empty_prompts = 0 });

@@ -120,6 +120,20 @@ void sudo_clear_error(void) { g_error.clear(); }
 
 int32_t sudo_set_num_threads(int32_t n) { TRY_S(at::set_num_threads(n);) }
 int32_t sudo_get_num_threads(void) { return at::get_num_threads(); }
+int32_t sudo_backend_flag(int32_t which, int32_t value) {
+  try {
+    auto& ctx = at::globalContext();
+    bool on = value > 0;
+    switch (which) {
+      case 0: if (value >= 0) ctx.setUserEnabledMkldnn(on); return ctx.userEnabledMkldnn() ? 1 : 0;
+      case 1: if (value >= 0) ctx.setAllowTF32CuBLAS(on); return ctx.allowTF32CuBLAS() ? 1 : 0;
+      case 2: if (value >= 0) ctx.setAllowTF32CuDNN(on); return ctx.allowTF32CuDNN() ? 1 : 0;
+      case 3: if (value >= 0) ctx.setBenchmarkCuDNN(on); return ctx.benchmarkCuDNN() ? 1 : 0;
+      default: throw std::invalid_argument("unknown backend flag " + std::to_string(which));
+    }
+  } SUDO_CATCH
+  return -1;
+}
 
 // OpenBLAS is reached through the process's symbol table (libtorch links the system BLAS), so the
 // shim works whichever BLAS the alternatives system selected.

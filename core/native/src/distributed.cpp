@@ -88,7 +88,20 @@ sudo_pg sudo_pg_create(const char* master_addr, int32_t master_port, int32_t ran
     o.numWorkers = world_size;
     o.waitWorkers = true;
     o.timeout = g->timeout;
-    auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), o);
+    c10::intrusive_ptr<c10d::TCPStore> tcp;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    // libtorch ≥ 2.4 defaults to the libuv store backend, which builds without libuv (Debian's libtorch-dev 2.6)
+    // refuse; fall back to the classic backend there, as PyTorch's USE_LIBUV=0 does.
+    try {
+      tcp = c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), o);
+    } catch (const std::exception& e) {
+      if (std::string(e.what()).find("libuv") == std::string::npos) throw;
+      o.useLibUV = false;
+      tcp = c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), o);
+    }
+#else
+    tcp = c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), o);
+#endif
     g->store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
     if (backend == 1) {
 #ifdef SUDO_WITH_NCCL

@@ -11,7 +11,7 @@ extern "C" {
 #define SUDO_EXPORT __attribute__((visibility("default")))
 
 // Bumped whenever a signature or an op code below changes; checked by the C# side at start-up.
-#define SUDO_ABI_VERSION 5
+#define SUDO_ABI_VERSION 6
 
 typedef void* sudo_tensor;
 typedef void* sudo_generator;
@@ -72,6 +72,9 @@ SUDO_EXPORT const char* sudo_last_error(void);
 SUDO_EXPORT void sudo_clear_error(void);
 SUDO_EXPORT int32_t sudo_set_num_threads(int32_t n);
 SUDO_EXPORT int32_t sudo_get_num_threads(void);
+// Backend switches (torch.backends.*): 0 mkldnn.enabled, 1 cuda.matmul.allow_tf32, 2 cudnn.allow_tf32,
+// 3 cudnn.benchmark. value < 0 only reads; returns the setting after the call, or -1 on error.
+SUDO_EXPORT int32_t sudo_backend_flag(int32_t which, int32_t value);
 SUDO_EXPORT int32_t sudo_blas_set_num_threads(int32_t n);  // -1 when the BLAS has no such call
 SUDO_EXPORT int32_t sudo_blas_get_num_threads(void);
 SUDO_EXPORT const char* sudo_blas_info(void);
