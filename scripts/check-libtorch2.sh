@@ -91,7 +91,8 @@ chroot "$chroot_dir" /usr/bin/env -i HOME=/root PATH=/opt/dotnet:/usr/sbin:/usr/
     rc=0
     for s in $suites; do
       echo \"== \$s\"
-      dotnet test tests/\$s -c Release --no-build -nologo $filter_arg --logger 'console;verbosity=minimal' 2>&1 | tail -40 || rc=1
+      dotnet test tests/\$s -c Release --no-build -nologo $filter_arg --logger 'console;verbosity=minimal' >/tmp/\$s.out 2>&1 || rc=1
+      grep -E -A4 '^  Failed |^(Passed|Failed)!' /tmp/\$s.out || tail -20 /tmp/\$s.out
     done
     exit \$rc" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}

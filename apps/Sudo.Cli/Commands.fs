@@ -23,6 +23,9 @@ let info (asJson: bool) =
             else "compiled, no device available"
         printfn "devices        cpu%s" (if i.CudaAvailable then sprintf ", cuda:0..%d" (i.CudaDevices - 1) else "")
         printfn "cuda           %s" cuda
+        if i.CudaCompiled then
+            let v (s: string) = if isNull s then "unknown" else s
+            printfn "cuda versions  runtime %s, cuDNN %s, NCCL %s" (v i.CudaRuntime) (v i.Cudnn) (if isNull i.Nccl then "not loaded" else i.Nccl)
         for d in i.CudaDeviceList do
             printfn "  cuda:%d        %s, compute capability %s%s, %.1f GiB" d.Index d.Name d.ComputeCapability
                 (if d.NativeBf16 then " (native bf16)" else " (no native bf16: use fp16)") (float d.TotalMemoryBytes / 1073741824.0)
@@ -43,6 +46,7 @@ let info (asJson: bool) =
             |> Seq.map (fun k -> sprintf "%s=%s" k (Environment.GetEnvironmentVariable k |> Option.ofObj |> Option.defaultValue Library.ThreadPoolEnvironment.[k]))
         printfn "thread spins   %s" (String.Join(" ", spins))
         printfn "BLAS           %s" i.Blas
+        printfn "oneDNN         %s" (if i.OneDnnEnabled then "on (CPU convolutions)" else "off (SUDO_MKLDNN=0)")
         printfn "attention      %s" (if i.FusedAttention then "fused scaled_dot_product_attention" else "composed matmul-softmax-matmul (libtorch < 2.1)")
     0
 

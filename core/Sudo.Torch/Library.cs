@@ -19,7 +19,11 @@ public sealed record LibraryInfo(
     bool FusedAttention,
     string ParallelInfo,
     CpuInfo Cpu,
-    IReadOnlyList<CudaDeviceInfo> CudaDeviceList)
+    IReadOnlyList<CudaDeviceInfo> CudaDeviceList,
+    bool OneDnnEnabled = true,
+    string? CudaRuntime = null,
+    string? Cudnn = null,
+    string? Nccl = null)
 {
     public string Flavour => CudaCompiled ? "CUDA" : "CPU";
 }
@@ -220,6 +224,8 @@ public static unsafe partial class Library
     public static LibraryInfo Info()
     {
         EnsureLoaded();
+        var v = new long[3];
+        fixed (long* pv = v) Native.sudo_cuda_versions(pv);
         return new LibraryInfo(
             _nativePath,
             Native.sudo_abi_version(),
@@ -234,8 +240,16 @@ public static unsafe partial class Library
             Native.sudo_sdpa_fused_available() != 0,
             Native.Str(Native.sudo_parallel_info()),
             CpuFeatures.Detect(),
-            CudaDevices.List());
+            CudaDevices.List(),
+            torch.backends.mkldnn.enabled,
+            v[0] > 0 ? $"{v[0] / 1000}.{v[0] % 1000 / 10}" : null,
+            v[1] > 0 ? CudnnVersion(v[1]) : null,
+            v[2] > 0 ? $"{v[2] / 10000}.{v[2] % 10000 / 100}.{v[2] % 100}" : null);
     }
+
+    // cuDNN encodes major·10000 + minor·100 + patch from 9.0 on, major·1000 + minor·100 + patch before.
+    private static string CudnnVersion(long v) =>
+        v >= 90000 ? $"{v / 10000}.{v % 10000 / 100}.{v % 100}" : $"{v / 1000}.{v % 1000 / 100}.{v % 100}";
 
     public static string NativePath
     {

@@ -175,6 +175,7 @@ internal static unsafe partial class Native
     [LibraryImport(Lib)] internal static partial int sudo_checkpoint(delegate* unmanaged[Cdecl]<IntPtr, IntPtr*, int, IntPtr*, int, int*, int> fn, IntPtr ctx, IntPtr* inputs, int nInputs, IntPtr* parameters, int nParams, int preserveRng, IntPtr* outs, int cap, int* nout);
 
     [LibraryImport(Lib)] internal static partial int sudo_backend_flag(int which, int value);
+    [LibraryImport(Lib)] internal static unsafe partial int sudo_cuda_versions(long* out3);
     [LibraryImport(Lib)] internal static partial int sudo_autocast_set(int devType, int enabled, int dtype);
     [LibraryImport(Lib)] internal static partial int sudo_autocast_enabled(int devType);
     [LibraryImport(Lib)] internal static partial int sudo_autocast_dtype(int devType);

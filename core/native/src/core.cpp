@@ -6,6 +6,7 @@
 #include <ATen/core/Generator.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/version.h>
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -54,6 +55,22 @@ int32_t sudo_cuda_compiled(void) {
 #else
   return 0;
 #endif
+}
+// CUDA runtime, cuDNN and NCCL versions of a CUDA build (0 where unknown or absent): out[0] CUDART (e.g. 12040),
+// out[1] cuDNN (e.g. 90100), out[2] NCCL (e.g. 22105, from ncclGetVersion when libnccl is loaded).
+int32_t sudo_cuda_versions(int64_t* out) {
+  out[0] = out[1] = out[2] = 0;
+#ifdef SUDO_WITH_CUDA
+  auto& hooks = at::detail::getCUDAHooks();
+  try { out[0] = hooks.versionCUDART(); } catch (...) {}
+  try { if (hooks.hasCuDNN()) out[1] = hooks.versionCuDNN(); } catch (...) {}
+  using nccl_version_fn = int (*)(int*);
+  if (auto f = reinterpret_cast<nccl_version_fn>(dlsym(RTLD_DEFAULT, "ncclGetVersion"))) {
+    int v = 0;
+    if (f(&v) == 0) out[2] = v;
+  }
+#endif
+  return 0;
 }
 int32_t sudo_cuda_available(void) {
   try { return at::hasCUDA() ? 1 : 0; } SUDO_CATCH return 0;

@@ -75,6 +75,7 @@ SUDO_EXPORT int32_t sudo_get_num_threads(void);
 // Backend switches (torch.backends.*): 0 mkldnn.enabled, 1 cuda.matmul.allow_tf32, 2 cudnn.allow_tf32,
 // 3 cudnn.benchmark. value < 0 only reads; returns the setting after the call, or -1 on error.
 SUDO_EXPORT int32_t sudo_backend_flag(int32_t which, int32_t value);
+SUDO_EXPORT int32_t sudo_cuda_versions(int64_t* out);  // out[3]: CUDART, cuDNN, NCCL (0 = unknown/absent)
 SUDO_EXPORT int32_t sudo_blas_set_num_threads(int32_t n);  // -1 when the BLAS has no such call
 SUDO_EXPORT int32_t sudo_blas_get_num_threads(void);
 SUDO_EXPORT const char* sudo_blas_info(void);
