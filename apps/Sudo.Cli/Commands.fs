@@ -50,6 +50,33 @@ let info (asJson: bool) =
         printfn "attention      %s" (if i.FusedAttention then "fused scaled_dot_product_attention" else "composed matmul-softmax-matmul (libtorch < 2.1)")
     0
 
+/// The device acceptance checks (Sudo.Bench.SelfTest): one line per check as it finishes, a summary, optional JSON.
+let selftest (device: string) (quick: bool) (golden: string) (work: string option) (out: string option) (sections: string option) =
+    if not (IO.Directory.Exists golden) then
+        eprintfn "sudoml selftest: golden folder '%s' not found (pass --golden or set SUDO_SHARED)" golden
+        2
+    else
+        let dir = work |> Option.defaultWith (fun () -> IO.Path.Combine(IO.Path.GetTempPath(), sprintf "sudo-selftest-%s" (Guid.NewGuid().ToString("N"))))
+        let info = Library.Info()
+        printfn "selftest on %s | libtorch %s (%s) | %s%s" device info.TorchVersion info.Flavour
+            (if info.CudaDeviceList.Count > 0 then info.CudaDeviceList.[0].Name else info.Cpu.Model) (if quick then " | quick" else "")
+        let opts =
+            Sudo.Bench.SelfTestOptions(
+                device = Device.Parse device, quick = quick, golden = golden, work = dir,
+                sections = (match sections with Some s -> s.Split(',', StringSplitOptions.RemoveEmptyEntries) | None -> [| "engine"; "parity"; "train"; "fullsize" |]))
+        let fmt (x: Nullable<float>) (f: float -> string) = if x.HasValue then f x.Value else "-"
+        let print (r: Sudo.Bench.SelfTestRow) =
+            let status = if r.skipped then "SKIP" elif r.passed then "ok  " else "FAIL"
+            printfn "%s %-9s %-48s value %-10s s/step %-8s peak MB %-8s %s" status r.section r.name
+                (fmt r.value (sprintf "%.4g")) (fmt r.seconds_per_step (sprintf "%.3f")) (fmt r.peak_allocated_mb (sprintf "%.0f")) r.detail
+        let rows =
+            try Sudo.Bench.SelfTest.Run(opts, Action<_>(print))
+            finally if work.IsNone && IO.Directory.Exists dir then IO.Directory.Delete(dir, true)
+        let failed = rows |> Seq.filter (fun r -> not r.passed) |> Seq.length
+        printfn "selftest: %d checks, %d passed, %d failed, %d skipped" rows.Count (rows.Count - failed) failed (rows |> Seq.filter (fun r -> r.skipped) |> Seq.length)
+        out |> Option.iter (fun f -> AtomicFile.WriteAllText(f, JsonSerializer.Serialize(rows, JsonSerializerOptions(WriteIndented = true))))
+        if failed = 0 then 0 else 1
+
 let benchTrain () =
     let r = Sudo.Bench.TrainBench.Run()
     printfn "%s" (json r)

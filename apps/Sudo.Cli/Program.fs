@@ -238,6 +238,23 @@ type EvalArgs =
             | E_Pickscore_Tokenizer _ -> "CLIP BPE tokenizer folder for PickScore / HPS / CLIP-score models that ship none (default: the base pipeline's tokenizer/)."
             | E_Out _ -> "output folder (images and scores are cached there; rerun to resume or to add scorers)."
 
+type SelftestArgs =
+    | [<CustomCommandLine("--device")>] St_Device of device: string
+    | [<CustomCommandLine("--quick")>] St_Quick
+    | [<CustomCommandLine("--golden")>] St_Golden of folder: string
+    | [<CustomCommandLine("--work")>] St_Work of folder: string
+    | [<CustomCommandLine("--out")>] St_Out of file: string
+    | [<CustomCommandLine("--sections")>] St_Sections of names: string
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | St_Device _ -> "where to run: cpu (default), cuda, cuda:N."
+            | St_Quick -> "tiny pipelines only, fp32 only, no full-size steps (the CPU dry run of scripts/gpu-check.sh)."
+            | St_Golden _ -> "the golden folder (default $SUDO_SHARED/golden, else ../shared/golden)."
+            | St_Work _ -> "scratch folder (default: a new temporary folder, deleted afterwards)."
+            | St_Out _ -> "also write every row as JSON to this file (atomically)."
+            | St_Sections _ -> "comma-separated subset of engine,parity,train,fullsize (default: all)."
+
 [<RequireSubcommand>]
 type CliArgs =
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
@@ -251,6 +268,7 @@ type CliArgs =
     | [<CliPrefix(CliPrefix.None)>] Flags of ParseResults<FlagsArgs>
     | [<CliPrefix(CliPrefix.None)>] World of ParseResults<WorldArgs>
     | [<CliPrefix(CliPrefix.None)>] Data of ParseResults<DataArgs>
+    | [<CliPrefix(CliPrefix.None)>] Selftest of ParseResults<SelftestArgs>
     | Torch_Threads of int
     | Blas_Threads of int
     interface IArgParserTemplate with
@@ -267,6 +285,7 @@ type CliArgs =
             | Flags _ -> "the training flags: upstream meaning, default and what Sudo does with each."
             | World _ -> "the synthetic shapes world: prompts, ground-truth renders and the judge."
             | Data _ -> "inspect a preference dataset before training: sudoml data inspect <dataset> [--split S] [--dreamlike_pairs_only] [--max_train_samples N]."
+            | Selftest _ -> "acceptance checks of a device (engine contracts, golden parity fp32/bf16, DPO/SUDO/SPO steps, full-size SD1.5/SDXL steps on CUDA): sudoml selftest --device cuda:0."
             | Torch_Threads _ -> "libtorch intra-op threads (default: all cores)."
             | Blas_Threads _ -> "OpenBLAS threads (default: all cores)."
 
@@ -292,6 +311,15 @@ let main argv =
         args.TryGetResult Blas_Threads |> Option.iter Sudo.Torch.torch.set_blas_threads
         match args.GetSubCommand() with
         | Info a -> Commands.info (a.Contains Json)
+        | Selftest a ->
+            let golden =
+                match a.TryGetResult St_Golden with
+                | Some g -> g
+                | None ->
+                    let shared = Environment.GetEnvironmentVariable "SUDO_SHARED" |> Option.ofObj |> Option.defaultValue "../shared"
+                    IO.Path.Combine(shared, "golden")
+            Commands.selftest (a.GetResult(St_Device, defaultValue = "cpu")) (a.Contains St_Quick) golden
+                (a.TryGetResult St_Work) (a.TryGetResult St_Out) (a.TryGetResult St_Sections)
         | Bench a ->
             match a.GetResult Target with
             | "engine" -> Commands.benchEngine ()

@@ -169,6 +169,31 @@ public class AutogradTests
     }
 
     [Test]
+    public void CheckpointUnderAutocastGivesTheWeightsTheirGradients()
+    {
+        // The checkpointed forward runs without grad; a bf16 weight cast cached there (autocast's cache) has no
+        // history, and a recompute that reused it would leave the weights without gradients.
+        Requires.Bf16Compute();
+        using var scope = NewDisposeScope();
+        using var g = new Generator(1);
+        var lin = new nn.Linear(16, 16);
+        var x = randn([4, 16], g);
+        Tensor[] Grads(bool ckpt)
+        {
+            lin.zero_grad();
+            using (autocast(Device.CPU, ScalarType.BFloat16))
+            {
+                var y = ckpt ? utils.checkpoint.run(t => lin.forward(t).relu(), x, lin.parameters()) : lin.forward(x).relu();
+                y.@float().square().sum().backward();
+            }
+            return lin.parameters().Select(p => p.grad ?? throw new AssertionException($"no gradient (checkpoint: {ckpt})")).ToArray();
+        }
+        var plain = Grads(false);
+        var ck = Grads(true);
+        for (var i = 0; i < plain.Length; i++) Check.Close(ck[i], plain[i], 0, $"parameter {i}");
+    }
+
+    [Test]
     public void CheckpointRecomputesUnderTheForwardsAutocastOnEveryDevice()
     {
         // Backward runs outside the autocast scopes; the recomputation must see the forward's state of

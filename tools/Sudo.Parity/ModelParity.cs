@@ -46,7 +46,10 @@ public static class ModelParity
         };
     }
 
-    public static ParityReport Run(string folder, string ioPath, string? component = null, double? tolerance = null)
+    /// <param name="device">Where the component runs (default CPU); outputs come back to the CPU for comparison.</param>
+    /// <param name="dtype">Weights and floating-point inputs in this dtype (default fp32); timesteps stay fp32 (bf16 would
+    /// round 999 to 1000). Pass a tolerance that fits the dtype.</param>
+    public static ParityReport Run(string folder, string ioPath, string? component = null, double? tolerance = null, Device? device = null, ScalarType? dtype = null)
     {
         if (component is null or "pickle" && PickleParity.IsPickleFolder(folder)) return PickleParity.Run(folder);
         if ((component ?? RewardParity.Detect(folder)) is "spm" or "hpsv2" or "aesthetic" or "imagereward")
@@ -56,7 +59,21 @@ public static class ModelParity
         using var scope = NewDisposeScope();
         using var _ = no_grad();
         using var io = safetensors.safe_open(ioPath);
-        Tensor In(string k) => io.Contains(k) ? io.get(k) : throw new InvalidDataException($"{ioPath}: input '{k}' missing for component {comp}");
+        if ((device is { } dv && dv.Type != DeviceType.CPU || dtype is not (null or ScalarType.Float32)) && comp is not ("unet" or "vae" or "clip_text" or "clip_text_proj"))
+            throw new NotSupportedException($"parity of {comp} runs on the CPU in fp32 only (device and dtype are for unet, vae, clip_text, clip_text_proj)");
+        Tensor In(string k)
+        {
+            if (!io.Contains(k)) throw new InvalidDataException($"{ioPath}: input '{k}' missing for component {comp}");
+            var t = io.get(k);
+            if (device is null && dtype is null) return t;
+            var dt = t.is_floating_point() && !k.Contains("timestep") ? dtype ?? t.dtype : t.dtype;
+            return t.to(device ?? Device.CPU, dt);
+        }
+        T Place<T>(T m) where T : nn.Module
+        {
+            if (device is not null || dtype is not null) m.to(device, dtype);
+            return m;
+        }
         var produced = new Dictionary<string, Tensor>();
         void Trace(string name, Tensor t) => produced.TryAdd("dbg_" + name, t);
 
@@ -64,8 +81,8 @@ public static class ModelParity
         {
             case "unet":
                 {
-                    using var m = Checkpoints.Load(folder, () => new UNet2DConditionModel(UNet2DConditionConfig.FromFile(Path.Combine(folder, "config.json"))),
-                        "diffusion_pytorch_model", null, null, null);
+                    using var m = Place(Checkpoints.Load(folder, () => new UNet2DConditionModel(UNet2DConditionConfig.FromFile(Path.Combine(folder, "config.json"))),
+                        "diffusion_pytorch_model", null, null, null));
                     var added = io.Contains("in_text_embeds") ? new AddedCondKwargs(In("in_text_embeds"), In("in_time_ids")) : null;
                     var sample = In("in_sample");
                     var ehs = In("in_encoder_hidden_states");
@@ -78,8 +95,8 @@ public static class ModelParity
                 }
             case "vae":
                 {
-                    using var m = Checkpoints.Load(folder, () => new AutoencoderKL(AutoencoderKLConfig.FromFile(Path.Combine(folder, "config.json"))),
-                        "diffusion_pytorch_model", null, null, null);
+                    using var m = Place(Checkpoints.Load(folder, () => new AutoencoderKL(AutoencoderKLConfig.FromFile(Path.Combine(folder, "config.json"))),
+                        "diffusion_pytorch_model", null, null, null));
                     var post = m.encode(In("in_image"), Trace);   // its tensors are compared, then disposed below
                     produced["out_mean"] = post.mean;
                     produced["out_logvar"] = post.logvar;
@@ -98,12 +115,12 @@ public static class ModelParity
                     CLIPTextOutput o;
                     if (comp == "clip_text")
                     {
-                        using var m = Checkpoints.Load(folder, () => new CLIPTextModel(cfg), "model", null, null, null);
+                        using var m = Place(Checkpoints.Load(folder, () => new CLIPTextModel(cfg), "model", null, null, null));
                         o = m.forward(In("in_input_ids"));
                     }
                     else
                     {
-                        using var m = Checkpoints.Load(folder, () => new CLIPTextModelWithProjection(cfg), "model", null, null, null);
+                        using var m = Place(Checkpoints.Load(folder, () => new CLIPTextModelWithProjection(cfg), "model", null, null, null));
                         (o, var embeds) = m.forward(In("in_input_ids"));
                         produced["out_text_embeds"] = embeds;
                     }
@@ -165,7 +182,7 @@ public static class ModelParity
         using var scope = NewDisposeScope();
         if (!actual.shape.SequenceEqual(reference.shape))
             return new ParityRow(name, double.NaN, double.NaN, double.NaN, false, $"shape [{string.Join(", ", actual.shape)}] vs reference [{string.Join(", ", reference.shape)}]");
-        var a = actual.to(ScalarType.Float64);
+        var a = actual.to(Device.CPU, ScalarType.Float64);
         var r = reference.to(ScalarType.Float64);
         var refMax = r.numel() == 0 ? 0 : r.abs().max().item();
         var err = r.numel() == 0 ? 0 : (a - r).abs().max().item();

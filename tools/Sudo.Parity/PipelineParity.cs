@@ -20,17 +20,20 @@ public static class PipelineParity
         "height", "width", "seeds", "latents_seed", "original_size", "crops_coords_top_left", "target_size",
     ];
 
-    public static ParityReport Run(string folder, string ioPath, double? latentTolerance = null, double? imageTolerance = null)
+    /// <param name="device">Where the pipeline runs (default CPU; seeded generators stay on the CPU, as in the golden runs).</param>
+    /// <param name="dtype">The pipeline's dtype (default fp32); pass tolerances that fit it.</param>
+    public static ParityReport Run(string folder, string ioPath, double? latentTolerance = null, double? imageTolerance = null, Device? device = null,
+        ScalarType? dtype = null, double? embeddingTolerance = null)
     {
         var latTol = latentTolerance ?? ModelParity.Tolerances["pipeline_latents"];
         var imgTol = imageTolerance ?? ModelParity.Tolerances["pipeline_images"];
-        var embTol = ModelParity.Tolerances["model_fp32"];
+        var embTol = embeddingTolerance ?? ModelParity.Tolerances["model_fp32"];
         var paramsPath = Path.Combine(folder, "params.json");
         if (!File.Exists(paramsPath)) throw new FileNotFoundException($"pipeline golden params not found: {paramsPath}", paramsPath);
         var p = SchedulerConfig.ParsePythonJson(File.ReadAllText(paramsPath)) as JsonObject ?? throw new InvalidDataException($"{paramsPath}: not a JSON object");
         var runs = p["cfg"]?["runs"] as JsonArray ?? throw new InvalidDataException($"{paramsPath}: no cfg.runs");
         using var io = safetensors.safe_open(ioPath);
-        using var pipe = StableDiffusionPipeline.from_pretrained(folder);
+        using var pipe = StableDiffusionPipeline.from_pretrained(folder, dtype: dtype, device: device);
         var rows = new List<ParityRow>();
         foreach (var runNode in runs)
         {
@@ -59,7 +62,7 @@ public static class PipelineParity
                 guidance_rescale = run["guidance_rescale"]?.GetValue<double>() ?? 0,
                 height = run["height"]?.GetValue<int>(),
                 width = run["width"]?.GetValue<int>(),
-                latents = io.Contains($"in_{name}_latents") ? io.get($"in_{name}_latents") : null,
+                latents = io.Contains($"in_{name}_latents") ? io.get($"in_{name}_latents").to(pipe.device, pipe.dtype) : null,
                 generators = gens,
                 original_size = Pair("original_size"),
                 crops_coords_top_left = Pair("crops_coords_top_left") ?? (0, 0),

@@ -251,8 +251,18 @@ int32_t sudo_checkpoint(sudo_block_fn fn, void* ctx, const sudo_tensor* inputs, 
       node->autocast.capture();
       if (node->preserve_rng) node->rng.capture(in);
       {
+        // No autocast cache for this run: a weight cast cached here would have no history, the recompute in
+        // backward would reuse it, and the block's weights would get no gradient under autocast.
         at::NoGradGuard ng;
-        result = run_block(fn, ctx, in);
+        bool cache = at::autocast::is_autocast_cache_enabled();
+        at::autocast::set_autocast_cache_enabled(false);
+        try {
+          result = run_block(fn, ctx, in);
+        } catch (...) {
+          at::autocast::set_autocast_cache_enabled(cache);
+          throw;
+        }
+        at::autocast::set_autocast_cache_enabled(cache);
       }
       variable_list all(in.begin(), in.end());
       all.insert(all.end(), ps.begin(), ps.end());
