@@ -56,27 +56,33 @@ public sealed class DDIMScheduler : Scheduler
         }
         var shape = Enumerable.Repeat(1L, (int)like.dim()).ToArray();
         shape[0] = t.Length;
-        return (tensor(a, shape).to(like.device, like.dtype), tensor(ap, shape).to(like.device, like.dtype));
+        // fp32 (fp64 for an fp64 sample) whatever the sample's dtype: the coefficients are formed in fp32 and cast to the sample's dtype only where
+        // they multiply it (diffusers' 0-dim fp32 alphas do the same by type promotion). In bf16, ᾱ near 1 rounds to 1
+        // and (1−ᾱ_{t'})/(1−ᾱ_t) became 0/0.
+        var cdt = like.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
+        return (tensor(a, shape).to(like.device, cdt), tensor(ap, shape).to(like.device, cdt));
     }
 
     // x̂₀ and ε̂ from the model output for the configured prediction type.
     private (Tensor x0, Tensor eps) Predict(Tensor model_output, Tensor sample, Tensor a)
     {
-        var b = 1.0 - a;
+        var dt = sample.dtype;
+        var sa = a.sqrt().to(dt);
+        var sb = (1.0 - a).sqrt().to(dt);
         Tensor x0, eps;
         switch (config.prediction_type)
         {
             case "epsilon":
-                x0 = (sample - b.sqrt() * model_output) / a.sqrt();
+                x0 = (sample - sb * model_output) / sa;
                 eps = model_output;
                 break;
             case "sample":
                 x0 = model_output;
-                eps = (sample - a.sqrt() * x0) / b.sqrt();
+                eps = (sample - sa * x0) / sb;
                 break;
             default: // v_prediction
-                x0 = a.sqrt() * sample - b.sqrt() * model_output;
-                eps = a.sqrt() * model_output + b.sqrt() * sample;
+                x0 = sa * sample - sb * model_output;
+                eps = sa * model_output + sb * sample;
                 break;
         }
         if (config.clip_sample) x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range);
@@ -98,15 +104,16 @@ public sealed class DDIMScheduler : Scheduler
         using var scope = NewDisposeScope();
         var (a, ap) = Alphas(timestep, sample);
         var (x0, eps) = Predict(model_output, sample, a);
+        var dt = sample.dtype;
         var variance = (1.0 - ap) / (1.0 - a) * (1.0 - a / ap);
         var std = variance.sqrt() * eta;
-        if (use_clipped_model_output) eps = (sample - a.sqrt() * x0) / (1.0 - a).sqrt();
-        var direction = (1.0 - ap - std.square()).sqrt() * eps;
-        var prev = ap.sqrt() * x0 + direction;
+        if (use_clipped_model_output) eps = (sample - a.sqrt().to(dt) * x0) / (1.0 - a).sqrt().to(dt);
+        var direction = (1.0 - ap - std.square()).sqrt().to(dt) * eps;
+        var prev = ap.sqrt().to(dt) * x0 + direction;
         if (eta > 0)
         {
             var z = Noise.randn_tensor(model_output.shape, noise, model_output.dtype, model_output.device);
-            prev = prev + std * z;
+            prev = prev + std.to(dt) * z;
         }
         return new SchedulerOutput(scope.MoveToOuter(prev), scope.MoveToOuter(x0));
     }
@@ -122,11 +129,13 @@ public sealed class DDIMScheduler : Scheduler
         using var scope = NewDisposeScope();
         var (a, ap) = Alphas(timestep, sample);
         var (x0, eps) = Predict(model_output, sample, a);
+        // As SPO's ddim_step_with_logprob: the coefficients are fp32 tensors of the sample's rank, so mean, the drawn
+        // x_{t'} and its log-probability are fp32 whatever the model's dtype; x_{t'} is handed back in the sample's dtype.
         var std = ((1.0 - ap) / (1.0 - a) * (1.0 - a / ap)).sqrt() * eta;
         var mean = ap.sqrt() * x0 + (1.0 - ap - std.square()).sqrt() * eps;
-        var x = prev_sample?.detach() ?? (mean + std * Noise.randn_tensor(model_output.shape, noise ?? NoiseSource.Default, model_output.dtype, model_output.device)).detach();
+        var x = prev_sample?.detach().to(mean.dtype) ?? (mean + std * Noise.randn_tensor(model_output.shape, noise ?? NoiseSource.Default, model_output.dtype, model_output.device)).detach();
         var lp = -(x - mean).square() / (std.square() * 2.0) - std.log() - Math.Log(Math.Sqrt(2 * Math.PI));
         var logProb = lp.flatten(1).mean(1);
-        return new DDIMStepWithLogProb(scope.MoveToOuter(x), scope.MoveToOuter(x0), scope.MoveToOuter(logProb), scope.MoveToOuter(mean), scope.MoveToOuter(std.flatten()));
+        return new DDIMStepWithLogProb(scope.MoveToOuter(x.to(sample.dtype)), scope.MoveToOuter(x0), scope.MoveToOuter(logProb), scope.MoveToOuter(mean), scope.MoveToOuter(std.flatten()));
     }
 }

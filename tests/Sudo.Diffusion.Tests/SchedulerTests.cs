@@ -61,6 +61,26 @@ public class SchedulerTests
     }
 
     [Test]
+    public void DdimStepsInBf16FormTheirCoefficientsInFp32()
+    {
+        // At the last step ᾱ_{t'} (0.99915) rounds to 1 in bf16 and (1−ᾱ_{t'})/(1−ᾱ_t) was 0/0: every latent became NaN.
+        using var ddim = new DDIMScheduler(SchedulerConfig.SD15 with { _class_name = "DDIMScheduler" });
+        ddim.set_timesteps(5);
+        using var scope = NewDisposeScope();
+        using var g = new Generator(4);
+        var x = randn([2, 4, 4, 4], g);
+        var eps = randn([2, 4, 4, 4], g);
+        foreach (var t in ddim.timesteps.ToArray<long>())
+        {
+            var full = ddim.step(eps, t, x).prev_sample;
+            var half = ddim.step(eps.bfloat16(), t, x.bfloat16()).prev_sample;
+            Assert.That(half.dtype, Is.EqualTo(ScalarType.BFloat16));
+            // bf16 rounding of x, ε and the result: a few units of 2⁻⁸ relative to the largest value.
+            Check.Close(half.@float(), full, 0.03 * full.abs().max().item(), $"t = {t}");
+        }
+    }
+
+    [Test]
     public void DdimLogProbIsTheGaussianDensityAveragedOverElements()
     {
         using var ddim = new DDIMScheduler(SchedulerConfig.SD15 with { _class_name = "DDIMScheduler" });

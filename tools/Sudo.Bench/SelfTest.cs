@@ -204,7 +204,7 @@ public static class SelfTest
     {
         var compared = r.Rows.Where(x => !double.IsNaN(x.MaxAbsError)).ToList();
         var worst = compared.OrderByDescending(x => x.MaxAbsError / Math.Max(x.Tolerance, 1e-30)).FirstOrDefault();
-        var failed = r.Rows.Where(x => !x.Passed).Select(x => x.Name).ToList();
+        var failed = r.Rows.Where(x => !x.Passed).Select(x => $"{x.Name} ({(string.IsNullOrEmpty(x.Note) ? $"|Δ| {x.MaxAbsError:G3} > {x.Tolerance:G3}" : x.Note)})").ToList();
         return new SelfTestRow(section, name, r.Passed, worst?.MaxAbsError,
             $"{compared.Count} tensors ({r.ToleranceRule}); worst {worst?.Name} |Δ| {worst?.MaxAbsError:G3} (tol {worst?.Tolerance:G3})" +
             (failed.Count > 0 ? $"; failed: {string.Join(", ", failed.Take(5))}" : ""));
