@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 // The SPO training loop over the step-wise resampler (core/Sudo.Preference/Spo.cs): sample, keep the pairs the
 // step-aware preference model separates, per-step DPO on DDIM transition log-probabilities (SPO train_spo.py).
 using Sudo.Diffusion;
@@ -67,8 +68,25 @@ public sealed class SpoTrainer : IDisposable
         lora = Lora.Attach(pipe.unet, new LoraConfig(settings.lora_rank, settings.lora_rank), _rng);
         this.sampler = sampler;
         optimizer = new torch.optim.AdamW(lora.parameters(), settings.learning_rate, eps: settings.adam_epsilon, weight_decay: settings.adam_weight_decay);
+        // Resolved against the pipeline's device (the public constructors leave settings.device at its default).
+        _mixedPrecision = settings.mixed_precision ?? (pipe.device.Type == DeviceType.CPU ? "no" : "fp16");
+        if (_mixedPrecision == "fp16" && pipe.device.Type == DeviceType.CPU) throw new ArgumentException("--mixed_precision fp16 needs CUDA: use bf16 on a CPU");
+        if (_mixedPrecision == "bf16") Precision.RequireUsableBf16(pipe.device, settings.allow_slow_bf16, "--mixed_precision bf16");
+        scaler = new torch.amp.GradScaler(enabled: _mixedPrecision == "fp16");
         data_parallel.BroadcastFromMain(lora.parameters().ToArray());
     }
+
+    /// <summary>Dynamic loss scaling under fp16 (a pass-through otherwise).</summary>
+    public torch.amp.GradScaler scaler { get; }
+    private readonly string _mixedPrecision;
+
+    // Sampling and the loss under autocast in the mixed-precision dtype (bf16 explicitly: CUDA autocast defaults to fp16).
+    private IDisposable? Autocast() => _mixedPrecision switch
+    {
+        "bf16" => autocast(pipe.device, ScalarType.BFloat16),
+        "fp16" => autocast(pipe.device, ScalarType.Float16),
+        _ => null,
+    };
 
     /// <summary>An SPO run from its settings: loads the pipeline (DDIM), takes SPO's sampling preset for the model
     /// (SD-1.5 or SDXL, SpoConfig.For) with the settings' threshold and resolution, and scores with
@@ -152,6 +170,7 @@ public sealed class SpoTrainer : IDisposable
         try
         {
             pipe.unet.eval();
+            using var ac = Autocast();
             local = sampler.Sample(prompts.Skip(rank * per).Take(per).ToList(), gens);
         }
         finally
@@ -171,12 +190,16 @@ public sealed class SpoTrainer : IDisposable
             {
                 using var scope = NewDisposeScope();
                 var batch = order[(s + rank * train_batch_size)..(s + (rank + 1) * train_batch_size)].Select(i => pairs[(int)i]).ToList();
-                var o = SpoLoss.Compute(pipe, lora, batch, config, _loss);
+                LossOutput o;
+                using (Autocast()) o = SpoLoss.Compute(pipe, lora, batch, config, _loss);
                 optimizer.zero_grad();
-                o.loss.backward();
+                scaler.scale(o.loss).backward();
                 data_parallel.AverageGradients(parameters);
+                scaler.unscale_(optimizer);
                 var norm = settings.max_grad_norm > 0 ? nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm) : double.NaN;
-                optimizer.step();
+                // fp16: a non-finite gradient skips the step and halves the scale (accelerate's GradScaler).
+                scaler.step(optimizer);
+                scaler.update();
                 global_step++;
                 var m = new Dictionary<string, double>
                 {
@@ -397,6 +420,7 @@ public sealed class SpoTrainer : IDisposable
         ["prompt_epoch"] = _promptEpoch,
         ["prompt_position"] = _promptPosition,
         ["rounds"] = _rounds,
+        ["grad_scaler"] = JsonNode.Parse(scaler.state_dict()),
     }, tmp =>
     {
         lora.save(Path.Combine(tmp, "lora"));
@@ -417,6 +441,7 @@ public sealed class SpoTrainer : IDisposable
         _promptEpoch = state["prompt_epoch"]?.GetValue<int>() ?? 0;
         _promptPosition = state["prompt_position"]?.GetValue<int>() ?? 0;
         _rounds = state["rounds"]?.GetValue<int>() ?? 0;
+        if (state["grad_scaler"] is { } gs) scaler.load_state_dict(gs.ToJsonString());
         _promptOrder = [];   // regenerated from the epoch on the next draw
     }
 

@@ -236,11 +236,21 @@ public sealed record SpoTrainConfig
     public string prompt_order { get; init; } = "shuffle";
     /// <summary>Rounds that keep no pair in a row before the run stops (the scorer does not separate the candidates).</summary>
     public int max_empty_rounds { get; init; } = 20;
+    /// <summary>no, bf16 or fp16 (autocast for sampling and the loss; fp16 with dynamic loss scaling). Unset: SPO's
+    /// accelerate config, fp16, on CUDA; no on a CPU.</summary>
+    public string? mixed_precision { get; init; }
+    public bool allow_slow_bf16 { get; init; }
     public string device { get; init; } = "cpu";
+
+    /// <summary>mixed_precision with its default resolved for the device.</summary>
+    [JsonIgnore]
+    public string MixedPrecision => mixed_precision ?? (Device.Parse(device).Type == DeviceType.CPU ? "no" : "fp16");
 
     public void Validate()
     {
         if (string.IsNullOrWhiteSpace(pretrained_model_name_or_path)) throw new ArgumentException("--pretrained_model_name_or_path is required");
+        if (MixedPrecision is not ("no" or "bf16" or "fp16")) throw new ArgumentException($"--mixed_precision {mixed_precision}: expected no, bf16 or fp16");
+        if (MixedPrecision == "fp16" && Device.Parse(device).Type == DeviceType.CPU) throw new ArgumentException("--mixed_precision fp16 needs CUDA: use bf16 on a CPU");
         if (train_batch_size < 1 || prompts_per_round < 1 || max_train_steps < 1) throw new ArgumentException("--train_batch_size, --prompts_per_round and --max_train_steps must be ≥ 1");
         if (lora_rank < 1) throw new ArgumentException("SPO trains LoRA adapters: --lora_rank must be ≥ 1 (SPO uses 4)");
         if (prompt_order is not ("shuffle" or "cycle")) throw new ArgumentException($"--prompt_order {prompt_order}: expected shuffle or cycle");

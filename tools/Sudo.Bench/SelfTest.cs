@@ -254,20 +254,37 @@ public static class SelfTest
                                 secs, peak.alloc, peak.reserved);
                         });
                     }
-        foreach (var ckpt in new[] { false, true })
-            guard("train", $"spo fp32 {(ckpt ? "ckpt" : "no-ckpt")} lora", () =>
+        foreach (var mp in precisions)
+            foreach (var ckpt in new[] { false, true })
             {
-                using var pipe = StableDiffusionPipeline.from_pretrained(Path.Combine(o.golden, "pipe_sd15"), "ddim", device: o.device);
-                if (ckpt) pipe.unet.enable_gradient_checkpointing();
-                using var spm = StepAwarePreferenceModel.from_pretrained(Path.Combine(o.golden, "spm"), o.device);
-                var cfg = new SpoConfig { num_inference_steps = 6, divert_start_step = 2, num_sample_each_step = 3, threshold = -1, resolution = 32 };
-                using var trainer = new SpoTrainer(pipe, spm, pipe.components.tokenizer, cfg, lora_rank: 4, learning_rate: 1e-3);
-                string[] prompts = ["a red fox", "a blue bird"];
-                var (m, secs, peak) = Timed(o.device, () => trainer.Round(prompts, train_batch_size: 2), () => trainer.Round(prompts, train_batch_size: 2));
-                var loss = m.Count > 0 ? m[^1]["loss"] : double.NaN;
-                return new SelfTestRow("train", $"spo fp32 {(ckpt ? "ckpt" : "no-ckpt")} lora", double.IsFinite(loss), loss,
-                    $"a round of {m.Count} steps (2 prompts, 3 candidates per step); seconds per round", secs, peak.alloc, peak.reserved);
-            });
+                var name = $"spo {mp} {(ckpt ? "ckpt" : "no-ckpt")} lora";
+                var outDir = Path.Combine(o.work, $"run-{n++}");
+                guard("train", name, () =>
+                {
+                    using var trainer = SpoTrainer.Open(new SpoTrainConfig
+                    {
+                        pretrained_model_name_or_path = Path.Combine(o.golden, "pipe_sd15"),
+                        scorer = Path.Combine(o.golden, "spm"),
+                        output_dir = outDir,
+                        device = o.device.ToString(),
+                        mixed_precision = mp,
+                        allow_slow_bf16 = true,
+                        num_inference_steps = 6,
+                        divert_start_step = 2,
+                        num_sample_each_step = 3,
+                        spo_threshold = -1,
+                        resolution = 32,
+                        learning_rate = 1e-3,
+                        seed = 5,
+                    });
+                    if (ckpt) trainer.pipe.unet.enable_gradient_checkpointing();
+                    string[] prompts = ["a red fox", "a blue bird"];
+                    var (m, secs, peak) = Timed(o.device, () => trainer.Round(prompts, train_batch_size: 2), () => trainer.Round(prompts, train_batch_size: 2));
+                    var loss = m.Count > 0 ? m[^1]["loss"] : double.NaN;
+                    return new SelfTestRow("train", name, double.IsFinite(loss), loss,
+                        $"a round of {m.Count} steps (2 prompts, 3 candidates per step); seconds per round", secs, peak.alloc, peak.reserved);
+                });
+            }
     }
 
     /// <summary>A pair folder (pairs.jsonl + PNGs) of noise images: brighter winners, darker losers.</summary>
