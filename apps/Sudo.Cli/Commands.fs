@@ -51,7 +51,7 @@ let info (asJson: bool) =
     0
 
 /// The device acceptance checks (Sudo.Bench.SelfTest): one line per check as it finishes, a summary, optional JSON.
-let selftest (device: string) (quick: bool) (golden: string) (work: string option) (out: string option) (sections: string option) =
+let selftest (device: string) (quick: bool) (golden: string) (work: string option) (out: string option) (sections: string option) (smoke: bool) =
     if not (IO.Directory.Exists golden) then
         eprintfn "sudoml selftest: golden folder '%s' not found (pass --golden or set SUDO_SHARED)" golden
         2
@@ -62,7 +62,7 @@ let selftest (device: string) (quick: bool) (golden: string) (work: string optio
             (if info.CudaDeviceList.Count > 0 then info.CudaDeviceList.[0].Name else info.Cpu.Model) (if quick then " | quick" else "")
         let opts =
             Sudo.Bench.SelfTestOptions(
-                device = Device.Parse device, quick = quick, golden = golden, work = dir,
+                device = Device.Parse device, quick = quick, golden = golden, work = dir, smoke = smoke,
                 sections = (match sections with Some s -> s.Split(',', StringSplitOptions.RemoveEmptyEntries) | None -> [| "engine"; "parity"; "train"; "fullsize" |]))
         let fmt (x: Nullable<float>) (f: float -> string) = if x.HasValue then f x.Value else "-"
         let print (r: Sudo.Bench.SelfTestRow) =

@@ -245,6 +245,7 @@ type SelftestArgs =
     | [<CustomCommandLine("--work")>] St_Work of folder: string
     | [<CustomCommandLine("--out")>] St_Out of file: string
     | [<CustomCommandLine("--sections")>] St_Sections of names: string
+    | [<CustomCommandLine("--smoke")>] St_Smoke
     interface IArgParserTemplate with
         member a.Usage =
             match a with
@@ -254,6 +255,7 @@ type SelftestArgs =
             | St_Work _ -> "scratch folder (default: a new temporary folder, deleted afterwards)."
             | St_Out _ -> "also write every row as JSON to this file (atomically)."
             | St_Sections _ -> "comma-separated subset of engine,parity,train,fullsize (default: all)."
+            | St_Smoke -> "run the full-size section on any device at 1/8 resolution (checks the code paths; ~16 GB on a CPU)."
 
 [<RequireSubcommand>]
 type CliArgs =
@@ -319,7 +321,7 @@ let main argv =
                     let shared = Environment.GetEnvironmentVariable "SUDO_SHARED" |> Option.ofObj |> Option.defaultValue "../shared"
                     IO.Path.Combine(shared, "golden")
             Commands.selftest (a.GetResult(St_Device, defaultValue = "cpu")) (a.Contains St_Quick) golden
-                (a.TryGetResult St_Work) (a.TryGetResult St_Out) (a.TryGetResult St_Sections)
+                (a.TryGetResult St_Work) (a.TryGetResult St_Out) (a.TryGetResult St_Sections) (a.Contains St_Smoke)
         | Bench a ->
             match a.GetResult Target with
             | "engine" -> Commands.benchEngine ()

@@ -37,6 +37,9 @@ public sealed record SelfTestOptions
     /// <summary>Scratch folder for the synthetic pair folder and run outputs.</summary>
     public required string work { get; init; }
     public string[] sections { get; init; } = ["engine", "parity", "train", "fullsize"];
+    /// <summary>Run the full-size section on any device at 1/8 of the resolution (64 px SD1.5, 128 px SDXL), one timed
+    /// step: the full-size models and code paths, checked where no GPU is (slow and memory-hungry on a CPU: ~16 GB).</summary>
+    public bool smoke { get; init; }
 }
 
 public static class SelfTest
@@ -66,7 +69,7 @@ public static class SelfTest
             if (o.sections.Contains("train")) Train(o, Guard, Add);
             if (o.sections.Contains("fullsize"))
             {
-                if (!cuda || o.quick) Add(new SelfTestRow("fullsize", "full-size SD1.5 and SDXL steps", true, detail: "skipped: CUDA only, not with --quick", skipped: true));
+                if (o.quick || !(cuda || o.smoke)) Add(new SelfTestRow("fullsize", "full-size SD1.5 and SDXL steps", true, detail: "skipped: CUDA only (or --smoke), not with --quick", skipped: true));
                 else FullSize(o, Guard);
             }
         }
@@ -309,10 +312,13 @@ public static class SelfTest
     {
         var d = o.device;
         var keys = Path.Combine(o.golden, "keys");
+        var div = o.smoke ? 8 : 1;
+        var reps = o.smoke ? 1 : 3;
+        var tag = o.smoke ? " (smoke: 1/8 resolution)" : "";
         foreach (var batch in new[] { 1, 4 })
             foreach (var ckpt in new[] { false, true })
             {
-                var name = $"sd15 unet 512px dpo bf16 pairs={batch} {(ckpt ? "ckpt" : "no-ckpt")}";
+                var name = $"sd15 unet {512 / div}px dpo bf16 pairs={batch} {(ckpt ? "ckpt" : "no-ckpt")}";
                 guard("fullsize", name, () =>
                 {
                     using var scope = NewDisposeScope();
@@ -324,8 +330,8 @@ public static class SelfTest
                     using var reference = Trainer.CloneFrozen(unet, ScalarType.BFloat16);
                     var opt = new optim.AdamW(unet.parameters(), 1e-8);
                     using var g = new Generator(0);
-                    var latents = randn([2 * batch, 4, 64, 64], g, device: d);
-                    var noise = randn([2 * batch, 4, 64, 64], g, device: d);
+                    var latents = randn([2 * batch, 4, 64 / div, 64 / div], g, device: d);
+                    var noise = randn([2 * batch, 4, 64 / div, 64 / div], g, device: d);
                     var ehs = randn([2 * batch, 77, 768], g, device: d);
                     var t = randint(0, 1000, [2 * batch], g, device: d);
                     double Step()
@@ -343,11 +349,12 @@ public static class SelfTest
                         opt.step();
                         return loss.item();
                     }
-                    var (loss, secs, peak) = Timed(d, Step, Step, reps: 3);
-                    return new SelfTestRow("fullsize", name, double.IsFinite(loss), loss, "policy fp32 + AdamW, reference bf16, bf16 autocast", secs, peak.alloc, peak.reserved);
+                    var (loss, secs, peak) = Timed(d, Step, Step, reps);
+                    return new SelfTestRow("fullsize", name, double.IsFinite(loss), loss, "policy fp32 + AdamW, reference bf16, bf16 autocast" + tag, secs, peak.alloc, peak.reserved);
                 });
             }
-        guard("fullsize", "sdxl unet 1024px lora dpo bf16 ckpt offload", () =>
+        var sdxlName = $"sdxl unet {1024 / div}px lora dpo bf16 ckpt offload";
+        guard("fullsize", sdxlName, () =>
         {
             using var scope = NewDisposeScope();
             UNet2DConditionModel unet;
@@ -365,11 +372,12 @@ public static class SelfTest
             foreach (nn.Module m in new nn.Module[] { vae, te1, te2 }) m.requires_grad_(false).to(ScalarType.BFloat16);
             var offloads = new[] { new CpuOffload(vae, d), new CpuOffload(te1, d), new CpuOffload(te2, d) };
             var opt = new optim.AdamW(lora.parameters(), 1e-8);
-            var pixels = (rand([2, 3, 1024, 1024], g) * 2 - 1).to(d, ScalarType.BFloat16);
+            var px = 1024 / div;
+            var pixels = (rand([2, 3, px, px], g) * 2 - 1).to(d, ScalarType.BFloat16);
             var ids = randint(0, 49408, [1, 77], g, device: d);
-            var noise = randn([2, 4, 128, 128], g, device: d);
+            var noise = randn([2, 4, px / 8, px / 8], g, device: d);
             var t = randint(0, 1000, [2], g, device: d);
-            var timeIds = tensor(new float[] { 1024, 1024, 0, 0, 1024, 1024 }, [1, 6]).to(d).repeat(2, 1);
+            var timeIds = tensor(new float[] { px, px, 0, 0, px, px }, [1, 6]).to(d).repeat(2, 1);
             double Step()
             {
                 using var s = NewDisposeScope();
@@ -400,10 +408,10 @@ public static class SelfTest
                 opt.step();
                 return loss.item();
             }
-            var (loss, secs, peak) = Timed(d, Step, Step, reps: 2);
+            var (loss, secs, peak) = Timed(d, Step, Step, o.smoke ? 1 : 2);
             foreach (nn.Module m in new nn.Module[] { vae, te1, te2 }) m.Dispose();
-            return new SelfTestRow("fullsize", "sdxl unet 1024px lora dpo bf16 ckpt offload", double.IsFinite(loss), loss,
-                "1 pair; LoRA rank 4, reference = adapters off; VAE + both text encoders bf16, CPU-offloaded and run every step", secs, peak.alloc, peak.reserved);
+            return new SelfTestRow("fullsize", sdxlName, double.IsFinite(loss), loss,
+                "1 pair; LoRA rank 4, reference = adapters off; VAE + both text encoders bf16, CPU-offloaded and run every step" + tag, secs, peak.alloc, peak.reserved);
         });
     }
 
