@@ -45,6 +45,10 @@ dn="$work/dotnet/dotnet"
 
 say "building the native shim"
 if python3 -c 'import torch' 2>/dev/null; then export LIBTORCH_USE_PYTORCH=1; fi
+# A CUDA PyTorch's TorchConfig finds CUDA through nvcc: put the toolkit on PATH when it is installed but not there.
+if ! command -v nvcc >/dev/null; then
+  for c in /usr/local/cuda/bin /usr/local/cuda-*/bin; do [ -x "$c/nvcc" ] && { export PATH="$c:$PATH"; break; }; done
+fi
 if ! bash "$root/scripts/build-native.sh" >"$OUT/build.log" 2>&1; then
   say "native build failed (build.log)"
   { echo "gpu-check: the native shim did not build against $(bash "$root/scripts/libtorch-choice.sh" 2>&1)"; tail -30 "$OUT/build.log"; } >"$OUT/summary.txt"

@@ -9,7 +9,7 @@ set -euo pipefail
 if [ -n "${LIBTORCH:-}" ]; then
   if [ ! -d "$LIBTORCH" ]; then echo "libtorch: LIBTORCH=$LIBTORCH is not a folder (expected a libtorch with share/cmake/Torch)" >&2; exit 1; fi
   dir="$(cd "$LIBTORCH" && pwd)"
-  if ! compgen -G "$dir/share/cmake/Torch/TorchConfig.cmake" >/dev/null && ! compgen -G "$dir/lib*/cmake/Torch/TorchConfig.cmake" >/dev/null; then
+  if ! compgen -G "$dir/share/cmake/Torch/TorchConfig.cmake" >/dev/null && ! compgen -G "$dir/lib*/cmake/Torch/TorchConfig.cmake" >/dev/null && ! compgen -G "$dir/lib/*/cmake/Torch/TorchConfig.cmake" >/dev/null; then
     echo "libtorch: LIBTORCH=$dir has no share/cmake/Torch/TorchConfig.cmake: point it at the libtorch folder (the zip's libtorch/, or python -c 'import torch,os; print(os.path.dirname(torch.__file__))')" >&2
     exit 1
   fi

@@ -6,7 +6,6 @@
 #include <ATen/core/Generator.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/Context.h>
-#include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/version.h>
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -57,15 +56,19 @@ int32_t sudo_cuda_compiled(void) {
 #endif
 }
 // CUDA runtime, cuDNN and NCCL versions of a CUDA build (0 where unknown or absent): out[0] CUDART (e.g. 12040),
-// out[1] cuDNN (e.g. 90100), out[2] NCCL (e.g. 22105, from ncclGetVersion when libnccl is loaded).
+// out[1] cuDNN (e.g. 90100), out[2] NCCL (e.g. 22105). Asked of the libraries libtorch_cuda loaded (dlsym), not of
+// ATen's CUDA hooks, whose names change between libtorch versions.
 int32_t sudo_cuda_versions(int64_t* out) {
   out[0] = out[1] = out[2] = 0;
 #ifdef SUDO_WITH_CUDA
-  auto& hooks = at::detail::getCUDAHooks();
-  try { out[0] = hooks.versionCUDART(); } catch (...) {}
-  try { if (hooks.hasCuDNN()) out[1] = hooks.versionCuDNN(); } catch (...) {}
-  using nccl_version_fn = int (*)(int*);
-  if (auto f = reinterpret_cast<nccl_version_fn>(dlsym(RTLD_DEFAULT, "ncclGetVersion"))) {
+  using int_fn = int (*)(int*);
+  using size_fn = size_t (*)(void);
+  if (auto f = reinterpret_cast<int_fn>(dlsym(RTLD_DEFAULT, "cudaRuntimeGetVersion"))) {
+    int v = 0;
+    if (f(&v) == 0) out[0] = v;
+  }
+  if (auto f = reinterpret_cast<size_fn>(dlsym(RTLD_DEFAULT, "cudnnGetVersion"))) out[1] = static_cast<int64_t>(f());
+  if (auto f = reinterpret_cast<int_fn>(dlsym(RTLD_DEFAULT, "ncclGetVersion"))) {
     int v = 0;
     if (f(&v) == 0) out[2] = v;
   }
