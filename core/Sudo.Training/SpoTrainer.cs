@@ -69,8 +69,8 @@ public sealed class SpoTrainer : IDisposable
         this.sampler = sampler;
         optimizer = new torch.optim.AdamW(lora.parameters(), settings.learning_rate, eps: settings.adam_epsilon, weight_decay: settings.adam_weight_decay);
         // Resolved against the pipeline's device (the public constructors leave settings.device at its default).
-        _mixedPrecision = settings.mixed_precision ?? (pipe.device.Type == DeviceType.CPU ? "no" : "fp16");
-        if (_mixedPrecision == "fp16" && pipe.device.Type == DeviceType.CPU) throw new ArgumentException("--mixed_precision fp16 needs CUDA: use bf16 on a CPU");
+        MixedPrecision.Validate(settings.mixed_precision, pipe.device);
+        _mixedPrecision = MixedPrecision.Resolve(settings.mixed_precision, pipe.device);
         if (_mixedPrecision == "bf16") Precision.RequireUsableBf16(pipe.device, settings.allow_slow_bf16, "--mixed_precision bf16");
         scaler = new torch.amp.GradScaler(enabled: _mixedPrecision == "fp16");
         data_parallel.BroadcastFromMain(lora.parameters().ToArray());
@@ -80,13 +80,8 @@ public sealed class SpoTrainer : IDisposable
     public torch.amp.GradScaler scaler { get; }
     private readonly string _mixedPrecision;
 
-    // Sampling and the loss under autocast in the mixed-precision dtype (bf16 explicitly: CUDA autocast defaults to fp16).
-    private IDisposable? Autocast() => _mixedPrecision switch
-    {
-        "bf16" => autocast(pipe.device, ScalarType.BFloat16),
-        "fp16" => autocast(pipe.device, ScalarType.Float16),
-        _ => null,
-    };
+    // Sampling and the loss under autocast in the mixed-precision dtype.
+    private IDisposable? Autocast() => MixedPrecision.Autocast(_mixedPrecision, pipe.device);
 
     /// <summary>An SPO run from its settings: loads the pipeline (DDIM), takes SPO's sampling preset for the model
     /// (SD-1.5 or SDXL, SpoConfig.For) with the settings' threshold and resolution, and scores with

@@ -132,7 +132,7 @@ public sealed record TrainConfig
 
     /// <summary>mixed_precision with its default resolved for the device.</summary>
     [JsonIgnore]
-    public string MixedPrecision => mixed_precision ?? (Device.Parse(device).Type == DeviceType.CPU ? "no" : "fp16");
+    public string MixedPrecision => Sudo.Training.MixedPrecision.Resolve(mixed_precision, Device.Parse(device));
 
     /// <summary>The frozen modules' dtype with frozen_precision resolved: null keeps them fp32.</summary>
     [JsonIgnore]
@@ -161,8 +161,7 @@ public sealed record TrainConfig
         if (string.IsNullOrWhiteSpace(pretrained_model_name_or_path)) throw new ArgumentException("--pretrained_model_name_or_path is required");
         if (train_batch_size < 1 || gradient_accumulation_steps < 1 || max_train_steps is < 1 || num_train_epochs < 1)
             throw new ArgumentException("--train_batch_size, --gradient_accumulation_steps, --max_train_steps and --num_train_epochs must be ≥ 1");
-        if (MixedPrecision is not ("no" or "bf16" or "fp16")) throw new ArgumentException($"--mixed_precision {mixed_precision}: expected no, bf16 or fp16");
-        if (MixedPrecision == "fp16" && Device.Parse(device).Type == DeviceType.CPU) throw new ArgumentException("--mixed_precision fp16 needs CUDA (libtorch 1.13 cannot compute fp16 on CPU): use bf16");
+        Sudo.Training.MixedPrecision.Validate(mixed_precision, Device.Parse(device));
         if (lora_rank < 0) throw new ArgumentException("--lora_rank must be ≥ 0");
         if (frozen_precision is not ("auto" or "fp32"))
             throw new ArgumentException($"--frozen_precision {frozen_precision}: expected auto (train.py: the mixed-precision dtype) or fp32");
@@ -244,13 +243,12 @@ public sealed record SpoTrainConfig
 
     /// <summary>mixed_precision with its default resolved for the device.</summary>
     [JsonIgnore]
-    public string MixedPrecision => mixed_precision ?? (Device.Parse(device).Type == DeviceType.CPU ? "no" : "fp16");
+    public string MixedPrecision => Sudo.Training.MixedPrecision.Resolve(mixed_precision, Device.Parse(device));
 
     public void Validate()
     {
         if (string.IsNullOrWhiteSpace(pretrained_model_name_or_path)) throw new ArgumentException("--pretrained_model_name_or_path is required");
-        if (MixedPrecision is not ("no" or "bf16" or "fp16")) throw new ArgumentException($"--mixed_precision {mixed_precision}: expected no, bf16 or fp16");
-        if (MixedPrecision == "fp16" && Device.Parse(device).Type == DeviceType.CPU) throw new ArgumentException("--mixed_precision fp16 needs CUDA: use bf16 on a CPU");
+        Sudo.Training.MixedPrecision.Validate(mixed_precision, Device.Parse(device));
         if (train_batch_size < 1 || prompts_per_round < 1 || max_train_steps < 1) throw new ArgumentException("--train_batch_size, --prompts_per_round and --max_train_steps must be ≥ 1");
         if (lora_rank < 1) throw new ArgumentException("SPO trains LoRA adapters: --lora_rank must be ≥ 1 (SPO uses 4)");
         if (prompt_order is not ("shuffle" or "cycle")) throw new ArgumentException($"--prompt_order {prompt_order}: expected shuffle or cycle");

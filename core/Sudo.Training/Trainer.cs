@@ -369,12 +369,7 @@ public sealed class Trainer : IDisposable
     private StepInputs ForwardModels(int b, Tensor t, Tensor xt, Tensor target, Tensor ehs, Tensor[]? added)
     {
         var cond = added is null ? null : new AddedCondKwargs(added[0], added[1]);
-        using var autocastScope = config.MixedPrecision switch
-        {
-            "bf16" => autocast(Device.Parse(config.device), ScalarType.BFloat16),   // explicit: CUDA autocast defaults to fp16
-            "fp16" => autocast(Device.Parse(config.device), ScalarType.Float16),
-            _ => null,
-        };
+        using var autocastScope = MixedPrecision.Autocast(config.MixedPrecision, Device.Parse(config.device));
         var pred = unet.forward(xt, t, ehs, cond);
         var m = Losses.per_sample_mse(pred, target);
         Tensor? r = null;
