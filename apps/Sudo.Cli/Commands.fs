@@ -124,6 +124,34 @@ let benchUnet () =
     printfn "%s" (json r)
     0
 
+let private selfArgv () =
+    match Environment.ProcessPath with
+    | p when IO.Path.GetFileNameWithoutExtension(p) = "dotnet" -> [| p; Environment.GetCommandLineArgs().[0]; "bench" |]
+    | p -> [| p; "bench" |]
+
+let benchSide (o: Sudo.Bench.SideOptions) =
+    let r = Sudo.Bench.CompareBench.RunSide o
+    printfn "%s" (r.ToJsonString())
+    0
+
+let benchCompare (full: bool) (configJson: string) (trainRuns: int) (sampleRuns: int) (fullRuns: int) (refEnv: string option) (out: string option) =
+    let shared = Environment.GetEnvironmentVariable "SUDO_SHARED" |> Option.ofObj |> Option.defaultValue "../shared"
+    let sd15 = if isNull configJson then IO.Path.Combine(shared, "golden", "keys", "sd15_unet_config.json") else configJson
+    let info = Library.Info()
+    printfn "bench compare | %s | libtorch %s | torch threads %d, BLAS threads %d | %s" info.Cpu.Model info.TorchVersion info.TorchThreads info.BlasThreads (DateTime.UtcNow.ToString("yyyy-MM-dd"))
+    let workloads = Sudo.Bench.CompareBench.Workloads(full, sd15, trainRuns, sampleRuns, fullRuns)
+    let rows = Sudo.Bench.CompareBench.Compare(selfArgv (), workloads, Option.toObj refEnv, Action<string>(eprintfn "%s"))
+    printf "%s" (Sudo.Bench.CompareBench.Table rows)
+    out |> Option.iter (fun f -> AtomicFile.WriteAllText(f, JsonSerializer.Serialize(rows, JsonSerializerOptions(WriteIndented = true))))
+    if rows.Count = 0 then 1 else 0
+
+let benchProfile (o: Sudo.Bench.SideOptions) (outDir: string) (refEnv: string option) (top: int) =
+    let script = IO.Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "bench", "reference", "profile_ref.py") |> IO.Path.GetFullPath
+    let script = if IO.File.Exists script then script else IO.Path.GetFullPath(IO.Path.Combine("bench", "reference", "profile_ref.py"))
+    printf "%s" (Sudo.Bench.CompareBench.Profile(o, outDir, Option.toObj refEnv, script, top, Action<string>(eprintfn "%s")))
+    printfn "tables in %s" outDir
+    0
+
 let benchEngine () =
     let r = Sudo.Bench.EngineBench.Run()
     printfn "%s" (json r)

@@ -11,11 +11,37 @@ type InfoArgs =
             | Json -> "print the library info as one JSON object."
 
 type BenchArgs =
-    | [<MainCommand; ExactlyOnce>] Target of target: string
+    | [<MainCommand; ExactlyOnce>] Target of target: string list
+    | [<CustomCommandLine("--config-json")>] B_Config_Json of string
+    | [<CustomCommandLine("--size")>] B_Size of int
+    | [<CustomCommandLine("--batch")>] B_Batch of int
+    | [<CustomCommandLine("--sample-batch")>] B_Sample_Batch of int
+    | [<CustomCommandLine("--grad-ckpt")>] B_Grad_Ckpt
+    | [<CustomCommandLine("--train-runs")>] B_Train_Runs of int
+    | [<CustomCommandLine("--sample-runs")>] B_Sample_Runs of int
+    | [<CustomCommandLine("--full")>] B_Full
+    | [<CustomCommandLine("--full-runs")>] B_Full_Runs of int
+    | [<CustomCommandLine("--ref-env")>] B_Ref_Env of string
+    | [<CustomCommandLine("--out")>] B_Out of string
+    | [<CustomCommandLine("--top")>] B_Top of int
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Target _ -> "what to measure: engine, unet, sample, train, data, ddp."
+            | Target _ ->
+                "what to measure: engine, unet, sample, train, data, ddp; compare (Sudo vs PyTorch table); "
+                + "profile [small|json] (per-op tables); side [small|json] (one side of compare, JSON)."
+            | B_Config_Json _ -> "side/profile json: the UNet config file (e.g. SUDO_SHARED/golden/keys/sd15_unet_config.json)."
+            | B_Size _ -> "side/profile: latent size (64 = 512 px)."
+            | B_Batch _ -> "side/profile: batch of the forward/backward passes (default 8)."
+            | B_Sample_Batch _ -> "side: images per sampling batch (default 4)."
+            | B_Grad_Ckpt -> "side/profile: gradient checkpointing in the training passes."
+            | B_Train_Runs _ -> "side/compare: timed runs of each training pass (median; compare default 7)."
+            | B_Sample_Runs _ -> "side/compare: timed sampling runs (median; compare default 3)."
+            | B_Full -> "compare: add the full-size SD1.5 UNet at 512 px (batch 2, sample batch 1), without and with checkpointing."
+            | B_Full_Runs _ -> "compare --full: timed runs of each full-size pass (default 1)."
+            | B_Ref_Env _ -> "compare/profile: env.sh of the PyTorch reference (default SUDO_REF_ENV or /tmp/ref/env.sh)."
+            | B_Out _ -> "compare: write the rows as JSON here; profile: folder of the tables (default runs/profile)."
+            | B_Top _ -> "profile: ops per table (default 30)."
 
 type DataArgs =
     | [<MainCommand; ExactlyOnce>] Args of action_and_dataset: string list
@@ -323,15 +349,32 @@ let main argv =
             Commands.selftest (a.GetResult(St_Device, defaultValue = "cpu")) (a.Contains St_Quick) golden
                 (a.TryGetResult St_Work) (a.TryGetResult St_Out) (a.TryGetResult St_Sections) (a.Contains St_Smoke)
         | Bench a ->
+            let side (config: string) (defaultBatch: int) =
+                Sudo.Bench.SideOptions(
+                    config = config, config_json = a.GetResult(B_Config_Json, defaultValue = null),
+                    size = (match a.TryGetResult B_Size with Some s -> Nullable s | None -> Nullable()),
+                    batch = a.GetResult(B_Batch, defaultValue = defaultBatch), sample_batch = a.GetResult(B_Sample_Batch, defaultValue = 4),
+                    grad_ckpt = a.Contains B_Grad_Ckpt, train_runs = a.GetResult(B_Train_Runs, defaultValue = 15),
+                    sample_runs = a.GetResult(B_Sample_Runs, defaultValue = 5))
             match a.GetResult Target with
-            | "engine" -> Commands.benchEngine ()
-            | "unet" -> Commands.benchUnet ()
-            | "sample" -> Commands.benchSample ()
-            | "train" -> Commands.benchTrain ()
-            | "data" -> Commands.benchData ()
-            | "ddp" -> Commands.benchDdp ()
+            | [ "engine" ] -> Commands.benchEngine ()
+            | [ "unet" ] -> Commands.benchUnet ()
+            | [ "sample" ] -> Commands.benchSample ()
+            | [ "train" ] -> Commands.benchTrain ()
+            | [ "data" ] -> Commands.benchData ()
+            | [ "ddp" ] -> Commands.benchDdp ()
+            | [ "side" ] -> Commands.benchSide (side "small" 8)
+            | [ "side"; config ] -> Commands.benchSide (side config 8)
+            | [ "compare" ] ->
+                Commands.benchCompare (a.Contains B_Full) (a.GetResult(B_Config_Json, defaultValue = null))
+                    (a.GetResult(B_Train_Runs, defaultValue = 7)) (a.GetResult(B_Sample_Runs, defaultValue = 3))
+                    (a.GetResult(B_Full_Runs, defaultValue = 1)) (a.TryGetResult B_Ref_Env) (a.TryGetResult B_Out)
+            | [ "profile" ] | [ "profile"; _ ] as t ->
+                let config = match t with [ _; c ] -> c | _ -> "small"
+                Commands.benchProfile (side config (if config = "small" then 8 else 2)) (a.GetResult(B_Out, defaultValue = "runs/profile"))
+                    (a.TryGetResult B_Ref_Env) (a.GetResult(B_Top, defaultValue = 30))
             | other ->
-                eprintfn "sudoml bench: unknown target '%s' (expected: engine, unet, sample, train, data, ddp)" other
+                eprintfn "sudoml bench: unknown target '%s' (expected: engine, unet, sample, train, data, ddp, compare, profile, side)" (String.Join(" ", other))
                 2
         | Data a ->
             match a.GetResult DataArgs.Args with

@@ -211,6 +211,12 @@ public static unsafe partial class Library
             case "0": Native.sudo_backend_flag(0, 0); break;
             case var v: throw new ArgumentException($"SUDO_MKLDNN='{v}': expected 0 (oneDNN kernels off) or 1");
         }
+        switch (Environment.GetEnvironmentVariable("SUDO_CPU_CACHE"))
+        {
+            case null or "" or "1": Native.CheckStatus(Native.sudo_cpu_cache_install(), "cpu caching allocator"); break;
+            case "0": break;
+            case var v: throw new ArgumentException($"SUDO_CPU_CACHE='{v}': expected 1 (caching CPU allocator, the default) or 0 (libtorch's own)");
+        }
     }
 
     private static int? EnvInt(string name)

@@ -15,7 +15,7 @@ internal struct NativeScalar
 internal static unsafe partial class Native
 {
     internal const string Lib = "sudo_native";
-    internal const int AbiVersion = 6;
+    internal const int AbiVersion = 7;
 
     // Runs before the first P/Invoke of this assembly: resolve the shim next to the assembly (or
     // $SUDO_NATIVE_LIB), whichever host loaded us (dotnet test, the CLI, dotnet fsi).
@@ -175,6 +175,12 @@ internal static unsafe partial class Native
     [LibraryImport(Lib)] internal static partial int sudo_checkpoint(delegate* unmanaged[Cdecl]<IntPtr, IntPtr*, int, IntPtr*, int, int*, int> fn, IntPtr ctx, IntPtr* inputs, int nInputs, IntPtr* parameters, int nParams, int preserveRng, IntPtr* outs, int cap, int* nout);
 
     [LibraryImport(Lib)] internal static partial int sudo_backend_flag(int which, int value);
+    [LibraryImport(Lib)] internal static partial int sudo_profiler_start(int recordShapes);
+    [LibraryImport(Lib)] internal static partial int sudo_cpu_cache_install();
+    [LibraryImport(Lib)] internal static partial int sudo_cpu_cache_installed();
+    [LibraryImport(Lib)] internal static unsafe partial int sudo_cpu_cache_stats(long* out6);
+    [LibraryImport(Lib)] internal static partial int sudo_cpu_cache_empty(int resetPeak);
+    [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] internal static partial int sudo_profiler_stop(string path);
     [LibraryImport(Lib)] internal static unsafe partial int sudo_cuda_versions(long* out3);
     [LibraryImport(Lib)] internal static partial int sudo_autocast_set(int devType, int enabled, int dtype);
     [LibraryImport(Lib)] internal static partial int sudo_autocast_enabled(int devType);

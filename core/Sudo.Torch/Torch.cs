@@ -94,6 +94,32 @@ public static unsafe partial class torch
         public static void reset_peak_memory_stats(int device = 0) => Native.CheckStatus(Native.sudo_cuda_reset_peak_memory_stats(device), "cuda.reset_peak_memory_stats");
     }
 
+    /// <summary>The CPU caching allocator (core/native/src/allocator.cpp): blocks of 256 KiB and more are kept
+    /// for reuse instead of being returned to the C library, so a steady loop does not page-fault on every
+    /// step. On by default; SUDO_CPU_CACHE=0 at start-up leaves libtorch's own allocator in place.</summary>
+    public static class cpu
+    {
+        public static bool caching_allocator_enabled { get { Library.EnsureLoaded(); return Native.sudo_cpu_cache_installed() != 0; } }
+
+        /// <summary>Bytes in tensors (live), free blocks kept for reuse (cached), the live peak, and the
+        /// cache's hits, misses and releases — blocks of ≥ 256 KiB only; zeros when the cache is off.</summary>
+        public static unsafe CpuMemoryStats memory_stats()
+        {
+            Library.EnsureLoaded();
+            var o = stackalloc long[6];
+            Native.CheckStatus(Native.sudo_cpu_cache_stats(o), "cpu.memory_stats");
+            return new CpuMemoryStats(o[0], o[1], o[2], o[3], o[4], o[5]);
+        }
+
+        /// <summary>Returns every cached free block to the C library (torch.cuda.empty_cache's CPU twin);
+        /// <paramref name="reset_peak"/> also restarts the live peak, which bounds what the cache may keep.</summary>
+        public static void empty_cache(bool reset_peak = false)
+        {
+            Library.EnsureLoaded();
+            Native.CheckStatus(Native.sudo_cpu_cache_empty(reset_peak ? 1 : 0), "cpu.empty_cache");
+        }
+    }
+
     // ---- creation ----
     private static (ScalarType, Device) Resolve(ScalarType? dtype, Device? device) => (dtype ?? default_dtype, device ?? default_device);
 

@@ -172,7 +172,7 @@ public class MemoryAndErrorTests
         var info = Library.Info();
         TestContext.Out.WriteLine(info.ToString());
         Assert.That(info.TorchVersion, Does.StartWith("1.").Or.StartWith("2."));
-        Assert.That(info.AbiVersion, Is.EqualTo(6));
+        Assert.That(info.AbiVersion, Is.EqualTo(7));
         Assert.That(info.TorchThreads, Is.GreaterThanOrEqualTo(1));
         var prev = get_num_threads();
         set_num_threads(1);

@@ -122,7 +122,7 @@ public static class EngineBench
         return Median(times);
     }
 
-    private static double Median(List<double> xs)
+    internal static double Median(List<double> xs)
     {
         xs.Sort();
         return xs.Count % 2 == 1 ? xs[xs.Count / 2] : 0.5 * (xs[xs.Count / 2 - 1] + xs[xs.Count / 2]);

@@ -11,7 +11,7 @@ extern "C" {
 #define SUDO_EXPORT __attribute__((visibility("default")))
 
 // Bumped whenever a signature or an op code below changes; checked by the C# side at start-up.
-#define SUDO_ABI_VERSION 6
+#define SUDO_ABI_VERSION 7
 
 typedef void* sudo_tensor;
 typedef void* sudo_generator;
@@ -77,6 +77,15 @@ SUDO_EXPORT int32_t sudo_get_num_threads(void);
 SUDO_EXPORT int32_t sudo_backend_flag(int32_t which, int32_t value);
 SUDO_EXPORT int32_t sudo_cuda_versions(int64_t* out);  // out[3]: CUDART, cuDNN, NCCL (0 = unknown/absent)
 SUDO_EXPORT int32_t sudo_blas_set_num_threads(int32_t n);  // -1 when the BLAS has no such call
+// libtorch's legacy (RecordFunction) CPU profiler; stop writes a per-op table (name, calls, total_us, self_us).
+SUDO_EXPORT int32_t sudo_profiler_start(int32_t record_shapes);
+SUDO_EXPORT int32_t sudo_profiler_stop(const char* path);
+// The caching CPU allocator (allocator.cpp): install once; stats out[6] = live, cached, peak live bytes, hits,
+// misses, releases; empty returns the free blocks to the C library.
+SUDO_EXPORT int32_t sudo_cpu_cache_install(void);
+SUDO_EXPORT int32_t sudo_cpu_cache_installed(void);
+SUDO_EXPORT int32_t sudo_cpu_cache_stats(int64_t* out);
+SUDO_EXPORT int32_t sudo_cpu_cache_empty(int32_t reset_peak);
 SUDO_EXPORT int32_t sudo_blas_get_num_threads(void);
 SUDO_EXPORT const char* sudo_blas_info(void);
 SUDO_EXPORT const char* sudo_parallel_info(void);
