@@ -24,6 +24,7 @@ type BenchArgs =
     | [<CustomCommandLine("--ref-env")>] B_Ref_Env of string
     | [<CustomCommandLine("--out")>] B_Out of string
     | [<CustomCommandLine("--top")>] B_Top of int
+    | [<CustomCommandLine("--emulate-avx2")>] B_Emulate_Avx2
     interface IArgParserTemplate with
         member a.Usage =
             match a with
@@ -42,6 +43,7 @@ type BenchArgs =
             | B_Ref_Env _ -> "compare/profile: env.sh of the PyTorch reference (default SUDO_REF_ENV or /tmp/ref/env.sh)."
             | B_Out _ -> "compare: write the rows as JSON here; profile: folder of the tables (default runs/profile)."
             | B_Top _ -> "profile: ops per table (default 30)."
+            | B_Emulate_Avx2 -> "compare: both sides use the kernels of an AVX2-only CPU (ATen, OpenBLAS, oneDNN) on a newer CPU."
 
 type DataArgs =
     | [<MainCommand; ExactlyOnce>] Args of action_and_dataset: string list
@@ -368,7 +370,7 @@ let main argv =
             | [ "compare" ] ->
                 Commands.benchCompare (a.Contains B_Full) (a.GetResult(B_Config_Json, defaultValue = null))
                     (a.GetResult(B_Train_Runs, defaultValue = 7)) (a.GetResult(B_Sample_Runs, defaultValue = 3))
-                    (a.GetResult(B_Full_Runs, defaultValue = 1)) (a.TryGetResult B_Ref_Env) (a.TryGetResult B_Out)
+                    (a.GetResult(B_Full_Runs, defaultValue = 1)) (a.TryGetResult B_Ref_Env) (a.TryGetResult B_Out) (a.Contains B_Emulate_Avx2)
             | [ "profile" ] | [ "profile"; _ ] as t ->
                 let config = match t with [ _; c ] -> c | _ -> "small"
                 Commands.benchProfile (side config (if config = "small" then 8 else 2)) (a.GetResult(B_Out, defaultValue = "runs/profile"))

@@ -21,6 +21,24 @@ public static partial class torch
             public static bool enabled { get => Flag(0); set => Flag(0, value); }
         }
 
+        /// <summary>CPU attention on libtorch builds without a fused CPU kernel (&lt; 2.1).</summary>
+        public static class cpu
+        {
+            /// <summary>fp32 scaled_dot_product_attention without a mask runs a blocked kernel (never holding the
+            /// [.., L, S] scores; core/native/src/attention.cpp) once the scores would take this many bytes
+            /// (default 512 MiB: SD1.5's 4096-token self-attention at 512 px); 0 = always, long.MaxValue = never.</summary>
+            public static long blocked_attention_min_bytes
+            {
+                get { Library.EnsureLoaded(); return Native.sudo_sdpa_blocked_min_bytes(-1); }
+                set
+                {
+                    ArgumentOutOfRangeException.ThrowIfNegative(value);
+                    Library.EnsureLoaded();
+                    Native.sudo_sdpa_blocked_min_bytes(value);
+                }
+            }
+        }
+
         public static class cuda
         {
             public static class matmul

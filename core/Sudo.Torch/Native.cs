@@ -177,6 +177,7 @@ internal static unsafe partial class Native
     [LibraryImport(Lib)] internal static partial int sudo_backend_flag(int which, int value);
     [LibraryImport(Lib)] internal static partial int sudo_profiler_start(int recordShapes);
     [LibraryImport(Lib)] internal static partial int sudo_cpu_cache_install();
+    [LibraryImport(Lib)] internal static partial long sudo_sdpa_blocked_min_bytes(long set);
     [LibraryImport(Lib)] internal static partial int sudo_cpu_cache_installed();
     [LibraryImport(Lib)] internal static unsafe partial int sudo_cpu_cache_stats(long* out6);
     [LibraryImport(Lib)] internal static partial int sudo_cpu_cache_empty(int resetPeak);

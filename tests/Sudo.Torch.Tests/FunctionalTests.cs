@@ -162,6 +162,57 @@ public class FunctionalTests
         Check.CloseElementwise(b, reference, bound, "sdpa bf16");
     }
 
+    [Test]
+    public void Fp32CpuAttentionMatchesTheFormulaAndItsGradientsAcrossQueryBlocks()
+    {
+        using var scope = NewDisposeScope();
+        using var g = new Generator(5);
+        // (a) the UNet's layout: [B, h, L, d] views of [B, L, h·d] projections; L = 600 query rows against S = 700 keys.
+        //     Row blocks hold 2^20 scores (1497 rows here): L = 1600 below gives two blocks, 1497 + 103 rows. (b) contiguous [N, L, d] cross-attention, Ev ≠ d.
+        var cases = new (Tensor q, Tensor k, Tensor v, bool headsView)[]
+        {
+            (randn([2, 600, 24], g, float64).view(2, 600, 3, 8).transpose(1, 2), randn([2, 700, 24], g, float64).view(2, 700, 3, 8).transpose(1, 2),
+             randn([2, 700, 24], g, float64).view(2, 700, 3, 8).transpose(1, 2), true),
+            (randn([1, 1600, 16], g, float64).view(1, 1600, 2, 8).transpose(1, 2), randn([1, 700, 16], g, float64).view(1, 700, 2, 8).transpose(1, 2),
+             randn([1, 700, 16], g, float64).view(1, 700, 2, 8).transpose(1, 2), true),
+            (randn([4, 300, 16], g, float64), randn([4, 77, 16], g, float64), randn([4, 77, 5], g, float64), false),
+        };
+        var threshold = backends.cpu.blocked_attention_min_bytes;
+        backends.cpu.blocked_attention_min_bytes = 0;   // these scores are small: force the blocked kernel
+        try
+        {
+            foreach (var (q64, k64, v64, headsView) in cases)
+            {
+                var what = headsView ? "heads view" : "3-D";
+                var (q, k, v) = (q64.@float().requires_grad_(), k64.@float().requires_grad_(), v64.@float().requires_grad_());
+                var o = F.scaled_dot_product_attention(q, k, v);
+                if (headsView && !F.fused_attention_available)
+                    Assert.That(o.stride()[1], Is.LessThan(o.stride()[2]), "the blocked kernel lays the output out as [B, L, h, E] memory");
+                // Reference in float64 from the inputs as rounded to fp32; bound as in AttentionMatchesTheFormula with fp32's u.
+                var (qr, kr, vr) = (q.detach().@double().requires_grad_(), k.detach().@double().requires_grad_(), v.detach().@double().requires_grad_());
+                long d = q.size(-1), n = k.size(-2);
+                var p = (qr.matmul(kr.transpose(-2, -1)) / Math.Sqrt(d)).softmax(-1);
+                var reference = p.matmul(vr);
+                var u = Tolerance.UnitRoundoff(ScalarType.Float32);
+                var delta = Tolerance.DotProduct(ScalarType.Float32, d + 1, qr.detach().abs().matmul(kr.detach().abs().transpose(-2, -1)) / Math.Sqrt(d)).amax([-1], keepdim: true);
+                var gamma = Tolerance.DotProduct(ScalarType.Float32, n, ones([1], float64)).item();
+                var bound = ((delta * 2).exp() * ((1 + gamma) * (1 + u) * (1 + u)) - 1) * p.detach().matmul(vr.detach().abs());
+                Check.CloseElementwise(o.detach().@double(), reference.detach(), bound, "sdpa fp32 " + what);
+                // Gradients of a fixed weighting of the output: each within 1e-4 of the largest reference gradient (fp32 sums
+                // over at most 700 terms: γ_700 ≈ 4.2e-5 per dot product, a few in a row).
+                var w = randn(o.shape, g, float64);
+                (o.@double() * w).sum().backward();
+                (reference * w).sum().backward();
+                foreach (var (name, a, b) in new[] { ("dq", q.grad!, qr.grad!), ("dk", k.grad!, kr.grad!), ("dv", v.grad!, vr.grad!) })
+                    Check.Close(a.@double(), b, 1e-4 * b.abs().max().item(), $"sdpa fp32 {what} {name}");
+            }
+        }
+        finally
+        {
+            backends.cpu.blocked_attention_min_bytes = threshold;
+        }
+    }
+
     private static Tensor Rand(long[] shape, long seed)
     {
         using var g = new Generator(seed);

@@ -179,7 +179,7 @@ public static class CompareBench
     }
 
     /// <summary>Runs <paramref name="argv"/> and parses the last line of its standard output that is a JSON object.</summary>
-    public static JsonObject? RunChild(string file, IEnumerable<string> argv, IDictionary<string, string>? env, Action<string> log)
+    public static JsonObject? RunChild(string file, IEnumerable<string> argv, IReadOnlyDictionary<string, string>? env, Action<string> log)
     {
         var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in argv) psi.ArgumentList.Add(a);
@@ -222,6 +222,16 @@ public static class CompareBench
         return sb.ToString();
     }
 
+    /// <summary>Kernel choices of an AVX2-only CPU on a newer one, for both sides: ATen's CPU capability, OpenBLAS's
+    /// core type (Debian's build picks kernels at run time) and oneDNN's highest ISA.</summary>
+    public static readonly IReadOnlyDictionary<string, string> Avx2Environment = new Dictionary<string, string>
+    {
+        ["ATEN_CPU_CAPABILITY"] = "avx2",
+        ["OPENBLAS_CORETYPE"] = "Haswell",
+        ["ONEDNN_MAX_CPU_ISA"] = "AVX2",
+        ["DNNL_MAX_CPU_ISA"] = "AVX2",
+    };
+
     /// <summary>Where the PyTorch reference lives: SUDO_REF_ENV (an env.sh of ../shared/ref/setup_ref.sh) or
     /// /tmp/ref/env.sh, and bench_ref.py under SUDO_SHARED/ref.</summary>
     public static (string? env, string shared) Reference(string? refEnv)
@@ -233,8 +243,10 @@ public static class CompareBench
 
     /// <summary>Runs every workload on both sides (Sudo in a child process of <paramref name="self"/>, PyTorch
     /// through bench_ref.py when the reference exists) with the same torch and BLAS thread counts.</summary>
-    public static List<Row> Compare(string[] self, IEnumerable<(string name, SideOptions options)> workloads, string? refEnv, Action<string> log)
+    public static List<Row> Compare(string[] self, IEnumerable<(string name, SideOptions options)> workloads, string? refEnv, Action<string> log,
+        bool emulateAvx2 = false)
     {
+        var env2 = emulateAvx2 ? Avx2Environment : null;
         var (env, shared) = Reference(refEnv);
         var benchRef = Path.Combine(shared, "ref", "bench_ref.py");
         var info = Library.Info();
@@ -245,13 +257,13 @@ public static class CompareBench
         foreach (var (name, o) in workloads)
         {
             log($"bench compare: {name}: Sudo (torch threads {threads}, BLAS threads {blas})");
-            var sudo = RunChild(self[0], self.Skip(1).Concat(["side"]).Concat(SideArgs(o)), null, log);
+            var sudo = RunChild(self[0], self.Skip(1).Concat(["side"]).Concat(SideArgs(o)), env2, log);
             JsonObject? torchSide = null;
             if (env != null && File.Exists(benchRef))
             {
                 log($"bench compare: {name}: PyTorch (torch threads {threads}, OPENBLAS_NUM_THREADS {blas})");
                 var cmd = $". '{env}' && OPENBLAS_NUM_THREADS={blas} \"$PY\" '{benchRef}' {string.Join(' ', SideArgs(o).Select(a => "'" + a + "'"))} --threads {threads}";
-                torchSide = RunChild("bash", ["-c", cmd], null, log);
+                torchSide = RunChild("bash", ["-c", cmd], env2, log);
             }
             rows.AddRange(Rows(name, sudo, torchSide));
         }

@@ -1,5 +1,6 @@
 // nn.functional: layers' math, losses, resampling and attention.
 #include "common.h"
+#include "attention.h"
 #include <torch/version.h>
 #include <cmath>
 
@@ -64,10 +65,13 @@ sudo_tensor sudo_cross_entropy(sudo_tensor logits, sudo_tensor target, sudo_tens
 }
 sudo_tensor sudo_embedding(sudo_tensor weight, sudo_tensor idx) { TRY_T(return wrap(at::embedding(T(weight), T(idx)));) }
 
+int64_t sudo_sdpa_blocked_min_bytes(int64_t set) { return blocked_attention_min_bytes(set); }
+
 int32_t sudo_sdpa_fused_available(void) { return SUDO_TORCH_AT_LEAST(2, 1) ? 1 : 0; }
 
 // softmax(q kᵀ · scale + mask) v. On libtorch ≥ 2.1 the fused kernel (flash / memory-efficient / math
-// chosen by libtorch); on 1.13 composed with matmul, which matched the private 1.13 kernel to 5e-7.
+// chosen by libtorch); before, fp32 CPU attention without a mask runs the blocked kernel of attention.cpp and the
+// rest is composed with matmul, which matched the private 1.13 kernel to 5e-7. SUDO_SDPA=math: composed always.
 // A bool mask marks the positions that take part (torch semantics); a float mask is added.
 sudo_tensor sudo_sdpa(sudo_tensor q, sudo_tensor k, sudo_tensor v, sudo_tensor mask, double dropout, int32_t is_causal, double scale) {
   TRY_T(
@@ -84,6 +88,8 @@ sudo_tensor sudo_sdpa(sudo_tensor q, sudo_tensor k, sudo_tensor v, sudo_tensor m
 #endif
     {
     double s = scale > 0 ? scale : 1.0 / std::sqrt(static_cast<double>(Q.size(-1)));
+    // fp32 on the CPU without a mask: the blocked kernel (attention.cpp), which never holds the [.., L, S] scores.
+    if (!mask && !is_causal && dropout == 0 && blocked_attention_applies(Q, K, V)) return wrap(blocked_attention(Q, K, V, s));
     // Scaling q ([.., L, E]) instead of the scores ([.., L, S]) saves a pass over the larger tensor.
     auto attn = at::matmul(Q.mul(s), K.transpose(-2, -1));
     if (is_causal) {

@@ -83,6 +83,8 @@ SUDO_EXPORT int32_t sudo_profiler_stop(const char* path);
 // The caching CPU allocator (allocator.cpp): install once; stats out[6] = live, cached, peak live bytes, hits,
 // misses, releases; empty returns the free blocks to the C library.
 SUDO_EXPORT int32_t sudo_cpu_cache_install(void);
+// Blocked fp32 CPU attention (attention.cpp): the score size in bytes from which it is used; set < 0 only reads.
+SUDO_EXPORT int64_t sudo_sdpa_blocked_min_bytes(int64_t set);
 SUDO_EXPORT int32_t sudo_cpu_cache_installed(void);
 SUDO_EXPORT int32_t sudo_cpu_cache_stats(int64_t* out);
 SUDO_EXPORT int32_t sudo_cpu_cache_empty(int32_t reset_peak);
