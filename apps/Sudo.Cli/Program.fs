@@ -38,7 +38,7 @@ type BenchArgs =
             | B_Grad_Ckpt -> "side/profile: gradient checkpointing in the training passes."
             | B_Train_Runs _ -> "side/compare: timed runs of each training pass (median; compare default 7)."
             | B_Sample_Runs _ -> "side/compare: timed sampling runs (median; compare default 3)."
-            | B_Full -> "compare: add the full-size SD1.5 UNet at 512 px (batch 2, sample batch 1), without and with checkpointing."
+            | B_Full -> "compare: add the full-size SD1.5 UNet at 512 px (batch 1, one DPO pair, sample batch 1), without and with checkpointing."
             | B_Full_Runs _ -> "compare --full: timed runs of each full-size pass (default 1)."
             | B_Ref_Env _ -> "compare/profile: env.sh of the PyTorch reference (default SUDO_REF_ENV or /tmp/ref/env.sh)."
             | B_Out _ -> "compare: write the rows as JSON here; profile: folder of the tables (default runs/profile)."

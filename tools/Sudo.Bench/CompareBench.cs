@@ -155,14 +155,14 @@ public static class CompareBench
     public sealed record Row(string workload, string key, double? sudo, double? torch);
 
     /// <summary>The workloads of `bench compare`: the small UNet (bench_ref.py small), and with --full the
-    /// full-size SD1.5 UNet at 512 px, batch 2, sample batch 1, without and with gradient checkpointing.</summary>
+    /// full-size SD1.5 UNet at 512 px, batch 1 (the DPO step: one pair), sample batch 1, without and with gradient checkpointing.</summary>
     public static IEnumerable<(string name, SideOptions options)> Workloads(bool full, string? sd15Config, int trainRuns, int sampleRuns, int fullRuns)
     {
         yield return ("small", new SideOptions(train_runs: trainRuns, sample_runs: sampleRuns));
         if (!full) yield break;
         if (sd15Config is null || !File.Exists(sd15Config))
             throw new FileNotFoundException($"bench compare --full needs the SD1.5 UNet config ({sd15Config ?? "SUDO_SHARED/golden/keys/sd15_unet_config.json"}): set SUDO_SHARED or --config-json");
-        var baseOpts = new SideOptions("json", sd15Config, 64, 2, 1, false, fullRuns, fullRuns);
+        var baseOpts = new SideOptions("json", sd15Config, 64, 1, 1, false, fullRuns, fullRuns);
         yield return ("sd15-512", baseOpts);
         yield return ("sd15-512-ckpt", baseOpts with { grad_ckpt = true });
     }

@@ -8,12 +8,19 @@
 // allocator does the reuse in-process, for every size, and bounds what it keeps.
 //
 // Policy: requests below kMinCached (32 KiB) go to libtorch's default allocator. Larger ones are rounded up to a size
-// class (multiples of 1/8 of their power of two: at most 12.5% waste) and served from that class's free list
-// (most recently freed first) or, on a miss, from posix_memalign. Freed blocks go back to their list. On a miss
-// the cache releases its oldest free blocks while live + cached + request would exceed the footprint limit:
-// peak live bytes × (1 + headroom) + 64 MiB (headroom 0.25, or SUDO_CPU_CACHE_HEADROOM), so a steady training or sampling loop runs without page faults and a change
-// of shapes cannot grow the footprint past about its new peak. sudo_cpu_cache_empty releases all free blocks.
+// class (multiples of 1/16 of their power of two: at most 6.25% more address space; pages a tensor never touches
+// are never resident) and served from that class's free list (most recently freed first) or, on a miss, mapped
+// with mmap from 1 MiB (2 MiB blocks and up asked for transparent huge pages: one fault per 2 MiB), else
+// posix_memalign. Freed blocks go back to their
+// list. On a miss the cache unmaps its oldest free blocks while live + cached + request would exceed the footprint
+// limit — peak live bytes + min(peak × headroom, 1 GiB) + 64 MiB (headroom 0.25, or SUDO_CPU_CACHE_HEADROOM) — or
+// while the system's available memory (MemAvailable) is below the request + 256 MiB. So a steady training or
+// sampling loop runs without page faults, a change of shapes cannot grow the footprint past about its new peak, and
+// the cache gives memory back before the kernel's OOM killer would act. sudo_cpu_cache_empty unmaps every free block.
 #include <c10/core/CPUAllocator.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <cstdio>
 #include <cstring>
 #include <cstdlib>
 #include <map>
@@ -26,13 +33,41 @@ using namespace sudo;
 namespace {
 
 constexpr size_t kMinCached = 32 * 1024;
-constexpr size_t kAlign = 64;  // as libtorch's own allocator
 constexpr size_t kSlack = 64ull << 20;
 
 size_t size_class(size_t n) {
   size_t p = size_t(1) << (63 - __builtin_clzll(n));
-  size_t step = std::max<size_t>(4096, p / 8);
+  size_t step = std::max<size_t>(4096, p / 16);
   return (n + step - 1) / step * step;
+}
+
+// Blocks of 1 MiB and more are mapped directly (so a release returns them to the system at once); smaller ones come
+// from the C library (64-byte aligned, as libtorch's own allocator), keeping the number of mappings small.
+constexpr size_t kMapMin = 1u << 20;
+
+void* map_block(size_t n) {
+  if (n < kMapMin) {
+    void* q = nullptr;
+    return posix_memalign(&q, 64, n) == 0 ? q : nullptr;
+  }
+  void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+#ifdef MADV_HUGEPAGE
+  if (n >= (2u << 20)) madvise(p, n, MADV_HUGEPAGE);
+#endif
+  return p;
+}
+
+// MemAvailable of /proc/meminfo in bytes; -1 when unknown.
+int64_t mem_available() {
+  FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return -1;
+  char line[256];
+  int64_t kb = -1;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "MemAvailable: %ld kB", &kb) == 1) break;
+  std::fclose(f);
+  return kb < 0 ? -1 : kb * 1024;
 }
 
 // Data pointer == context pointer (libtorch's raw_allocate/raw_deallocate require it), so the block's size class
@@ -58,9 +93,10 @@ struct State {
       if (list[i] == p) { list[i] = list.back(); list.pop_back(); break; }
     by_age.erase(it->second.stamp);
     cached -= static_cast<int64_t>(it->second.size);
+    if (it->second.size < kMapMin) std::free(p);
+    else munmap(p, it->second.size);
     blocks.erase(it);
     releases += 1;
-    std::free(p);
   }
   void release_oldest_until(int64_t budget) {
     while (cached > 0 && live + cached > budget && !by_age.empty()) release(by_age.begin()->second);
@@ -114,19 +150,27 @@ struct CachingCpuAllocator final : c10::Allocator {
         s.peak_live = std::max(s.peak_live, s.live + static_cast<int64_t>(cls));
         // 0.1 left the small UNet's fwd+bwd loop releasing and re-faulting blocks every step; 0.25 does not.
         static const double frac = [] { const char* e = std::getenv("SUDO_CPU_CACHE_HEADROOM"); double v = e ? atof(e) : 0.25; return v >= 0 ? v : 0.25; }();
-        s.release_oldest_until(s.peak_live + static_cast<int64_t>(s.peak_live * frac) + static_cast<int64_t>(kSlack) - static_cast<int64_t>(cls));
+        const int64_t headroom = std::min<int64_t>(static_cast<int64_t>(s.peak_live * frac), int64_t(1) << 30);
+        s.release_oldest_until(s.peak_live + headroom + static_cast<int64_t>(kSlack) - static_cast<int64_t>(cls));
+        if (s.cached > 0) {
+          const int64_t avail = mem_available();
+          const int64_t need = static_cast<int64_t>(cls) + (256ll << 20);
+          if (avail >= 0 && avail < need) s.release_oldest_until(s.live + s.cached - (need - avail));
+        }
       }
       s.live += static_cast<int64_t>(cls);
       s.peak_live = std::max(s.peak_live, s.live);
     }
     if (!p) {
-      if (posix_memalign(&p, kAlign, cls) != 0) {
-        // Out of memory: give the cache back and try once more.
+      p = map_block(cls);
+      if (!p) {
+        // Out of address space or memory: give the cache back and try once more.
         {
           std::lock_guard<std::mutex> lock(s.mu);
           s.release_oldest_until(0);
         }
-        if (posix_memalign(&p, kAlign, cls) != 0) {
+        p = map_block(cls);
+        if (!p) {
           std::lock_guard<std::mutex> lock(s.mu);
           s.live -= static_cast<int64_t>(cls);
           throw std::runtime_error("CPU out of memory: could not allocate " + std::to_string(n) + " bytes");
