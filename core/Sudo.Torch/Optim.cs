@@ -225,6 +225,7 @@ public static partial class torch
                 foreach (var g in param_groups)
                     foreach (var (p, grad) in WithGrads(g))
                     {
+                        using var perParam = NewDisposeScope();   // temporaries of one parameter at a time (as PyTorch's loop)
                         var s = State(p);
                         if (!s.TryGetValue("exp_avg", out var m))
                         {
@@ -246,11 +247,11 @@ public static partial class torch
                         {
                             var vmax = s["max_exp_avg_sq"];
                             vmax.maximum_(v);
-                            denom = (vmax.sqrt() / bc2Sqrt).add_(eps);
+                            denom = vmax.sqrt().div_(bc2Sqrt).add_(eps);
                         }
                         else
                         {
-                            denom = (v.sqrt() / bc2Sqrt).add_(eps);
+                            denom = v.sqrt().div_(bc2Sqrt).add_(eps);
                         }
                         p.addcdiv_(m, denom, -stepSize);
                     }
@@ -283,6 +284,7 @@ public static partial class torch
                 foreach (var g in param_groups)
                     foreach (var (p, grad) in WithGrads(g))
                     {
+                        using var perParam = NewDisposeScope();
                         var d = g.weight_decay != 0 ? grad.add(p, g.weight_decay) : grad;
                         if (momentum != 0)
                         {
@@ -342,6 +344,7 @@ public static partial class torch
                 foreach (var g in param_groups)
                     foreach (var (p, grad0) in WithGrads(g))
                     {
+                        using var perParam = NewDisposeScope();
                         var low = p.dtype is ScalarType.Float16 or ScalarType.BFloat16;
                         var grad = grad0.dtype is ScalarType.Float16 or ScalarType.BFloat16 ? grad0.@float() : grad0;
                         var shape = grad.shape;
