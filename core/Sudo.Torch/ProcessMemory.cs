@@ -10,7 +10,8 @@ public static class ProcessMemory
         if (File.Exists(status))
             foreach (var line in File.ReadLines(status))
                 if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
-                    return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0;
+                    // "VmHWM:\t  123456 kB": a tab, then padding that disappears from 10 GB (8 digits) on.
+                    return long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0;
         using var me = System.Diagnostics.Process.GetCurrentProcess();
         return me.PeakWorkingSet64 / 1048576.0;
     }
