@@ -10,9 +10,12 @@ public static class ProcessMemory
         if (File.Exists(status))
             foreach (var line in File.ReadLines(status))
                 if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
-                    // "VmHWM:\t  123456 kB": a tab, then padding that disappears from 10 GB (8 digits) on.
-                    return long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1]) / 1024.0;
+                    return StatusKb(line) / 1024.0;
         using var me = System.Diagnostics.Process.GetCurrentProcess();
         return me.PeakWorkingSet64 / 1048576.0;
     }
+
+    /// <summary>The kB figure of a /proc/self/status line such as "VmHWM:\t  123456 kB" (a tab, then padding that
+    /// disappears from 10 GB, 8 digits, on).</summary>
+    internal static long StatusKb(string line) => long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1]);
 }

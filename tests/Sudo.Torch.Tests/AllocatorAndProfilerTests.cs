@@ -65,4 +65,12 @@ public class AllocatorAndProfilerTests
         Assert.That(mm.self_us, Is.GreaterThan(0));
         Assert.Throws<TorchException>(() => { using var q = profiler.profile(); using var r = profiler.profile(); }, "one profile at a time");
     }
+
+    [Test]
+    public void PeakRssReadsStatusLinesOfEverySize()
+    {
+        Assert.That(ProcessMemory.StatusKb("VmHWM:\t  709039 kB"), Is.EqualTo(709039));
+        Assert.That(ProcessMemory.StatusKb("VmHWM:\t23152876 kB"), Is.EqualTo(23152876));   // ≥ 10 GB: no padding
+        Assert.That(ProcessMemory.PeakRssMb(), Is.GreaterThan(0));
+    }
 }

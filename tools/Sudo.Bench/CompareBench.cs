@@ -196,6 +196,7 @@ public static class CompareBench
             return null;
         }
         var json = lines.LastOrDefault(l => l.TrimStart().StartsWith('{'));
+        if (json != null) log(json);   // each side as soon as it is measured: a long comparison cut short keeps them
         return json is null ? null : JsonNode.Parse(json) as JsonObject;
     }
 
