@@ -11,6 +11,11 @@ let config =
         output_dir = "runs/paper-repro",
         methods = [| "sft"; "dpo"; "sudo"; "dpo_shuffled"; "dpo_snr"; "spo" |],
         seeds = [| 0; 1; 2 |],
+        // The recorded tables' data and precision: two base samples per prompt, 400 prompts, fp32 (the quickstart's
+        // population pairs and automatic bf16 are not yet in them; see the root README).
+        pair_source = "base",
+        pair_prompts = 400,
+        precision = "fp32",
         max_train_steps = 300,
         eval_prompts = 48,
         eval_seeds = 2,

@@ -134,13 +134,13 @@ let benchSide (o: Sudo.Bench.SideOptions) =
     printfn "%s" (r.ToJsonString())
     0
 
-let benchCompare (full: bool) (configJson: string) (trainRuns: int) (sampleRuns: int) (fullRuns: int) (refEnv: string option) (out: string option) (avx2: bool) =
+let benchCompare (full: bool) (only: string list) (configJson: string) (trainRuns: int) (sampleRuns: int) (fullRuns: int) (refEnv: string option) (out: string option) (avx2: bool) =
     let shared = Environment.GetEnvironmentVariable "SUDO_SHARED" |> Option.ofObj |> Option.defaultValue "../shared"
     let sd15 = if isNull configJson then IO.Path.Combine(shared, "golden", "keys", "sd15_unet_config.json") else configJson
     let info = Library.Info()
     printfn "bench compare | %s [%s]%s | libtorch %s | torch threads %d, BLAS threads %d | %s" info.Cpu.Model info.Cpu.Summary
         (if avx2 then " emulating AVX2-only kernels" else "") info.TorchVersion info.TorchThreads info.BlasThreads (DateTime.UtcNow.ToString("yyyy-MM-dd"))
-    let workloads = Sudo.Bench.CompareBench.Workloads(full, sd15, trainRuns, sampleRuns, fullRuns)
+    let workloads = Sudo.Bench.CompareBench.Workloads(full, sd15, trainRuns, sampleRuns, fullRuns, only)
     let rows = Sudo.Bench.CompareBench.Compare(selfArgv (), workloads, Option.toObj refEnv, Action<string>(eprintfn "%s"), avx2)
     printf "%s" (Sudo.Bench.CompareBench.Table rows)
     out |> Option.iter (fun f -> AtomicFile.WriteAllText(f, JsonSerializer.Serialize(rows, JsonSerializerOptions(WriteIndented = true))))

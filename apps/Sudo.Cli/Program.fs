@@ -29,7 +29,8 @@ type BenchArgs =
         member a.Usage =
             match a with
             | Target _ ->
-                "what to measure: engine, unet, sample, train, data, ddp; compare (Sudo vs PyTorch table); "
+                "what to measure: engine, unet, sample, train, data, ddp; compare [WORKLOAD...] (Sudo vs PyTorch table; "
+                + "workloads small, sd15-512, sd15-512-ckpt: all of them by default, the last two with --full); "
                 + "profile [small|json] (per-op tables); side [small|json] (one side of compare, JSON)."
             | B_Config_Json _ -> "side/profile json: the UNet config file (e.g. SUDO_SHARED/golden/keys/sd15_unet_config.json)."
             | B_Size _ -> "side/profile: latent size (64 = 512 px)."
@@ -171,11 +172,15 @@ type QuickstartArgs =
     | Steps of int
     | Pairs of int
     | Eval_Prompts of int
+    | Precision of mode: string
+    | Pair_Source of string
     interface IArgParserTemplate with
         member a.Usage =
             match a with
+            | Precision _ -> "training precision: auto (default: bf16 autocast where the CPU has native, faster bf16; fp32 elsewhere), fp32 or bf16."
+            | Pair_Source _ -> "population (default: the shipped assets/world/pairs) or base (two base samples per prompt, made in the run)."
             | Out _ -> "report folder (default runs/quickstart)."
-            | Methods _ -> "comma-separated methods (default sft,dpo,sudo; also dpo_shuffled, dpo_snr, spo)."
+            | Methods _ -> "comma-separated methods (default sft_truth,dpo_shuffled,sft,dpo,sudo: the two controls and the three methods; also dpo_snr, spo)."
             | Steps _ -> "training steps per method (default 300)."
             | Pairs _ -> "train prompts turned into judge-labelled pairs (default 300)."
             | Eval_Prompts _ -> "held-out prompts per split (default 40), each with 2 sampling seeds."
@@ -203,15 +208,21 @@ type WorldArgs =
     | Learning_Rate of float
     | Beta of float
     | Batch of int
+    | Population
+    | Pair_Source of string
+    | Precision of mode: string
     interface IArgParserTemplate with
         member a.Usage =
             match a with
+            | Precision _ -> "study: training precision auto (default), fp32 or bf16."
+            | Population -> "pairs: two generators of varied quality per prompt (base at CFG 1/3/7.5 and 6 steps, a pre-training checkpoint, renders, corrupted renders) instead of two base samples."
+            | Pair_Source _ -> "study: population (default: the shipped assets/world/pairs when its settings match, else made) or base (two base samples per prompt)."
             | Action _ -> "judge (measure the judge), prompts (--split --n), render (--prompt --out), score (--image --prompt), base (--out: pre-train the tiny base pipeline), eval (--model --split --n), pairs (--model --out --n: judge-labelled pairs), study (--methods --seeds --out: fine-tune each method through its recipe, judge, write report.md + grid.png + curve.png)."
             | Base _ -> "study: the base pipeline folder (default assets/world/base, the shipped base; built when missing)."
             | Methods _ -> "study: comma-separated methods: sft, dpo, sudo, dpo_shuffled, dpo_snr (default dpo,sudo)."
             | Seeds _ -> "study: comma-separated training seeds (default 0; ≥ 3 for intervals over seeds)."
             | Steps _ -> "study: training steps per method (default 300)."
-            | Pairs _ -> "study: train prompts turned into judge-labelled pairs (default 400)."
+            | Pairs _ -> "study: train prompts turned into judge-labelled pairs (default 300: the shipped population)."
             | Eval_Prompts _ -> "study: held-out prompts per split (default 48), each sampled with 2 seeds."
             | Learning_Rate _ -> "study: learning rate of every method (default 2e-5)."
             | Beta _ -> "study: DPO β (default 5000, −½β inside the sigmoid as Diffusion-DPO)."
@@ -367,8 +378,8 @@ let main argv =
             | [ "ddp" ] -> Commands.benchDdp ()
             | [ "side" ] -> Commands.benchSide (side "small" 8)
             | [ "side"; config ] -> Commands.benchSide (side config 8)
-            | [ "compare" ] ->
-                Commands.benchCompare (a.Contains B_Full) (a.GetResult(B_Config_Json, defaultValue = null))
+            | "compare" :: only ->
+                Commands.benchCompare (a.Contains B_Full) only (a.GetResult(B_Config_Json, defaultValue = null))
                     (a.GetResult(B_Train_Runs, defaultValue = 7)) (a.GetResult(B_Sample_Runs, defaultValue = 3))
                     (a.GetResult(B_Full_Runs, defaultValue = 1)) (a.TryGetResult B_Ref_Env) (a.TryGetResult B_Out) (a.Contains B_Emulate_Avx2)
             | [ "profile" ] | [ "profile"; _ ] as t ->
@@ -433,6 +444,23 @@ let main argv =
                     let v = rs |> Seq.choose (fun r -> match r.attributes.TryGetValue k with | true, v -> Some v | _ -> None) |> Seq.toArray
                     if v.Length > 0 then printfn "  %-10s %.3f (n = %d)" k (Array.average v) v.Length
                 0
+            | "pairs" when a.Contains Population ->
+                let model = need "--model <pipeline folder>" (a.TryGetResult WorldArgs.Model)
+                use pipe = Sudo.Diffusion.StableDiffusionPipeline.from_pretrained(model, "ddim")
+                let d = Sudo.Worlds.Shapes.PopulationConfig()
+                let cfg =
+                    Sudo.Worlds.Shapes.PopulationConfig(
+                        pairs = a.GetResult(N, defaultValue = d.pairs), seed = seed,
+                        label_noise = a.GetResult(Label_Noise, defaultValue = d.label_noise), tie_margin = a.GetResult(Tie_Margin, defaultValue = d.tie_margin))
+                let out = a.GetResult(Out, defaultValue = "runs/world/pairs")
+                let cmd =
+                    String.Join(" ", [| "sudoml"; "world"; "pairs"; "--population"; "--model"; model; "--n"; string cfg.pairs; "--seed"; string seed
+                                        "--label-noise"; cfg.label_noise.ToString(Globalization.CultureInfo.InvariantCulture)
+                                        "--tie-margin"; cfg.tie_margin.ToString(Globalization.CultureInfo.InvariantCulture); "--out"; out |])
+                let s = Sudo.Worlds.Shapes.WorldPopulation.Make(pipe, model, out, cfg, cmd)
+                printfn "%d pairs in %s: %d ties (dropped in training), %d flipped labels" s.pairs s.folder s.ties s.flipped
+                for KeyValue(name, struct (n, mean)) in s.by_generator do printfn "  %-18s %4d images, mean judge %.3f" name n mean
+                0
             | "pairs" ->
                 use pipe = Sudo.Diffusion.StableDiffusionPipeline.from_pretrained(need "--model <pipeline folder>" (a.TryGetResult WorldArgs.Model), "ddim")
                 let prompts = Sudo.Worlds.Shapes.World.Prompts(a.GetResult(Split, defaultValue = "train"), a.GetResult(N, defaultValue = 200), seed)
@@ -457,7 +485,9 @@ let main argv =
                         beta_dpo = a.GetResult(Beta, defaultValue = d.beta_dpo),
                         train_batch_size = a.GetResult(Batch, defaultValue = d.train_batch_size),
                         label_noise = a.GetResult(Label_Noise, defaultValue = d.label_noise),
-                        tie_margin = a.GetResult(Tie_Margin, defaultValue = d.tie_margin))
+                        tie_margin = a.GetResult(Tie_Margin, defaultValue = d.tie_margin),
+                        pair_source = a.GetResult(Pair_Source, defaultValue = d.pair_source),
+                        precision = a.GetResult(WorldArgs.Precision, defaultValue = d.precision))
                 Sudo.Worlds.Shapes.WorldStudy.Run(cfg) |> ignore
                 0
             | other ->
@@ -469,10 +499,12 @@ let main argv =
             let cfg =
                 Sudo.Worlds.Shapes.WorldStudyConfig(
                     output_dir = a.GetResult(QuickstartArgs.Out, defaultValue = "runs/quickstart"),
-                    methods = a.GetResult(QuickstartArgs.Methods, defaultValue = "sft,dpo,sudo").Split(',', System.StringSplitOptions.RemoveEmptyEntries),
+                    methods = a.GetResult(QuickstartArgs.Methods, defaultValue = "sft_truth,dpo_shuffled,sft,dpo,sudo").Split(',', System.StringSplitOptions.RemoveEmptyEntries),
                     max_train_steps = a.GetResult(QuickstartArgs.Steps, defaultValue = d.max_train_steps),
                     pair_prompts = a.GetResult(QuickstartArgs.Pairs, defaultValue = 300),
                     eval_prompts = a.GetResult(QuickstartArgs.Eval_Prompts, defaultValue = 40),
+                    precision = a.GetResult(QuickstartArgs.Precision, defaultValue = d.precision),
+                    pair_source = a.GetResult(QuickstartArgs.Pair_Source, defaultValue = d.pair_source),
                     setup_seconds = envSeconds "SUDO_SETUP_SECONDS", build_seconds = envSeconds "SUDO_BUILD_SECONDS")
             let r = Sudo.Worlds.Shapes.WorldStudy.Run(cfg)
             printfn "\n%s" r.markdown

@@ -82,9 +82,11 @@ public class WorldStudyTests
             {
                 output_dir = dir,
                 repo_root = root,
-                methods = ["dpo", "dpo_shuffled"],
+                methods = ["dpo", "dpo_shuffled", "sft_truth"],
                 seeds = [0],
                 pair_prompts = 12,
+                // The population without its pre-training checkpoint (400 replayed steps: minutes, tested in WorldPopulationTests).
+                population = PopulationConfig.DefaultGenerators.Where(g => g.kind != "checkpoint").ToArray(),
                 max_train_steps = 4,
                 train_batch_size = 2,
                 checkpointing_steps = 2,
@@ -98,9 +100,24 @@ public class WorldStudyTests
             };
             var log = new List<string>();
             var rep = WorldStudy.Run(cfg, log.Add);
-            Assert.That(rep.runs.Select(r => r.method), Is.EqualTo(new[] { "dpo", "dpo_shuffled" }));
+            Assert.That(rep.runs.Select(r => r.method), Is.EqualTo(new[] { "dpo", "dpo_shuffled", "sft_truth" }));
             Assert.That(rep.runs.All(r => r.validation.Count == 3 && r.test.Count == 3), Is.True);
             Assert.That(rep.runs[0].curve.Select(p => p.step), Is.EqualTo(new[] { 0, 2, 4 }), "base, checkpoint-2, checkpoint-4");
+            // The pairs come from the population (two different generators per prompt), made in this run.
+            var pairLines = File.ReadAllLines(Path.Combine(dir, "pairs", "pairs.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
+            Assert.That(pairLines, Has.Count.EqualTo(12));
+            Assert.That(pairLines.All(o => (string)o["generator_0"]! != (string)o["generator_1"]!), Is.True);
+            Assert.That(pairLines.SelectMany(o => new[] { (string)o["generator_0"]!, (string)o["generator_1"]! }), Has.None.EqualTo("pretrain-step400"));
+            // The positive control's data: every pair prompt's render wins against a corrupted render, and the judge agrees.
+            var truth = File.ReadAllLines(Path.Combine(dir, "pairs_truth", "pairs.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
+            Assert.That(truth.Select(o => (string)o["caption"]!), Is.EqualTo(pairLines.Select(o => (string)o["caption"]!)));
+            Assert.That(truth.All(o => o["label_0"]!.GetValue<double>() == 1.0), Is.True);
+            var judged = truth.Select(o => (Judge.Score(ImageCodecs.Load(Path.Combine(dir, "pairs_truth", (string)o["image_0"]!)), (string)o["caption"]!).score,
+                Judge.Score(ImageCodecs.Load(Path.Combine(dir, "pairs_truth", (string)o["image_1"]!)), (string)o["caption"]!).score)).ToList();
+            Assert.That(judged.Count(j => j.Item1 > j.Item2), Is.GreaterThanOrEqualTo(10), "renders beat their corrupted versions on the judge");
+            // Δ vs base = mean paired difference; the controls' verdicts are in the report.
+            var d = WorldStudy.GainVsBase(rep, "dpo", "all").mean;
+            Assert.That(d, Is.EqualTo(rep.runs[0].validation.Concat(rep.runs[0].test).Zip(rep.base_validation.Concat(rep.base_test), (a, b) => a.score - b.score).Average()).Within(1e-12));
 
             // The extra samplers (CFG 1; CFG 3 with DDIM η = 1): the same prompts and seeds, sampled with each.
             Assert.That(rep.base_extra!.Keys, Is.EquivalentTo(new[] { "validation@cfg1", "test@cfg1", "validation@eta1", "test@eta1" }));
@@ -120,12 +137,14 @@ public class WorldStudyTests
             Assert.That(() => WorldStudy.MeanScore(rep, "dpo", "test@cfg2"), Throws.ArgumentException.With.Message.Contains("unknown split 'test@cfg2'").And.Message.Contains("\"test@cfg1\""));
 
             var md = File.ReadAllText(Path.Combine(dir, "report.md"));
-            Assert.That(md, Does.Contain("| base |").And.Contain("| Diffusion-DPO |").And.Contain("| DPO (shuffled labels) |").And.Contain("![base vs methods](grid.png)"));
+            Assert.That(md, Does.Contain("| base |").And.Contain("| Diffusion-DPO |").And.Contain("| DPO (shuffled labels) |").And.Contain("| SFT on renders |").And.Contain("![base vs methods](grid.png)"));
+            Assert.That(md, Does.Contain("**Controls**: positive (SFT on the ground-truth renders) Δ").And.Contain("negative (DPO on shuffled labels) Δ"));
+            Assert.That(md, Does.Contain("made in this run: 12 prompts, two of 6 generators each"));
             Assert.That(md, Does.Contain("dotnet fsi recipes/diffusion_dpo.fsx -- --pretrained_model_name_or_path"));
-            var tableRows = md.Split('\n').Count(l => l.StartsWith("| ") && l.Count(ch => ch == '|') == 13);
-            Assert.That(tableRows, Is.EqualTo(4), "header + base + 2 methods, 12 columns each");
+            var tableRows = md.Split('\n').Count(l => l.StartsWith("| ") && l.Count(ch => ch == '|') == 14);
+            Assert.That(tableRows, Is.EqualTo(5), "header + base + 3 methods, 13 columns each");
             Assert.That(md, Does.Contain("judged with **CFG 1**").And.Contain("judged with **CFG 3, DDIM η = 1**"));
-            Assert.That(md.Split('\n').Count(l => l.StartsWith("| ") && l.Count(ch => ch == '|') == 6), Is.EqualTo(8), "two extra-sampler tables: header + base + 2 methods, 5 columns each");
+            Assert.That(md.Split('\n').Count(l => l.StartsWith("| ") && l.Count(ch => ch == '|') == 6), Is.EqualTo(10), "two extra-sampler tables: header + base + 3 methods, 5 columns each");
 
             var grid = ImageCodecs.Load(Path.Combine(dir, "grid.png"));
             Assert.That(grid.Width, Is.EqualTo(170 + 4 * (128 + 8) + 8), "label column + 4 prompts × (4×32 px + padding)");
@@ -134,7 +153,7 @@ public class WorldStudyTests
 
             var results = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "results.json")))!;
             var runs = results["runs"]!.AsArray();
-            Assert.That(runs, Has.Count.EqualTo(2));
+            Assert.That(runs, Has.Count.EqualTo(3));
             foreach (var r in runs)
             {
                 Assert.That(r!["win_rate_validation"]!.GetValue<double>(), Is.InRange(0.0, 1.0));
@@ -151,7 +170,7 @@ public class WorldStudyTests
             // A second run reuses pairs and runs (nothing retrained).
             log.Clear();
             WorldStudy.Run(cfg, log.Add);
-            Assert.That(log.Count(l => l.Contains("reusing")), Is.EqualTo(2), string.Join("\n", log));
+            Assert.That(log.Count(l => l.Contains("reusing")), Is.EqualTo(3), string.Join("\n", log));
             Assert.That(() => WorldStudy.Run(cfg with { extra_samplers = [new("../x", 1.0)] }, log.Add),
                 Throws.ArgumentException.With.Message.Contains("name '../x' must be letters, digits"));
             Assert.That(() => WorldStudy.Run(cfg with { extra_samplers = [new("g", 1.0), new("g", 2.0)] }, log.Add),

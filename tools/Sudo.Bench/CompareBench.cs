@@ -155,16 +155,24 @@ public static class CompareBench
     public sealed record Row(string workload, string key, double? sudo, double? torch);
 
     /// <summary>The workloads of `bench compare`: the small UNet (bench_ref.py small), and with --full the
-    /// full-size SD1.5 UNet at 512 px, batch 1 (the DPO step: one pair), sample batch 1, without and with gradient checkpointing.</summary>
-    public static IEnumerable<(string name, SideOptions options)> Workloads(bool full, string? sd15Config, int trainRuns, int sampleRuns, int fullRuns)
+    /// full-size SD1.5 UNet at 512 px, batch 1 (the DPO step: one pair), sample batch 1, without and with gradient
+    /// checkpointing. <paramref name="only"/> (names) keeps those workloads; naming a full-size one implies --full.</summary>
+    public static List<(string name, SideOptions options)> Workloads(bool full, string? sd15Config, int trainRuns, int sampleRuns, int fullRuns,
+        IReadOnlyCollection<string>? only = null)
     {
-        yield return ("small", new SideOptions(train_runs: trainRuns, sample_runs: sampleRuns));
-        if (!full) yield break;
+        string[] names = ["small", "sd15-512", "sd15-512-ckpt"];
+        foreach (var n in only ?? [])
+            if (!names.Contains(n)) throw new ArgumentException($"bench compare: unknown workload '{n}' (expected one of {string.Join(", ", names)})");
+        bool Wanted(string n) => only is { Count: > 0 } ? only.Contains(n) : n == "small" || full;
+        var list = new List<(string, SideOptions)>();
+        if (Wanted("small")) list.Add(("small", new SideOptions(train_runs: trainRuns, sample_runs: sampleRuns)));
+        if (!Wanted("sd15-512") && !Wanted("sd15-512-ckpt")) return list;
         if (sd15Config is null || !File.Exists(sd15Config))
-            throw new FileNotFoundException($"bench compare --full needs the SD1.5 UNet config ({sd15Config ?? "SUDO_SHARED/golden/keys/sd15_unet_config.json"}): set SUDO_SHARED or --config-json");
+            throw new FileNotFoundException($"bench compare: the full-size workloads need the SD1.5 UNet config ({sd15Config ?? "SUDO_SHARED/golden/keys/sd15_unet_config.json"}): set SUDO_SHARED or --config-json");
         var baseOpts = new SideOptions("json", sd15Config, 64, 1, 1, false, fullRuns, fullRuns);
-        yield return ("sd15-512", baseOpts);
-        yield return ("sd15-512-ckpt", baseOpts with { grad_ckpt = true });
+        if (Wanted("sd15-512")) list.Add(("sd15-512", baseOpts));
+        if (Wanted("sd15-512-ckpt")) list.Add(("sd15-512-ckpt", baseOpts with { grad_ckpt = true }));
+        return list;
     }
 
     public static string[] SideArgs(SideOptions o)

@@ -267,31 +267,42 @@ public static class WorldBase
     public static List<Judge.Result> Evaluate(StableDiffusionPipeline pipe, IReadOnlyList<string> prompts, int seed = 0, int steps = 20, double guidance = 3.0,
         List<RgbImage>? images = null, double eta = 0)
     {
-        var results = new List<Judge.Result>();
+        var made = Sample(pipe, prompts, Enumerable.Range(0, prompts.Count).Select(i => (long)seed * 100_003 + i).ToList(), steps, guidance, eta);
+        images?.AddRange(made);
+        return made.Select((img, i) => Judge.Score(img, prompts[i])).ToList();
+    }
+
+    /// <summary>Samples prompt k with a generator seeded seeds[k], in batches of 16 (the pipeline's scheduler, CFG
+    /// <paramref name="guidance"/>, DDIM η <paramref name="eta"/>); each image depends only on its prompt and seed.</summary>
+    public static List<RgbImage> Sample(StableDiffusionPipeline pipe, IReadOnlyList<string> prompts, IReadOnlyList<long> seeds, int steps, double guidance, double eta = 0)
+    {
+        if (seeds.Count != prompts.Count) throw new ArgumentException($"one seed per prompt: {seeds.Count} seeds for {prompts.Count} prompts");
         var res = pipe.unet.config.sample_size * pipe.vae_scale_factor;
+        var images = new List<RgbImage>(prompts.Count);
         for (var i = 0; i < prompts.Count; i += 16)
         {
             using var scope = NewDisposeScope();
             var chunk = prompts.Skip(i).Take(16).ToList();
-            var gens = chunk.Select((_, k) => new Generator(seed * 100_003 + i + k)).ToArray();
-            using var r = pipe.call(new GenerationOptions
+            var gens = chunk.Select((_, k) => new Generator(seeds[i + k])).ToArray();
+            try
             {
-                prompt = chunk,
-                height = res,
-                width = res,
-                num_inference_steps = steps,
-                guidance_scale = guidance,
-                eta = eta,
-                generators = gens,
-            });
-            foreach (var g in gens) g.Dispose();
-            for (var k = 0; k < chunk.Count; k++)
+                using var r = pipe.call(new GenerationOptions
+                {
+                    prompt = chunk,
+                    height = res,
+                    width = res,
+                    num_inference_steps = steps,
+                    guidance_scale = guidance,
+                    eta = eta,
+                    generators = gens,
+                });
+                for (var k = 0; k < chunk.Count; k++) images.Add(Images.FromTensor01(r.images!.select(0, k)));
+            }
+            finally
             {
-                var img = Images.FromTensor01(r.images!.select(0, k));
-                images?.Add(img);
-                results.Add(Judge.Score(img, chunk[k]));
+                foreach (var g in gens) g.Dispose();
             }
         }
-        return results;
+        return images;
     }
 }

@@ -14,7 +14,7 @@ namespace Sudo.Worlds.Shapes;
 // The study's report: report.md and results.json.
 public static partial class WorldStudy
 {
-    static string Markdown(WorldStudyConfig c, string root, string baseDir, string pairsDir, Report rep, double seconds)
+    static string Markdown(WorldStudyConfig c, string root, string baseDir, string pairsDir, string pairsOrigin, string precision, Report rep, double seconds)
     {
         var runs = rep.runs;
         var inv = CultureInfo.InvariantCulture;
@@ -28,16 +28,19 @@ public static partial class WorldStudy
         sb.AppendLine($"Same base, pairs and budget for every method: {c.max_train_steps} steps × {c.train_batch_size} pairs, lr {c.learning_rate.ToString(inv).ToLowerInvariant()}, warmup {c.lr_warmup_steps}, β {c.beta_dpo.ToString(inv)}; "
             + $"sampling DDIM {c.sample_steps}, CFG {c.guidance_scale.ToString(inv)}. Judge score = 0.8·mean(attribute checks) + 0.2·quality. "
             + "Validation = held-out prompts with colour–shape pairs seen in training; test = pairs never seen (red square, blue circle, purple triangle). "
-            + "Win rate = share of (prompt, seed) where the method's image beats the base's on the judge (ties ½).\n");
-        sb.AppendLine("| method | judge (validation) | judge (test, unseen) | win vs base (val) | win vs base (test) | colour | shape | size | count | relation | train s | peak MB |");
-        sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|");
+            + "Win rate = share of (prompt, seed) where the method's image beats the base's on the judge (ties ½). "
+            + "Δ = judge score minus the base's on the same prompt and seed (both splits together).\n");
+        sb.Append(Controls(c, rep));
+        sb.AppendLine("| method | judge (validation) | judge (test, unseen) | Δ vs base | win vs base (val) | win vs base (test) | colour | shape | size | count | relation | train s | peak MB |");
+        sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         // The same helpers as the paper-repro tables, so the report and RESULTS.md cannot disagree.
         string[] attrs = ["color", "shape", "size", "count", "relation"];
         foreach (var m in c.methods.Prepend("base"))
         {
             var (secs, mb) = m == "base" ? ("—", "—") : (Cost(rep, m).seconds.ToString("F0", inv), Cost(rep, m).peak_mb.ToString("F0", inv));
             var wins = m == "base" ? "— | —" : $"{Fmt(WinVsBase(rep, m, "validation"))} | {Fmt(WinVsBase(rep, m, "test"))}";
-            sb.AppendLine($"| {(m == "base" ? "base" : Methods[m].label)} | {Fmt(MeanScore(rep, m, "validation"))} | {Fmt(MeanScore(rep, m, "test"))} | {wins} | "
+            var gain = m == "base" ? "—" : Fmt(GainVsBase(rep, m, "all"));
+            sb.AppendLine($"| {(m == "base" ? "base" : Methods[m].label)} | {Fmt(MeanScore(rep, m, "validation"))} | {Fmt(MeanScore(rep, m, "test"))} | {gain} | {wins} | "
                 + $"{string.Join(" | ", attrs.Select(a => Fmt(MeanAttribute(rep, m, a))))} | {secs} | {mb} |");
         }
         foreach (var x in c.extra_samplers)
@@ -63,10 +66,29 @@ public static partial class WorldStudy
             var r = runs.First(x => x.method == m);
             sb.AppendLine($"- **{Methods[m].label}** — {Methods[m].note}:\n  `{r.command.Replace(root + "/", "")}`");
         }
-        sb.AppendLine($"\nBase: `{baseDir}`; pairs: `{pairsDir}` ({c.pair_prompts} train prompts × 2 base samples, label noise {c.label_noise.ToString(inv)}, tie margin {c.tie_margin.ToString(inv)}). "
-            + $"Train s and peak MB come from each run's train_summary.json (peak resident memory of the recipe process); threads: torch {get_num_threads()}. Whole study {seconds:F0} s.");
+        sb.AppendLine($"\nBase: `{Path.GetRelativePath(root, baseDir)}`; pairs: `{Path.GetRelativePath(root, pairsDir)}`, {pairsOrigin}. "
+            + $"Train s and peak MB come from each run's train_summary.json (peak resident memory of the recipe process); threads: torch {get_num_threads()}; training precision: {precision}. Whole study {seconds:F0} s.");
         if (c.build_seconds is double build)
             sb.AppendLine($"\n**Time**: system packages {c.setup_seconds ?? 0:F0} s (apt; reported apart), build {build:F0} s, study {seconds:F0} s — **{build + seconds:F0} s ({(build + seconds) / 60:F1} min) from command to report**.");
+        return sb.ToString();
+    }
+
+    /// <summary>The controls' verdicts: the positive control (SFT on renders) must gain significantly and the negative one
+    /// (DPO on shuffled labels) must not, or the testbed cannot tell a working method from a broken one.</summary>
+    static string Controls(WorldStudyConfig c, Report rep)
+    {
+        var sb = new StringBuilder();
+        var pos = c.methods.Contains("sft_truth") ? GainVsBase(rep, "sft_truth", "all") : ((double, double)?)null;
+        var neg = c.methods.Contains("dpo_shuffled") ? GainVsBase(rep, "dpo_shuffled", "all") : ((double, double)?)null;
+        if (pos is null && neg is null) return "";
+        sb.Append("**Controls**: ");
+        if (pos is { } p)
+            sb.Append($"positive (SFT on the ground-truth renders) Δ {Fmt(p)}: {Significance(p)} — "
+                + (Significance(p) == "significant gain" ? "the testbed can show a gain. " : "**the testbed is broken: not even the upper bound gains**. "));
+        if (neg is { } q)
+            sb.Append($"negative (DPO on shuffled labels) Δ {Fmt(q)}: {Significance(q)} — "
+                + (Significance(q) == "significant gain" ? "**a method without signal gains: gains here are not evidence**." : "a method without signal does not gain."));
+        sb.AppendLine("\n");
         return sb.ToString();
     }
 
@@ -93,6 +115,7 @@ public static partial class WorldStudy
             o["seed"] = r.seed;
             o["win_rate_validation"] = WinRate(r.validation, baseVal);
             o["win_rate_test"] = WinRate(r.test, baseTest);
+            o["gain_vs_base"] = r.validation.Concat(r.test).Zip(baseVal.Concat(baseTest), (a, b) => a.score - b.score).Average();
             o["train_seconds"] = r.train_seconds;
             o["peak_rss_mb"] = r.peak_rss_mb;
             o["curve"] = new JsonArray(r.curve.Select(p => (JsonNode)new JsonArray(p.step, p.score)).ToArray());

@@ -35,6 +35,7 @@ public static partial class WorldStudy
     {
         "validation" => r.validation,
         "test" => r.test,
+        "all" => [.. r.validation, .. r.test],
         _ => ExtraSplit(r.extra, split),
     };
 
@@ -42,6 +43,7 @@ public static partial class WorldStudy
     {
         "validation" => rep.base_validation,
         "test" => rep.base_test,
+        "all" => [.. rep.base_validation, .. rep.base_test],
         _ => ExtraSplit(rep.base_extra, split),
     };
 
@@ -68,6 +70,23 @@ public static partial class WorldStudy
     /// <summary>Win rate of a method against the base on a split (same prompt and sampling seed), per training seed.</summary>
     public static (double mean, double half) WinVsBase(Report rep, string method, string split) =>
         Metric(RunsOf(rep, method), r => Wins(Split(r, split), BaseSplit(rep, split)));
+
+    /// <summary>Judge-score gain over the base on a split: the method's score minus the base's on the same prompt and sampling
+    /// seed, mean ± 95% interval over training seeds (≥ 2), or over the paired samples for one seed.</summary>
+    public static (double mean, double half) GainVsBase(Report rep, string method, string split)
+    {
+        var b = BaseSplit(rep, split);
+        return Metric(RunsOf(rep, method), r =>
+        {
+            var m = Split(r, split);
+            if (m.Count != b.Count) throw new ArgumentException($"gain vs base needs matched samples, got {m.Count} vs {b.Count}");
+            return m.Zip(b, (x, y) => x.score - y.score).ToList();
+        });
+    }
+
+    /// <summary>"gain" / "loss" when the 95% interval excludes 0, else "no significant change".</summary>
+    public static string Significance((double mean, double half) x) =>
+        double.IsNaN(x.half) ? "no interval" : x.mean - x.half > 0 ? "significant gain" : x.mean + x.half < 0 ? "significant loss" : "no significant change";
 
     /// <summary>Head-to-head win rate of a over b (same prompt, sampling seed and training seed).</summary>
     public static (double mean, double half) HeadToHead(Report rep, string a, string b, string split)

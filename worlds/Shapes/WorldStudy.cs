@@ -21,7 +21,15 @@ public sealed record WorldStudyConfig
     public string[] methods { get; init; } = ["dpo", "sudo"];
     /// <summary>Training seeds: every method runs once per seed; intervals over seeds need ≥ 2 (≥ 3 for the tables).</summary>
     public int[] seeds { get; init; } = [0];
-    public int pair_prompts { get; init; } = 400;
+    public int pair_prompts { get; init; } = 300;
+    /// <summary>Where the pairs come from: "population" (<see cref="WorldPopulation"/>: two generators of varied quality
+    /// per prompt, the regime of Pick-a-Pic) or "base" (two samples of the base per prompt, <see cref="WorldPairs"/>).</summary>
+    public string pair_source { get; init; } = "population";
+    /// <summary>A pair folder shipped with the repository (relative to it), used instead of generating when its
+    /// population.json has this study's population settings and base; null to always generate.</summary>
+    public string? shipped_pairs { get; init; } = "assets/world/pairs";
+    /// <summary>The generators of a population (null: <see cref="PopulationConfig.DefaultGenerators"/>).</summary>
+    public PairGenerator[]? population { get; init; }
     public double label_noise { get; init; } = 0.1;
     public double tie_margin { get; init; } = 0.02;
     public int max_train_steps { get; init; } = 300;
@@ -58,6 +66,12 @@ public sealed record WorldStudyConfig
     public int scorer_render_pairs { get; init; } = 2000;
     /// <summary>Held-out validation pairs (noiseless judge labels) on which scorer agreement is measured.</summary>
     public int scorer_eval_pairs { get; init; } = 150;
+    /// <summary>Train the next run (one thread, its own process) while the previous one is judged (the other thread):
+    /// on 2 cores the tiny models use a second thread poorly, so overlapping is faster than running one after the other.</summary>
+    public bool overlap { get; init; } = true;
+    /// <summary>Training precision: "auto" (bf16 autocast on a CPU with native, faster bf16; fp32 elsewhere —
+    /// <see cref="MixedPrecision.ForMachine"/>), "fp32" or "bf16". Printed and stated in the report.</summary>
+    public string precision { get; init; } = "auto";
     /// <summary>Markdown lines added under the report's title.</summary>
     public string? report_note { get; init; }
     /// <summary>Seconds spent before the study by the launcher (system packages; build), reported in the timing line.</summary>
@@ -86,7 +100,8 @@ public static partial class WorldStudy
         ["sft"] = new("sft", "SFT", "recipes/sft.fsx", [], "denoising loss on the winners (baseline and control)"),
         ["dpo"] = new("dpo", "Diffusion-DPO", "recipes/diffusion_dpo.fsx", [], "DPO on the judge-labelled pairs, frozen reference"),
         ["sudo"] = new("sudo", "SUDO", "recipes/sudo.fsx", [], "self-pairs from the winners, 0.5·DPO + 0.5·MSE"),
-        ["dpo_shuffled"] = new("dpo_shuffled", "DPO (shuffled labels)", "recipes/diffusion_dpo.fsx", [], "control: labels permuted across pairs"),
+        ["dpo_shuffled"] = new("dpo_shuffled", "DPO (shuffled labels)", "recipes/diffusion_dpo.fsx", [], "negative control: labels permuted across pairs, must not gain"),
+        ["sft_truth"] = new("sft_truth", "SFT on renders", "recipes/sft.fsx", [], "positive control: denoising loss on the ground-truth renders of the pair prompts (an upper bound), must gain"),
         ["dpo_snr"] = new("dpo_snr", "DPO + SNR weight", "recipes/dpo_timestep_weighted.fsx", ["--gamma", "0.5"], "inline-variant recipe: w(t) = SNR(t)^0.5 / mean"),
         ["spo"] = new("spo", "SPO", "recipes/spo.fsx", [], "online step-wise pairs chosen by the learned step-aware scorer, LoRA"),
     };
@@ -120,6 +135,8 @@ public static partial class WorldStudy
         if (c.extra_samplers.Select(x => x.name).Distinct().Count() != c.extra_samplers.Length)
             throw new ArgumentException($"extra_samplers: names must be unique (got {string.Join(", ", c.extra_samplers.Select(x => x.name))})");
         var root = FindRepoRoot(c.repo_root);
+        var (precision, precisionWhy) = MixedPrecision.ForMachine(c.precision);
+        log($"world study: precision {precisionWhy}");
         var outDir = Path.GetFullPath(c.output_dir);
         Directory.CreateDirectory(outDir);
         var sw = Stopwatch.StartNew();
@@ -131,19 +148,10 @@ public static partial class WorldStudy
         using var pipe = StableDiffusionPipeline.from_pretrained(baseDir, "ddim");
         var baseWeights = pipe.unet.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
 
-        // 2. Pairs (cached by their settings) and the shuffled-label control.
-        var pairsDir = Path.Combine(outDir, "pairs");
-        var pairsKey = $"{baseDir}|{c.pair_prompts}|{c.label_noise}|{c.tie_margin}|{c.sample_steps}|{c.guidance_scale}";
-        var pairsMarker = Path.Combine(pairsDir, "study_key.txt");
-        if (!File.Exists(pairsMarker) || File.ReadAllText(pairsMarker) != pairsKey)
-        {
-            var t0 = sw.Elapsed.TotalSeconds;
-            var s = WorldPairs.Make(pipe, World.Prompts("train", c.pair_prompts, 0), pairsDir,
-                new WorldPairsConfig { label_noise = c.label_noise, tie_margin = c.tie_margin, steps = c.sample_steps, guidance_scale = c.guidance_scale });
-            File.WriteAllText(pairsMarker, pairsKey);
-            log($"world study: {s.pairs} pairs ({s.ties} ties, {s.flipped} flipped labels, mean judge gap {s.mean_gap:F3}) in {sw.Elapsed.TotalSeconds - t0:F0} s");
-        }
+        // 2. Pairs (shipped, or made and cached by their settings), the shuffled-label and the ground-truth controls.
+        var (pairsDir, pairsOrigin) = EnsurePairs(c, root, outDir, baseDir, pipe, log, sw);
         if (c.methods.Contains("dpo_shuffled")) WriteShuffled(pairsDir, Path.Combine(outDir, "pairs_shuffled"));
+        if (c.methods.Contains("sft_truth")) WriteTruth(pairsDir, Path.Combine(outDir, "pairs_truth"), pipe.unet.config.sample_size * pipe.vae_scale_factor);
 
         // 3. Evaluation prompts: held-out validation (seen combinations) and test (unseen combinations).
         var valPrompts = World.Prompts("validation", c.eval_prompts, 0);
@@ -187,17 +195,20 @@ public static partial class WorldStudy
         var grid = new List<(string label, List<(RgbImage img, double score)> row)> { ("base", GridRow()) };
         log($"world study: base judged on {valPrompts.Count}+{testPrompts.Count} held-out prompts × {c.eval_seeds} seeds: validation {baseVal.Average(r => r.score):F4}, test {baseTest.Average(r => r.score):F4} ({sw.Elapsed.TotalSeconds - t1:F0} s)");
 
-        // 4. Each method × seed through its recipe, then judged with the same prompts and seeds.
-        var runs = new List<RunResult>();
+        // 4. Each method × seed through its recipe, then judged with the same prompts and seeds. With overlap, the next run
+        // trains in its own process on one thread while this process judges the previous one on the other.
+        var mixed = precision == "no" ? null : precision;
+        var jobs = new List<Job>();
         foreach (var seed in c.seeds)
             foreach (var m in c.methods)
             {
                 var spec = Methods[m];
                 var runDir = Path.Combine(outDir, "runs", $"{m}-seed{seed}");
-                var data = m == "dpo_shuffled" ? Path.Combine(outDir, "pairs_shuffled") : pairsDir;
+                var data = m switch { "dpo_shuffled" => Path.Combine(outDir, "pairs_shuffled"), "sft_truth" => Path.Combine(outDir, "pairs_truth"), _ => pairsDir };
                 // The recipe's flags are the binder's (Flags.ToArgs): every setting that differs from train.py's default.
-                var args = m == "spo" ? SpoArgs(c, baseDir, EnsureScorer(pipe, outDir, pairsDir, c, log), Path.Combine(pairsDir, "prompts.txt"), runDir, seed) : Flags.ToArgs(new TrainConfig
+                var args = m == "spo" ? SpoArgs(c, baseDir, EnsureScorer(pipe, outDir, pairsDir, c, log), Path.Combine(pairsDir, "prompts.txt"), runDir, seed, mixed) : Flags.ToArgs(new TrainConfig
                 {
+                    mixed_precision = mixed,
                     pretrained_model_name_or_path = baseDir,
                     dataset_name = data,
                     output_dir = runDir,
@@ -213,46 +224,89 @@ public static partial class WorldStudy
                     seed = seed,
                 });
                 args.AddRange(spec.extra_args);
-                var command = $"dotnet fsi {spec.recipe} -- {string.Join(" ", args.Select(a => a.Contains(' ') ? $"\"{a}\"" : a))}";
-                var summaryPath = Path.Combine(runDir, "train_summary.json");
-                var argsPath = Path.Combine(runDir, "study_command.txt");
-                if (File.Exists(summaryPath) && File.Exists(argsPath) && File.ReadAllText(argsPath) == command)
-                    log($"world study: reusing {runDir}");
+                jobs.Add(new Job(m, seed, spec, runDir, args, $"dotnet fsi {spec.recipe} -- {string.Join(" ", args.Select(a => a.Contains(' ') ? $"\"{a}\"" : a))}"));
+            }
+        var overlap = c.overlap && Environment.ProcessorCount >= 2;
+        var runs = new List<RunResult>();
+        (int index, Task task)? background = null;
+        try
+        {
+            for (var k = 0; k < jobs.Count; k++)
+            {
+                var j = jobs[k];
+                if (background is { } bg && bg.index == k)
+                {
+                    bg.task.GetAwaiter().GetResult();
+                    background = null;
+                    log($"world study: {j.spec.label}, seed {j.seed}: trained in the background ({JsonNode.Parse(File.ReadAllText(j.SummaryPath))!["seconds"]} s)");
+                }
+                else if (j.Done) log($"world study: reusing {j.runDir}");
                 else
                 {
-                    if (Directory.Exists(runDir)) Directory.Delete(runDir, true);
-                    Directory.CreateDirectory(runDir);
-                    log($"world study: {spec.label}, seed {seed}: {command}");
-                    RunRecipe(root, spec.recipe, args);
-                    File.WriteAllText(argsPath, command);
+                    log($"world study: {j.spec.label}, seed {j.seed}: {j.command}");
+                    Train(root, j, background: false);
                 }
-                var summary = JsonNode.Parse(File.ReadAllText(summaryPath))!;
-                var (val, test, curve) = CachedEval(Path.Combine(runDir, "study_eval.json"), evalKey + "|" + command, () =>
+                var threads = (torch: get_num_threads(), blas: get_blas_threads());
+                if (overlap && k + 1 < jobs.Count && !jobs[k + 1].Done)
                 {
-                    var pts = new List<(int, double)> { (0, baseCurve) };
-                    foreach (var ck in Directory.GetDirectories(runDir, "checkpoint-*").Select(d => (d, n: int.Parse(Path.GetFileName(d)["checkpoint-".Length..]))).OrderBy(x => x.n))
+                    var n = jobs[k + 1];
+                    log($"world study: {n.spec.label}, seed {n.seed}: training in the background on one thread (log {Path.Combine(n.runDir, "train.log")}): {n.command}");
+                    background = (k + 1, Task.Run(() => Train(root, n, background: true)));
+                    set_num_threads(Math.Max(1, threads.torch - 1));
+                    set_blas_threads(Math.Max(1, threads.blas - 1));
+                }
+                try
+                {
+                    runs.Add(Judged(j));
+                }
+                finally
+                {
+                    set_num_threads(threads.torch);
+                    set_blas_threads(threads.blas);
+                }
+            }
+        }
+        finally
+        {
+            // A failure while judging still waits for the background run (its process owns a run folder).
+            if (background is { } bg) try { bg.task.GetAwaiter().GetResult(); } catch (Exception e) { log($"world study: background training failed: {e.Message}"); }
+        }
+
+        RunResult Judged(Job j)
+        {
+            var summary = JsonNode.Parse(File.ReadAllText(j.SummaryPath))!;
+            var (val, test, curve) = CachedEval(Path.Combine(j.runDir, "study_eval.json"), evalKey + "|" + j.command, () =>
+            {
+                var pts = new List<(int, double)> { (0, baseCurve) };
+                if (c.curve_prompts > 0)
+                {
+                    foreach (var ck in Directory.GetDirectories(j.runDir, "checkpoint-*").Select(d => (d, n: int.Parse(Path.GetFileName(d)["checkpoint-".Length..]))).OrderBy(x => x.n))
                     {
                         LoadUnet(pipe, Path.Combine(ck.d, "unet"));
                         pts.Add((ck.n, CurvePoint()));
                     }
-                    LoadUnet(pipe, Path.Combine(runDir, "unet"));
-                    if (pts[^1].Item1 != c.max_train_steps) pts.Add((c.max_train_steps, CurvePoint()));
-                    return (Eval(valPrompts), Eval(testPrompts), pts);
-                });
-                if (seed == c.seeds[0])
-                {
-                    LoadUnet(pipe, Path.Combine(runDir, "unet"));
-                    grid.Add((spec.label, GridRow()));
                 }
-                var extra = Extra(runDir, "study_eval", evalKey + "|" + command, Path.Combine(runDir, "unet"));
-                runs.Add(new RunResult(m, seed, runDir, val, test, curve, summary["seconds"]!.GetValue<double>(), summary["peak_rss_mb"]!.GetValue<double>(), command, extra));
-                log($"world study: {spec.label}, seed {seed}: validation {val.Average(r => r.score):F4}, test {test.Average(r => r.score):F4}");
-                using (no_grad()) pipe.unet.load_state_dict(baseWeights);
+                LoadUnet(pipe, Path.Combine(j.runDir, "unet"));
+                var v = Eval(valPrompts);
+                // The final point of the curve: the first curve_prompts validation prompts at seed 0 are already judged.
+                if (pts[^1].Item1 != c.max_train_steps && c.curve_prompts > 0)
+                    pts.Add((c.max_train_steps, c.curve_prompts <= c.eval_prompts ? v.Take(c.curve_prompts).Average(r => r.score) : CurvePoint()));
+                return (v, Eval(testPrompts), pts);
+            });
+            if (j.seed == c.seeds[0])
+            {
+                LoadUnet(pipe, Path.Combine(j.runDir, "unet"));
+                grid.Add((j.spec.label, GridRow()));
             }
+            var extra = Extra(j.runDir, "study_eval", evalKey + "|" + j.command, Path.Combine(j.runDir, "unet"));
+            log($"world study: {j.spec.label}, seed {j.seed}: validation {val.Average(r => r.score):F4}, test {test.Average(r => r.score):F4}");
+            using (no_grad()) pipe.unet.load_state_dict(baseWeights);
+            return new RunResult(j.method, j.seed, j.runDir, val, test, curve, summary["seconds"]!.GetValue<double>(), summary["peak_rss_mb"]!.GetValue<double>(), j.command, extra);
+        }
         foreach (var t in baseWeights.Values) t.Dispose();
 
         // 5. Report.
-        var md = Markdown(c, root, baseDir, pairsDir, new Report(outDir, baseVal, baseTest, runs, "", baseExtra), sw.Elapsed.TotalSeconds);
+        var md = Markdown(c, root, baseDir, pairsDir, pairsOrigin, precisionWhy, new Report(outDir, baseVal, baseTest, runs, "", baseExtra), sw.Elapsed.TotalSeconds);
         var truth = ("target (rendered)", gridPrompts.Select((p, i) => (World.Render(p, 32, i), double.NaN)).ToList());
         ImageCodecs.Save(Figures.Grid(gridPrompts, grid.Prepend(truth).ToList()), Path.Combine(outDir, "grid.png"));
         Figures.LearningCurves(c.methods.Select(m => (Methods[m].label, (IReadOnlyList<List<(int step, double score)>>)runs.Where(r => r.method == m).Select(r => r.curve).ToList())).ToList(),
@@ -264,8 +318,30 @@ public static partial class WorldStudy
         return new Report(outDir, baseVal, baseTest, runs, md, baseExtra);
     }
 
-    static List<string> SpoArgs(WorldStudyConfig c, string baseDir, string scorer, string prompts, string runDir, int seed) => Flags.ToArgs(new SpoTrainConfig
+    /// <summary>One training run of the study: its recipe, flags and folder.</summary>
+    sealed record Job(string method, int seed, WorldMethod spec, string runDir, List<string> args, string command)
     {
+        public string SummaryPath => Path.Combine(runDir, "train_summary.json");
+        public string CommandPath => Path.Combine(runDir, "study_command.txt");
+        /// <summary>Trained before with the same command (cached).</summary>
+        public bool Done => File.Exists(SummaryPath) && File.Exists(CommandPath) && File.ReadAllText(CommandPath) == command;
+    }
+
+    /// <summary>Runs a job's recipe in a fresh folder: in the foreground (progress on the console) or in the background
+    /// on one thread with its output in runDir/train.log; records the command once the run has finished.</summary>
+    static void Train(string root, Job j, bool background)
+    {
+        if (Directory.Exists(j.runDir)) Directory.Delete(j.runDir, true);
+        Directory.CreateDirectory(j.runDir);
+        if (background)
+            RunRecipe(root, j.spec.recipe, j.args, new Dictionary<string, string> { ["SUDO_TORCH_THREADS"] = "1", ["SUDO_BLAS_THREADS"] = "1" }, Path.Combine(j.runDir, "train.log"));
+        else RunRecipe(root, j.spec.recipe, j.args);
+        File.WriteAllText(j.CommandPath, j.command);
+    }
+
+    static List<string> SpoArgs(WorldStudyConfig c, string baseDir, string scorer, string prompts, string runDir, int seed, string? mixed) => Flags.ToArgs(new SpoTrainConfig
+    {
+        mixed_precision = mixed,
         pretrained_model_name_or_path = baseDir,
         scorer = scorer,
         prompts_file = prompts,
@@ -433,6 +509,78 @@ public static partial class WorldStudy
         using var scope = NewDisposeScope();
         using var _ = no_grad();
         pipe.unet.load_state_dict(Checkpoints.ReadWeights(Checkpoints.FindWeights(folder, "diffusion_pytorch_model")));
+    }
+
+    /// <summary>The study's pair folder and a sentence on where it came from: the shipped population when its settings and
+    /// base match, else made in output_dir/pairs (reused while its settings are unchanged).</summary>
+    static (string dir, string origin) EnsurePairs(WorldStudyConfig c, string root, string outDir, string baseDir, StableDiffusionPipeline pipe, Action<string> log, Stopwatch sw)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var pairsDir = Path.Combine(outDir, "pairs");
+        var marker = Path.Combine(pairsDir, "study_key.txt");
+        var t0 = sw.Elapsed.TotalSeconds;
+        if (c.pair_source == "base")
+        {
+            var key = $"base|{baseDir}|{c.pair_prompts}|{c.label_noise}|{c.tie_margin}|{c.sample_steps}|{c.guidance_scale}";
+            if (!File.Exists(marker) || File.ReadAllText(marker) != key)
+            {
+                var s = WorldPairs.Make(pipe, World.Prompts("train", c.pair_prompts, 0), pairsDir,
+                    new WorldPairsConfig { label_noise = c.label_noise, tie_margin = c.tie_margin, steps = c.sample_steps, guidance_scale = c.guidance_scale });
+                File.WriteAllText(marker, key);
+                log($"world study: {s.pairs} pairs ({s.ties} ties, {s.flipped} flipped labels, mean judge gap {s.mean_gap:F3}) in {sw.Elapsed.TotalSeconds - t0:F0} s");
+                return (pairsDir, $"made in this run: {c.pair_prompts} train prompts × 2 base samples (DDIM {c.sample_steps}, CFG {c.guidance_scale.ToString(inv)}), label noise {c.label_noise.ToString(inv)}, tie margin {c.tie_margin.ToString(inv)}, {sw.Elapsed.TotalSeconds - t0:F0} s");
+            }
+            return (pairsDir, $"reused from an earlier run with the same settings: {c.pair_prompts} train prompts × 2 base samples, label noise {c.label_noise.ToString(inv)}");
+        }
+        if (c.pair_source != "population") throw new ArgumentException($"pair_source '{c.pair_source}': expected population or base");
+        var pop = new PopulationConfig { pairs = c.pair_prompts, label_noise = c.label_noise, tie_margin = c.tie_margin, generators = c.population ?? PopulationConfig.DefaultGenerators };
+        var baseKey = File.Exists(Path.Combine(baseDir, "world_base.json")) ? (string?)JsonNode.Parse(File.ReadAllText(Path.Combine(baseDir, "world_base.json")))?["key"] : null;
+        bool Matches(string dir)
+        {
+            var f = Path.Combine(dir, "population.json");
+            if (!File.Exists(f) || !File.Exists(Path.Combine(dir, "pairs.jsonl"))) return false;
+            var o = JsonNode.Parse(File.ReadAllText(f));
+            return (string?)o?["key"] == pop.Key && (string?)o?["base_key"] == baseKey;
+        }
+        string Describe(string dir)
+        {
+            var o = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "population.json")))!;
+            return $"{o["pairs"]} prompts, two of {pop.generators.Length} generators each ({string.Join(", ", pop.generators.Select(g => g.name))}), label noise {c.label_noise.ToString(inv)}, "
+                + $"{o["ties"]} ties, {o["flipped"]} flipped labels; made by `{o["command"]}` in {o["seconds"]} s";
+        }
+        if (c.shipped_pairs is { } rel && Path.GetFullPath(Path.Combine(root, rel)) is var shipped && Matches(shipped))
+        {
+            log($"world study: pairs {shipped} (shipped population, settings {pop.Key})");
+            return (shipped, $"shipped with the repository (`{rel}`, its README.md says how it was made; a test replays its first pairs): {Describe(shipped)}");
+        }
+        if (Matches(pairsDir)) return (pairsDir, $"reused from an earlier run: {Describe(pairsDir)}");
+        var cmd = $"sudoml world pairs --population --model {Path.GetRelativePath(root, baseDir)} --n {c.pair_prompts} --label-noise {c.label_noise.ToString(inv)} --tie-margin {c.tie_margin.ToString(inv)} --out {Path.GetRelativePath(root, pairsDir)}";
+        WorldPopulation.Make(pipe, baseDir, pairsDir, pop, cmd, log);
+        return (pairsDir, $"made in this run: {Describe(pairsDir)}");
+    }
+
+    /// <summary>The positive control's data: each pair prompt's ground-truth render as the winner (layout seed = the pair
+    /// index) against a render with one attribute corrupted, as a pair folder (SFT trains on the winners).</summary>
+    static void WriteTruth(string pairsDir, string folder, int resolution)
+    {
+        var prompts = File.ReadAllLines(Path.Combine(pairsDir, "pairs.jsonl")).Where(l => l.Length > 0).Select(l => (string)JsonNode.Parse(l)!["caption"]!).ToList();
+        var key = $"{resolution}|" + string.Join("\n", prompts);
+        var keyFile = Path.Combine(folder, "study_key.txt");
+        if (File.Exists(keyFile) && File.ReadAllText(keyFile) == key) return;
+        var tmp = folder.TrimEnd('/') + $".tmp-{Environment.ProcessId}";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        Directory.CreateDirectory(Path.Combine(tmp, "images"));
+        var lines = prompts.Select((p, i) =>
+        {
+            var good = $"images/{i:D5}_render.png";
+            var bad = $"images/{i:D5}_corrupted.png";
+            ImageCodecs.Save(WorldPopulation.RenderFor(p, resolution, i, corrupted: false), Path.Combine(tmp, good));
+            ImageCodecs.Save(WorldPopulation.RenderFor(p, resolution, i, corrupted: true), Path.Combine(tmp, bad));
+            return new JsonObject { ["caption"] = p, ["image_0"] = good, ["image_1"] = bad, ["label_0"] = 1.0 }.ToJsonString();
+        });
+        File.WriteAllText(Path.Combine(tmp, "pairs.jsonl"), string.Join("\n", lines) + "\n");
+        File.WriteAllText(Path.Combine(tmp, "study_key.txt"), key);
+        AtomicFile.PublishDirectory(tmp, folder);
     }
 
     /// <summary>The pair folder with label_0 permuted across pairs (a fixed seed), images referenced from the original.</summary>
