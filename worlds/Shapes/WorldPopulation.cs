@@ -97,11 +97,12 @@ public static class WorldPopulation
         var seenSet = pretrain.ToHashSet();
         var seen = pretrain.Take(nSeen).ToList();
         var fresh = new List<string>();
+        var taken = new HashSet<string>();
         for (var s = 1; fresh.Count < c.pairs - nSeen; s++)
         {
             if (s > 50) throw new InvalidOperationException($"population: only {fresh.Count} train-split prompts outside the base's pre-training set");
             foreach (var p in World.Prompts("train", 4 * (c.pairs - nSeen) + 40, 1000 + s))
-                if (!seenSet.Contains(p) && fresh.Count < c.pairs - nSeen && !fresh.Contains(p)) fresh.Add(p);
+                if (!seenSet.Contains(p) && fresh.Count < c.pairs - nSeen && taken.Add(p)) fresh.Add(p);
         }
         var list = new List<(string, bool)>(c.pairs);
         int a = 0, b = 0;
@@ -249,6 +250,13 @@ public static class WorldPopulation
         }
     }
 
+    /// <summary>The settings key in the base's world_base.json (null for a base without one): which base a population was made from.</summary>
+    public static string? BaseKey(string baseDir)
+    {
+        var marker = Path.Combine(baseDir, "world_base.json");
+        return File.Exists(marker) ? (string?)JsonNode.Parse(File.ReadAllText(marker))?["key"] : null;
+    }
+
     /// <summary>The settings the base was built with (its world_base.json), or the defaults when it has none.</summary>
     public static WorldBaseConfig BaseConfig(string baseDir)
     {
@@ -313,7 +321,7 @@ public static class WorldPopulation
             ["key"] = c.Key,
             ["config"] = JsonNode.Parse(JsonSerializer.Serialize(c)),
             ["base"] = Path.GetFileName(Path.GetFullPath(baseDir).TrimEnd('/')),
-            ["base_key"] = (string?)JsonNode.Parse(File.Exists(Path.Combine(baseDir, "world_base.json")) ? File.ReadAllText(Path.Combine(baseDir, "world_base.json")) : "{}")?["key"],
+            ["base_key"] = BaseKey(baseDir),
             ["command"] = command,
             ["pairs"] = made.Count,
             ["ties"] = ties,

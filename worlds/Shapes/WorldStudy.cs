@@ -534,7 +534,7 @@ public static partial class WorldStudy
         }
         if (c.pair_source != "population") throw new ArgumentException($"pair_source '{c.pair_source}': expected population or base");
         var pop = new PopulationConfig { pairs = c.pair_prompts, label_noise = c.label_noise, tie_margin = c.tie_margin, generators = c.population ?? PopulationConfig.DefaultGenerators };
-        var baseKey = File.Exists(Path.Combine(baseDir, "world_base.json")) ? (string?)JsonNode.Parse(File.ReadAllText(Path.Combine(baseDir, "world_base.json")))?["key"] : null;
+        var baseKey = WorldPopulation.BaseKey(baseDir);
         bool Matches(string dir)
         {
             var f = Path.Combine(dir, "population.json");
