@@ -82,23 +82,22 @@ let benchTrain () =
     printfn "%s" (json r)
     0
 
+/// This program's own command line up to `bench` (dotnet + dll when run through the host), for benches that time
+/// their work in child processes of this same command.
+let private selfArgv () =
+    match Environment.ProcessPath with
+    | p when IO.Path.GetFileNameWithoutExtension(p) = "dotnet" -> [| p; Environment.GetCommandLineArgs().[0]; "bench" |]
+    | p -> [| p; "bench" |]
+
 let benchData () =
     // Each measurement runs in a child process of this same command (peak RSS is per process).
-    let self =
-        match Environment.ProcessPath with
-        | p when IO.Path.GetFileNameWithoutExtension(p) = "dotnet" -> [| p; Environment.GetCommandLineArgs().[0]; "bench"; "data" |]
-        | p -> [| p; "bench"; "data" |]
-    let r = Sudo.Bench.DataBench.Run(self)
+    let r = Sudo.Bench.DataBench.Run(Array.append (selfArgv ()) [| "data" |])
     printfn "%s" (json r)
     0
 
 let benchDdp () =
     // Each configuration runs as ranks of this same command under the launcher (children read SUDO_BENCH_DDP_CHILD).
-    let self =
-        match Environment.ProcessPath with
-        | p when IO.Path.GetFileNameWithoutExtension(p) = "dotnet" -> [| p; Environment.GetCommandLineArgs().[0]; "bench"; "ddp" |]
-        | p -> [| p; "bench"; "ddp" |]
-    let r = Sudo.Bench.DdpBench.Run(self)
+    let r = Sudo.Bench.DdpBench.Run(Array.append (selfArgv ()) [| "ddp" |])
     printfn "%s" (json r)
     0
 
@@ -123,11 +122,6 @@ let benchUnet () =
     let r = Sudo.Bench.UNetBench.Run()
     printfn "%s" (json r)
     0
-
-let private selfArgv () =
-    match Environment.ProcessPath with
-    | p when IO.Path.GetFileNameWithoutExtension(p) = "dotnet" -> [| p; Environment.GetCommandLineArgs().[0]; "bench" |]
-    | p -> [| p; "bench" |]
 
 let benchSide (o: Sudo.Bench.SideOptions) =
     let r = Sudo.Bench.CompareBench.RunSide o

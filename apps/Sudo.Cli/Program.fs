@@ -197,6 +197,7 @@ type WorldArgs =
     | Model of folder: string
     | Vae_Steps of int
     | Unet_Steps of int
+    | Release_Step of int
     | Label_Noise of float
     | Tie_Margin of float
     | Base of folder: string
@@ -231,7 +232,8 @@ type WorldArgs =
             | Tie_Margin _ -> "pairs: judge gaps below this are ties, dropped in training (default 0.02)."
             | Model _ -> "eval: a pipeline folder to sample and judge."
             | Vae_Steps _ -> "base: VAE training steps (default 1500)."
-            | Unet_Steps _ -> "base: UNet + text encoder training steps (default 1500)."
+            | Unet_Steps _ -> "base: length of the UNet + text encoder pre-training schedule (default 1500)."
+            | Release_Step _ -> "base: the base is the checkpoint at this step of that schedule (default 600; 0: its end); later steps are the pair population's stronger checkpoint."
             | Split _ -> "prompts: train, validation or test (test holds unseen colour-shape combinations)."
             | N _ -> "prompts: how many (default 100); judge: images (default 300)."
             | Prompt _ -> "a shapes-world prompt, e.g. \"a small red circle left of a large blue square on a white background\"."
@@ -432,7 +434,8 @@ let main argv =
                 0
             | "base" ->
                 let d = Sudo.Worlds.Shapes.WorldBaseConfig()
-                let cfg = Sudo.Worlds.Shapes.WorldBaseConfig(vae_steps = a.GetResult(Vae_Steps, defaultValue = d.vae_steps), unet_steps = a.GetResult(Unet_Steps, defaultValue = d.unet_steps), seed = int64 seed)
+                let cfg = Sudo.Worlds.Shapes.WorldBaseConfig(vae_steps = a.GetResult(Vae_Steps, defaultValue = d.vae_steps), unet_steps = a.GetResult(Unet_Steps, defaultValue = d.unet_steps),
+                                                               release_step = a.GetResult(Release_Step, defaultValue = d.release_step), seed = int64 seed)
                 Sudo.Worlds.Shapes.WorldBase.Build(a.GetResult(Out, defaultValue = "runs/world/base"), cfg) |> ignore
                 0
             | "eval" ->

@@ -12,18 +12,22 @@ public static partial class torch
 {
     /// <summary>torch.autograd.profiler with use_kineto=False: libtorch's RecordFunction-based CPU profiler, the
     /// instrumentation PyTorch's own op tables come from, so the two can be compared op by op.
-    /// <c>using (var p = torch.profiler.profile()) { ... }</c>, then <c>p.ops</c> (read after disposal).</summary>
+    /// <c>using (var p = torch.profiler.profile()) { ... }</c>, then <c>p.ops</c> (read after disposal).
+    /// <paramref name="save_tsv"/>: keep the native per-op table (name, calls, total_us, self_us) at that path, moved
+    /// into place whole once the profile stops.</summary>
     public static class profiler
     {
-        public static Profile profile(bool record_shapes = false) => new(record_shapes);
+        public static Profile profile(bool record_shapes = false, string? save_tsv = null) => new(record_shapes, save_tsv);
     }
 
     public sealed class Profile : IDisposable
     {
         private IReadOnlyList<OpStat>? _ops;
+        private readonly string? _saveTsv;
 
-        internal Profile(bool recordShapes)
+        internal Profile(bool recordShapes, string? saveTsv)
         {
+            _saveTsv = saveTsv == null ? null : Path.GetFullPath(saveTsv);
             Library.EnsureLoaded();
             Native.CheckStatus(Native.sudo_profiler_start(recordShapes ? 1 : 0), "profiler.start");
         }
@@ -34,11 +38,13 @@ public static partial class torch
         public void Dispose()
         {
             if (_ops != null) return;
-            var path = Path.Combine(Path.GetTempPath(), $"sudo-profile-{Environment.ProcessId}-{Guid.NewGuid():N}.tsv");
+            var dir = _saveTsv == null ? Path.GetTempPath() : Path.GetDirectoryName(_saveTsv)!;
+            var path = Path.Combine(dir, $".sudo-profile-{Environment.ProcessId}-{Guid.NewGuid():N}.tsv");
             try
             {
                 Native.CheckStatus(Native.sudo_profiler_stop(path), "profiler.stop");
                 _ops = Parse(File.ReadAllLines(path));
+                if (_saveTsv != null) File.Move(path, _saveTsv, overwrite: true);
             }
             finally
             {

@@ -14,10 +14,12 @@ public class WorldBaseTests
         var dir = Path.Combine(Path.GetTempPath(), $"sudo-world-{Guid.NewGuid():N}");
         try
         {
-            var cfg = new WorldBaseConfig { vae_steps = 6, unet_steps = 6, batch_size = 4, train_prompts = 200, bpe_merges = 200 };
+            var cfg = new WorldBaseConfig { vae_steps = 6, unet_steps = 6, release_step = 4, batch_size = 4, train_prompts = 200, bpe_merges = 200 };
+            Assert.Throws<ArgumentException>(() => WorldBase.Build(dir, cfg with { release_step = 7 }), "a release step past the schedule");
             var log = new List<string>();
             WorldBase.Build(dir, cfg, log.Add);
             Assert.That(log.Any(l => l.Contains("built")), Is.True);
+            Assert.That(File.ReadLines(Path.Combine(dir, "train_log.jsonl")).Count(l => l.Contains("\"unet\"")), Is.EqualTo(4), "the UNet is saved at the release step");
             var tok = CLIPTokenizer.from_pretrained(Path.Combine(dir, "tokenizer"));
             Assert.That(tok.model_max_length, Is.EqualTo(20));
             Assert.That(tok.eos_token_id, Is.EqualTo(tok.vocab_size - 1));
@@ -81,7 +83,7 @@ public class WorldBaseTests
         Assert.That(cfg.Key, Is.EqualTo((string)meta["key"]!), "world_base.json's settings give its key");
         var log = File.ReadAllLines(Path.Combine(folder, "train_log.jsonl")).Select(l => System.Text.Json.Nodes.JsonNode.Parse(l)!).ToList();
         double[] Recorded(string phase, int n) => log.Where(o => (string)o["phase"]! == phase).Take(n).Select(o => o["loss"]!.GetValue<double>()).ToArray();
-        Assert.That(log.Count(o => (string)o["phase"]! == "unet"), Is.EqualTo(cfg.unet_steps));
+        Assert.That(log.Count(o => (string)o["phase"]! == "unet"), Is.EqualTo(cfg.ReleaseStep), "the UNet curve runs to the release step");
 
         var threads = Sudo.Torch.torch.get_num_threads();
         Sudo.Torch.torch.set_num_threads((int)meta["torch_threads"]!);

@@ -27,14 +27,16 @@ public class WorldPopulationTests
         for (var k = 10; k <= 2000; k += 10) Assert.That(plan.Take(k).Count(p => p.seen), Is.EqualTo(3 * k / 10));
         Assert.That(plan.All(p => p.generator_0 != p.generator_1), Is.True);
         Assert.That(plan.Select(p => p.seed_0).Concat(plan.Select(p => p.seed_1)).Distinct().Count(), Is.EqualTo(4000), "one seed per image");
-        // Equal weights: each of the 7 generators appears in 2/7 of the pairs (binomial sd ≈ 0.01).
-        var share = Enumerable.Range(0, c.generators.Length).Select(g => plan.Count(p => p.generator_0 == g || p.generator_1 == g) / 2000.0).ToList();
-        Assert.That(share, Has.All.InRange(2 / 7.0 - 0.04, 2 / 7.0 + 0.04));
+        // Equal weights: each of the n generators appears in 2/n of the pairs (binomial sd ≈ 0.01).
+        var n = c.generators.Length;
+        var share = Enumerable.Range(0, n).Select(g => plan.Count(p => p.generator_0 == g || p.generator_1 == g) / 2000.0).ToList();
+        Assert.That(share, Has.All.InRange(2.0 / n - 0.04, 2.0 / n + 0.04));
         // A weight of 3 on the first generator: its share is 1 − P(neither) for draws without replacement.
         var w = c with { generators = c.generators.Select((g, i) => i == 0 ? g with { weight = 3 } : g).ToArray() };
         var heavy = WorldPopulation.Plan(w, baseCfg).Count(p => p.generator_0 == 0 || p.generator_1 == 0) / 2000.0;
-        // Weights 3 + 6·1 = 9: the first draw misses it with 6/9; the second, without the drawn weight-1 one, with 5/8.
-        var pNeither = 6 / 9.0 * (5 / 8.0);
+        // Weights 3 + (n − 1)·1 = n + 2: the first draw misses it with (n − 1)/(n + 2); the second, without the drawn
+        // weight-1 one, with (n − 2)/(n + 1).
+        var pNeither = (n - 1.0) / (n + 2) * ((n - 2.0) / (n + 1));
         Assert.That(heavy, Is.EqualTo(1 - pNeither).Within(0.04));
         Assert.That(() => WorldPopulation.Plan(c with { generators = [c.generators[0]] }, baseCfg), Throws.ArgumentException.With.Message.Contains("at least two generators"));
         Assert.That(() => WorldPopulation.Plan(c with { generators = [c.generators[0], c.generators[1] with { kind = "oracle" }] }, baseCfg),

@@ -48,12 +48,8 @@ public static class CompareBench
         using var x0 = randn([B, 4, S, S], g);
         using var ehs = randn([B, Seq, D], g);
 
-        double Median(Action step, int runs) => EngineBench.MedianSeconds(step, runs);
-        double[] Runs(Action step, int runs)
-        {
-            step();
-            return Enumerable.Range(0, runs).Select(_ => { var sw = Stopwatch.StartNew(); step(); return sw.Elapsed.TotalSeconds; }).ToArray();
-        }
+        // Every figure: one warm-up run, then the median of the timed runs.
+        static double Median(Action step, int runs) => EngineBench.MedianSeconds(step, runs);
 
         var result = new JsonObject
         {
@@ -70,7 +66,7 @@ public static class CompareBench
 
         // (a) training step: DDPM add_noise, UNet forward, MSE(ε), backward, AdamW.
         {
-            var tt = Runs(() =>
+            result["train_step_s"] = Round(Median(() =>
             {
                 using var s = NewDisposeScope();
                 var noise = randn_like(x0, g);
@@ -80,8 +76,7 @@ public static class CompareBench
                 opt.zero_grad();
                 loss.backward();
                 opt.step();
-            }, o.train_runs);
-            result["train_step_s"] = Round(MedianOf(tt));
+            }, o.train_runs));
         }
 
         // (a2) forward alone (no grad) and forward+backward, fixed inputs.
@@ -128,7 +123,7 @@ public static class CompareBench
         using var ddim = new DDIMScheduler(SchedulerConfig.SD15 with { _class_name = "DDIMScheduler" });
         long Bs = o.sample_batch;
         using var ctx2 = cat([randn([Bs, Seq, D], g), randn([Bs, Seq, D], g)]);
-        var ts = Runs(() =>
+        result["ddim20_cfg_s"] = Round(Median(() =>
         {
             using var s = NewDisposeScope();
             using var _ = no_grad();
@@ -140,13 +135,11 @@ public static class CompareBench
                 var eps = unet.forward(cat([lat, lat]), scalar_tensor((long)t), ctx2).chunk(2);
                 lat = step.MoveToOuter(ddim.step(eps[0] + 7.5 * (eps[1] - eps[0]), t, lat).prev_sample);
             }
-        }, o.sample_runs);
-        result["ddim20_cfg_s"] = Round(MedianOf(ts));
+        }, o.sample_runs));
         result["peak_rss_mb"] = Math.Round(ProcessMemory.PeakRssMb(), 1);
         return result;
     }
 
-    private static double MedianOf(double[] xs) => EngineBench.Median(xs.ToList());
     private static double Round(double x) => Math.Round(x, 4);
 
     // ---- compare: each side of each workload in its own process (peak RSS is per process) ----
@@ -304,12 +297,9 @@ public static class CompareBench
         {
             if (train) unet.train(); else unet.eval();
             run(); run();
-            var p = profiler.profile();
+            // The native profiler's own table is the file (sudo_<pass>.tsv), moved into place when the profile stops.
+            var p = profiler.profile(save_tsv: Path.Combine(outDir, $"sudo_{name}.tsv"));
             try { run(); } finally { p.Dispose(); }
-            var lines = new List<string> { "name\tcalls\ttotal_us\tself_us" };
-            lines.AddRange(p.ops.Select(op => string.Join('\t', op.name, op.calls.ToString(CultureInfo.InvariantCulture),
-                op.total_us.ToString("R", CultureInfo.InvariantCulture), op.self_us.ToString("R", CultureInfo.InvariantCulture))));
-            AtomicFile.WriteAllText(Path.Combine(outDir, $"sudo_{name}.tsv"), string.Join('\n', lines) + "\n");
         }
         var (env, _) = Reference(refEnv);
         if (env != null && profileRefScript != null && File.Exists(profileRefScript))

@@ -16,7 +16,13 @@ public sealed record WorldBaseConfig
     public int bpe_merges { get; init; } = 300;
     public int train_prompts { get; init; } = 3000;
     public int vae_steps { get; init; } = 1500;
+    /// <summary>Length of the UNet + text encoder pre-training schedule (its cosine learning-rate decay spans these steps).</summary>
     public int unet_steps { get; init; } = 1500;
+    /// <summary>The base is the checkpoint at this step of the <see cref="unet_steps"/> schedule (0: the end). An early
+    /// checkpoint, as SD-1.5 is one point of a longer training: later checkpoints of the same run are the pair
+    /// population's stronger generators, so the pairs hold images better than the base's own, as Pick-a-Pic's do.
+    /// At step 600 the base scores about 0.44 on the judge, the full run about 0.62 (measured on the shipped base).</summary>
+    public int release_step { get; init; } = 600;
     public int batch_size { get; init; } = 32;
     public double vae_learning_rate { get; init; } = 1e-3;
     public double unet_learning_rate { get; init; } = 5e-4;
@@ -29,6 +35,17 @@ public sealed record WorldBaseConfig
     public string device { get; init; } = "cpu";
     /// <summary>dtype of the written weights: "float16" halves the folder (the shipped base), loading casts back to fp32.</summary>
     public string save_dtype { get; init; } = "float16";
+
+    /// <summary>The step the base is saved at: <see cref="release_step"/>, or the schedule's end when it is 0.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public int ReleaseStep => release_step == 0 ? unet_steps : release_step;
+
+    public void Validate()
+    {
+        if (vae_steps < 1 || unet_steps < 1) throw new ArgumentException($"world base: vae_steps and unet_steps must be ≥ 1 (got {vae_steps}, {unet_steps})");
+        if (release_step < 0 || release_step > unet_steps)
+            throw new ArgumentException($"world base: release_step must lie in [0, unet_steps = {unet_steps}] (got {release_step}; 0 means the schedule's end)");
+    }
 
     /// <summary>A short key of every field: the cache folder is reused only for identical settings.</summary>
     [System.Text.Json.Serialization.JsonIgnore]
@@ -44,6 +61,7 @@ public static class WorldBase
     public static string Build(string folder, WorldBaseConfig c, Action<string>? log = null)
     {
         log ??= Console.WriteLine;
+        c.Validate();
         var marker = Path.Combine(folder, "world_base.json");
         if (File.Exists(marker) && (string?)JsonNode.Parse(File.ReadAllText(marker))?["key"] == c.Key && File.Exists(Path.Combine(folder, "model_index.json")))
         {
@@ -79,10 +97,10 @@ public static class WorldBase
         }
         using (var vae = AutoencoderKL.from_pretrained(Path.Combine(tmp, "vae"), device: device))
         {
-            var (unet, te) = TrainUnet(c, prompts, tok, vae, c.unet_steps, device, (s, l) =>
+            var (unet, te) = TrainUnet(c, prompts, tok, vae, c.ReleaseStep, device, (s, l) =>
             {
                 curve.Add(("unet", s, l));
-                if (s % 200 == 0 || s == c.unet_steps) log($"world base: unet step {s}/{c.unet_steps} loss {l:F5} ({sw.Elapsed.TotalSeconds:F0} s)");
+                if (s % 200 == 0 || s == c.ReleaseStep) log($"world base: unet step {s}/{c.ReleaseStep} (schedule {c.unet_steps}) loss {l:F5} ({sw.Elapsed.TotalSeconds:F0} s)");
             });
             using (unet)
             using (te)

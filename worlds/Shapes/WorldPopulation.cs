@@ -30,15 +30,17 @@ public sealed record PopulationConfig
     public double tie_margin { get; init; } = 0.02;
     public int seed { get; init; }
 
-    /// <summary>The population of Pick-a-Pic's shape: the base at three guidance scales and with few steps, a weaker
-    /// checkpoint of its pre-training, a stronger generator (renders) and degraded renders.</summary>
+    /// <summary>The population of Pick-a-Pic's shape: the base at three guidance scales and with few steps, a weaker and
+    /// a stronger checkpoint of its pre-training (steps 200 and 1500 of the schedule the base left at step 600), the
+    /// strongest generator (renders) and degraded renders.</summary>
     public static readonly PairGenerator[] DefaultGenerators =
     [
         new("base-cfg3", "base", 3.0, 20),
         new("base-cfg1", "base", 1.0, 20),
         new("base-cfg7.5", "base", 7.5, 20),
         new("base-cfg3-6steps", "base", 3.0, 6),
-        new("pretrain-step400", "checkpoint", 3.0, 20, pretrain_steps: 400),
+        new("pretrain-step200", "checkpoint", 3.0, 20, pretrain_steps: 200),
+        new("pretrain-step1500", "checkpoint", 3.0, 20, pretrain_steps: 1500),
         new("render", "render"),
         new("corrupted-render", "corrupted"),
     ];
@@ -222,11 +224,13 @@ public static class WorldPopulation
     }
 
     /// <summary>A checkpoint of the base's own pre-training: the UNet phase of <see cref="WorldBase"/> replayed with the
-    /// base's settings (world_base.json) for <paramref name="steps"/> of its steps, with the shipped VAE and tokenizer.</summary>
+    /// base's settings (world_base.json) for <paramref name="steps"/> of its schedule, with the shipped VAE and
+    /// tokenizer. Steps before the base's release step give weaker models, steps after it (up to the schedule's
+    /// unet_steps) stronger ones.</summary>
     public static StableDiffusionPipeline PretrainCheckpoint(string baseDir, int steps, Action<string>? log = null)
     {
         var cfg = BaseConfig(baseDir);
-        if (steps > cfg.unet_steps) throw new ArgumentException($"population: a pre-training checkpoint at step {steps} is past the base's {cfg.unet_steps} steps");
+        if (steps > cfg.unet_steps) throw new ArgumentException($"population: a pre-training checkpoint at step {steps} is past the end of the base's schedule ({cfg.unet_steps} steps)");
         var pipe = StableDiffusionPipeline.from_pretrained(baseDir, "ddim");
         try
         {
@@ -240,7 +244,7 @@ public static class WorldPopulation
                 pipe.unet.load_state_dict(unet.state_dict());
                 pipe.components.text_encoder.load_state_dict(te.state_dict());
             }
-            log?.Invoke($"world pairs: pre-training replayed to step {steps} of {cfg.unet_steps} in {sw.Elapsed.TotalSeconds:F0} s");
+            log?.Invoke($"world pairs: pre-training replayed to step {steps} of {cfg.unet_steps} (the base is step {cfg.ReleaseStep}) in {sw.Elapsed.TotalSeconds:F0} s");
             return pipe;
         }
         catch

@@ -143,10 +143,17 @@ struct BlockedAttention : public torch::autograd::Function<BlockedAttention> {
 
 namespace sudo {
 
+SdpaMode sdpa_mode() {
+  static const SdpaMode mode = [] {
+    const char* e = std::getenv("SUDO_SDPA");
+    return !e ? SdpaMode::Default : std::string(e) == "math" ? SdpaMode::Math : std::string(e) == "blocked" ? SdpaMode::Blocked : SdpaMode::Default;
+  }();
+  return mode;
+}
+
 bool blocked_attention_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  // SUDO_SDPA=math: never (the composed ops); SUDO_SDPA=blocked: whenever it applies, whatever the size.
-  static const int mode = [] { const char* e = std::getenv("SUDO_SDPA"); return !e ? 0 : std::string(e) == "math" ? 1 : std::string(e) == "blocked" ? 2 : 0; }();
-  if (mode == 1) return false;
+  const SdpaMode mode = sdpa_mode();
+  if (mode == SdpaMode::Math) return false;
   if (!q.device().is_cpu() || !k.device().is_cpu() || !v.device().is_cpu()) return false;
   if (q.scalar_type() != at::kFloat || k.scalar_type() != at::kFloat || v.scalar_type() != at::kFloat) return false;
   if (q.dim() < 3 || k.dim() != q.dim() || v.dim() != q.dim()) return false;
@@ -155,7 +162,7 @@ bool blocked_attention_applies(const at::Tensor& q, const at::Tensor& k, const a
   if (k.size(-1) != q.size(-1) || v.size(-2) != k.size(-2) || q.size(-2) == 0 || k.size(-2) == 0) return false;
   // Only where the scores would be large: below that the composed ops are as fast or faster and their memory small.
   const int64_t scores = q.numel() / q.size(-1) * k.size(-2);
-  return mode == 2 || scores * static_cast<int64_t>(sizeof(float)) >= g_min_bytes.load();
+  return mode == SdpaMode::Blocked || scores * static_cast<int64_t>(sizeof(float)) >= g_min_bytes.load();
 }
 
 int64_t blocked_attention_min_bytes(int64_t set) {

@@ -79,8 +79,7 @@ sudo_tensor sudo_sdpa(sudo_tensor q, sudo_tensor k, sudo_tensor v, sudo_tensor m
     if (Q.dim() < 2 || K.dim() < 2 || V.dim() < 2) throw std::invalid_argument("q, k, v need at least 2 dims [..., L, E]");
     if (mask && is_causal) throw std::invalid_argument("give either an attention mask or is_causal, not both");
 #if SUDO_TORCH_AT_LEAST(2, 1)
-    static const bool composed = [] { const char* e = std::getenv("SUDO_SDPA"); return e && std::string(e) == "math"; }();
-    if (!composed) {
+    if (sdpa_mode() != SdpaMode::Math) {
       c10::optional<double> sc = scale > 0 ? c10::optional<double>(scale) : c10::nullopt;
       return wrap(at::scaled_dot_product_attention(Q, K, V, mask ? c10::optional<at::Tensor>(T(mask)) : c10::nullopt,
                                                    dropout, is_causal != 0, sc));
