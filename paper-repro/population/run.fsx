@@ -41,8 +41,9 @@ let gainOf m = let struct (g, _) = WorldStudy.GainVsBase(report, m, "all") in g
 // Our ordering of the three methods by mean gain over the base (both splits), for the comparison with the papers'.
 let ordering =
     [ "sft"; "dpo"; "sudo" ] |> List.sortByDescending gainOf |> List.map (fun m -> sprintf "%s (%+.3f)" (label m) (gainOf m)) |> String.concat " > "
-let pdata = System.Text.Json.Nodes.JsonNode.Parse(IO.File.ReadAllText(IO.Path.Combine(report.config.shipped_pairs, "population.json")))
+let pdata = System.Text.Json.Nodes.JsonNode.Parse(IO.File.ReadAllText(IO.Path.Combine(config.shipped_pairs, "population.json")))
 
+let pc = "%"
 Sudo.Torch.AtomicFile.WriteAllText("paper-repro/population/RESULTS.md", $"""# The quickstart's study with three training seeds — population pairs and controls
 
 Regenerate: `dotnet fsi paper-repro/population/run.fsx` from the repository root (runs are cached in
@@ -57,7 +58,7 @@ labelled by the judge with noise {config.label_noise} and ties; its README says 
 steps × {config.train_batch_size} pairs, lr {config.learning_rate}, β {config.beta_dpo}, through its recipe; **3 training seeds**
 (0, 1, 2), each judged on {config.eval_prompts} held-out prompts per split × {config.eval_seeds} sampling seeds (the same for every model;
 DDIM {config.sample_steps}, CFG {config.guidance_scale}). Δ = judge score minus the base's on the same prompt and seed, averaged per
-training seed; cells are mean ± 95% interval over the 3 seeds (Student t, 2 df).
+training seed; cells are mean ± 95{pc} interval over the 3 seeds (Student t, 2 df).
 
 ## Controls
 
@@ -79,8 +80,8 @@ training seed; cells are mean ± 95% interval over the 3 seeds (Student t, 2 df)
 | source | ordering of the methods' gains over the base |
 |---|---|
 | this table (toy, both splits) | {ordering} |
-| Diffusion-DPO (SD1.5, human preference vs base) | DPO (59.8% win) > SFT (55.5%) > base |
-| SUDO / Self-DPO, Table 2 (SD1.5, PickScore win rate vs base) | Self-DPO (78.6%) > SFT (75.0%) > DPO (73.8%) > base |
+| Diffusion-DPO (SD1.5, human preference vs base) | DPO (59.8{pc} win) > SFT (55.5{pc}) > base |
+| SUDO / Self-DPO, Table 2 (SD1.5, PickScore win rate vs base) | Self-DPO (78.6{pc}) > SFT (75.0{pc}) > DPO (73.8{pc}) > base |
 
 Orderings are results, not targets. Where ours differs, the reasons we can name: at this scale the pairs' winners are
 mostly images of stronger generators (renders, the full pre-training), so SFT on winners is close to the positive
