@@ -64,6 +64,23 @@ public class AllocatorAndProfilerTests
         Assert.That(matmul.self_us, Is.LessThan(matmul.total_us));
         Assert.That(mm.self_us, Is.GreaterThan(0));
         Assert.Throws<TorchException>(() => { using var q = profiler.profile(); using var r = profiler.profile(); }, "one profile at a time");
+
+        // save_tsv keeps the native table itself: the file reads back to the same ops, and no temporary is left beside it.
+        var dir = Directory.CreateTempSubdirectory("sudo-profile-").FullName;
+        try
+        {
+            var path = Path.Combine(dir, "ops.tsv");
+            var q = profiler.profile(save_tsv: path);
+            using (var c = a.matmul(b)) { }
+            q.Dispose();
+            Assert.That(Profile.Parse(File.ReadAllLines(path)).Select(o => (o.name, o.calls)), Is.EquivalentTo(q.ops.Select(o => (o.name, o.calls))));
+            Assert.That(q.ops.Single(o => o.name == "aten::mm").calls, Is.EqualTo(1));
+            Assert.That(Directory.GetFiles(dir).Select(Path.GetFileName), Is.EqualTo(new[] { "ops.tsv" }));
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
     }
 
     [Test]
