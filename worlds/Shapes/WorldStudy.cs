@@ -187,16 +187,8 @@ public static partial class WorldStudy
         }
         double CurvePoint() => WorldBase.Evaluate(pipe, valPrompts.Take(c.curve_prompts).ToList(), 0, c.sample_steps, c.guidance_scale).Average(r => r.score);
 
-        var t1 = sw.Elapsed.TotalSeconds;
-        var evalKey = $"{c.eval_prompts}|{c.eval_seeds}|{c.curve_prompts}|{c.sample_steps}|{c.guidance_scale}";
-        var (baseVal, baseTest, baseCurvePts) = CachedEval(Path.Combine(outDir, "base_eval.json"), evalKey, () => (Eval(valPrompts), Eval(testPrompts), [(0, CurvePoint())]));
-        var baseCurve = baseCurvePts[0].score;
-        var baseExtra = Extra(outDir, "base_eval", evalKey);
-        var grid = new List<(string label, List<(RgbImage img, double score)> row)> { ("base", GridRow()) };
-        log($"world study: base judged on {valPrompts.Count}+{testPrompts.Count} held-out prompts × {c.eval_seeds} seeds: validation {baseVal.Average(r => r.score):F4}, test {baseTest.Average(r => r.score):F4} ({sw.Elapsed.TotalSeconds - t1:F0} s)");
-
         // 4. Each method × seed through its recipe, then judged with the same prompts and seeds. With overlap, the next run
-        // trains in its own process on one thread while this process judges the previous one on the other.
+        // trains in its own process on one thread while this process judges the previous one (or the base) on the other.
         var mixed = precision == "no" ? null : precision;
         var jobs = new List<Job>();
         foreach (var seed in c.seeds)
@@ -227,8 +219,44 @@ public static partial class WorldStudy
                 jobs.Add(new Job(m, seed, spec, runDir, args, $"dotnet fsi {spec.recipe} -- {string.Join(" ", args.Select(a => a.Contains(' ') ? $"\"{a}\"" : a))}"));
             }
         var overlap = c.overlap && Environment.ProcessorCount >= 2;
+        // With overlap the first run trains in the background while the base is judged, as every later run does while
+        // the previous one is judged.
         var runs = new List<RunResult>();
         (int index, Task task)? background = null;
+        var mainThreads = (torch: get_num_threads(), blas: get_blas_threads());
+        if (overlap && jobs.Count > 0 && !jobs[0].Done)
+        {
+            log($"world study: {jobs[0].spec.label}, seed {jobs[0].seed}: training in the background on one thread while the base is judged (log {Path.Combine(jobs[0].runDir, "train.log")}): {jobs[0].command}");
+            background = (0, Task.Run(() => Train(root, jobs[0], background: true)));
+            set_num_threads(Math.Max(1, mainThreads.torch - 1));
+            set_blas_threads(Math.Max(1, mainThreads.blas - 1));
+        }
+        var t1 = sw.Elapsed.TotalSeconds;
+        var evalKey = $"{c.eval_prompts}|{c.eval_seeds}|{c.curve_prompts}|{c.sample_steps}|{c.guidance_scale}";
+        List<Judge.Result> baseVal, baseTest;
+        List<(int step, double score)> baseCurvePts;
+        IReadOnlyDictionary<string, List<Judge.Result>> baseExtra;
+        List<(string label, List<(RgbImage img, double score)> row)> grid;
+        try
+        {
+            (baseVal, baseTest, baseCurvePts) = CachedEval(Path.Combine(outDir, "base_eval.json"), evalKey, () => (Eval(valPrompts), Eval(testPrompts), [(0, CurvePoint())]));
+            baseExtra = Extra(outDir, "base_eval", evalKey);
+            grid = [("base", GridRow())];
+        }
+        catch
+        {
+            // The background run owns its run folder: wait for it before the failure propagates.
+            if (background is { } bg0) try { bg0.task.GetAwaiter().GetResult(); } catch (Exception e) { log($"world study: background training failed: {e.Message}"); }
+            throw;
+        }
+        finally
+        {
+            set_num_threads(mainThreads.torch);
+            set_blas_threads(mainThreads.blas);
+        }
+        var baseCurve = baseCurvePts[0].score;
+        log($"world study: base judged on {valPrompts.Count}+{testPrompts.Count} held-out prompts × {c.eval_seeds} seeds: validation {baseVal.Average(r => r.score):F4}, test {baseTest.Average(r => r.score):F4} ({sw.Elapsed.TotalSeconds - t1:F0} s)");
+
         try
         {
             for (var k = 0; k < jobs.Count; k++)
