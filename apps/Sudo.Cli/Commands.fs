@@ -77,6 +77,33 @@ let selftest (device: string) (quick: bool) (golden: string) (work: string optio
         out |> Option.iter (fun f -> AtomicFile.WriteAllText(f, JsonSerializer.Serialize(rows, JsonSerializerOptions(WriteIndented = true))))
         if failed = 0 then 0 else 1
 
+/// `sudoml convert`: diffusers folder ↔ single-file checkpoint (Sudo.Models.SingleFile; recipes call the same functions).
+let convert (target: string) (source: string) (config: string option) (out: string) (dtype: string option) =
+    match target with
+    | "single-file" ->
+        let dt =
+            match dtype with
+            | None -> Nullable()
+            | Some("fp16" | "float16") -> Nullable Sudo.Torch.ScalarType.Float16
+            | Some("bf16" | "bfloat16") -> Nullable Sudo.Torch.ScalarType.BFloat16
+            | Some("fp32" | "float32") -> Nullable Sudo.Torch.ScalarType.Float32
+            | Some d -> invalidArg "--dtype" (sprintf "--dtype %s: expected fp16, bf16 or fp32" d)
+        let n = Sudo.Models.SingleFile.Export(source, out, dt)
+        printfn "wrote %s: %d tensors in the original single-file layout" out n
+        0
+    | "diffusers" ->
+        match config with
+        | None ->
+            eprintfn "sudoml convert --to diffusers: give --config <a diffusers pipeline folder of the same family> (its configs, tokenizers and scheduler; Sudo does not download them)"
+            2
+        | Some c ->
+            Sudo.Models.SingleFile.Import(source, c, out)
+            printfn "wrote %s (a diffusers pipeline folder; configs from %s)" out c
+            0
+    | t ->
+        eprintfn "sudoml convert --to %s: expected single-file or diffusers" t
+        2
+
 let benchTrain () =
     let r = Sudo.Bench.TrainBench.Run()
     printfn "%s" (json r)

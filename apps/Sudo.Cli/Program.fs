@@ -105,6 +105,21 @@ type ParityArgs =
             | Pipeline _ -> "a golden pipeline folder (with params.json); give its io.safetensors with --io."
             | Losses _ -> "a losses golden io.safetensors (params.json and the UNets it names beside it)."
 
+type ConvertArgs =
+    | [<Mandatory>] To of format: string
+    | [<Mandatory>] Model of path: string
+    | Config of folder: string
+    | [<Mandatory>] Out of path: string
+    | Dtype of dtype: string
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | To _ -> "single-file (a diffusers pipeline folder → one original-layout .safetensors, as webui and ComfyUI read) or diffusers (a single-file .safetensors/.ckpt → a pipeline folder)."
+            | Model _ -> "the source: a diffusers pipeline folder (--to single-file) or a single-file checkpoint (--to diffusers)."
+            | Config _ -> "--to diffusers: a diffusers pipeline folder of the same family (SD1.x, SD2.x, SDXL) whose configs, tokenizers and scheduler the output takes."
+            | Out _ -> "the file (--to single-file) or folder (--to diffusers) to write; written atomically."
+            | Dtype _ -> "--to single-file: fp16, bf16 or fp32 for the floating tensors (default: as stored)."
+
 type SampleArgs =
     | [<Mandatory>] Model of folder: string
     | Unet of folder: string
@@ -305,6 +320,7 @@ type CliArgs =
     | [<CliPrefix(CliPrefix.None)>] Quickstart of ParseResults<QuickstartArgs>
     | [<CliPrefix(CliPrefix.None)>] Demo of ParseResults<DemoArgs>
     | [<CliPrefix(CliPrefix.None)>] Parity of ParseResults<ParityArgs>
+    | [<CliPrefix(CliPrefix.None)>] Convert of ParseResults<ConvertArgs>
     | [<CliPrefix(CliPrefix.None)>] Sample of ParseResults<SampleArgs>
     | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<EvalArgs>
     | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<TrainArgs>
@@ -322,6 +338,7 @@ type CliArgs =
             | Quickstart _ -> "the main job: shapes-world base (shipped), judge-labelled pairs, SFT / Diffusion-DPO / SUDO through their recipes, evaluation; writes runs/quickstart/report.md, grid.png, curve.png."
             | Demo _ -> "a small real training run (conv net on a synthetic task)."
             | Parity _ -> "compare a component with golden outputs of the reference libraries."
+            | Convert _ -> "checkpoint formats: sudoml convert --to single-file|diffusers --model <source> --out <target> [--config <diffusers folder>] [--dtype fp16]."
             | Sample _ -> "text-to-image: PNGs, grid.png and images.jsonl."
             | Eval _ -> "models × prompts × seeds × reward models: means with intervals, paired win rates, report.md / report.html, per_prompt.jsonl."
             | Train _ -> "fine-tune: --method dpo (default), sft, sudo or spo, with Diffusion-DPO train.py's flags (docs/flags.md)."
@@ -513,6 +530,7 @@ let main argv =
             printfn "\n%s" r.markdown
             0
         | Demo a -> Commands.demo (a.GetResult(DemoArgs.Steps, defaultValue = 300)) (a.GetResult(DemoArgs.Seed, defaultValue = 0L))
+        | Convert a -> Commands.convert (a.GetResult ConvertArgs.To) (a.GetResult ConvertArgs.Model) (a.TryGetResult ConvertArgs.Config) (a.GetResult ConvertArgs.Out) (a.TryGetResult ConvertArgs.Dtype)
         | Parity a ->
             match a.TryGetResult ParityArgs.Model, a.TryGetResult ParityArgs.Io, a.TryGetResult ParityArgs.Tokenizer, a.TryGetResult ParityArgs.Cases with
             | _ when a.Contains ParityArgs.Schedulers -> Commands.paritySchedulers (a.GetResult ParityArgs.Schedulers) (a.TryGetResult ParityArgs.Tolerance)
