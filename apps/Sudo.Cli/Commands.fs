@@ -77,7 +77,8 @@ let selftest (device: string) (quick: bool) (golden: string) (work: string optio
         out |> Option.iter (fun f -> AtomicFile.WriteAllText(f, JsonSerializer.Serialize(rows, JsonSerializerOptions(WriteIndented = true))))
         if failed = 0 then 0 else 1
 
-/// `sudoml convert`: diffusers folder ↔ single-file checkpoint (Sudo.Models.SingleFile; recipes call the same functions).
+/// `sudoml convert`: diffusers folder ↔ single-file checkpoint (Sudo.Models.SingleFile), diffusers/PEFT LoRA → kohya
+/// (PipelineLoading.ExportKohya); recipes call the same functions.
 let convert (target: string) (source: string) (config: string option) (out: string) (dtype: string option) =
     match target with
     | "single-file" ->
@@ -100,8 +101,17 @@ let convert (target: string) (source: string) (config: string option) (out: stri
             Sudo.Models.SingleFile.Import(source, c, out)
             printfn "wrote %s (a diffusers pipeline folder; configs from %s)" out c
             0
+    | "kohya" ->
+        match config with
+        | None ->
+            eprintfn "sudoml convert --to kohya: give --config <the diffusers pipeline folder the LoRA was trained on> (its UNet config and family give the kohya names)"
+            2
+        | Some c ->
+            let n = Sudo.Diffusion.PipelineLoading.ExportKohya(source, c, out)
+            printfn "wrote %s: %d tensors with kohya/webui names" out n
+            0
     | t ->
-        eprintfn "sudoml convert --to %s: expected single-file or diffusers" t
+        eprintfn "sudoml convert --to %s: expected single-file, diffusers or kohya" t
         2
 
 let benchTrain () =

@@ -114,9 +114,9 @@ type ConvertArgs =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | To _ -> "single-file (a diffusers pipeline folder → one original-layout .safetensors, as webui and ComfyUI read) or diffusers (a single-file .safetensors/.ckpt → a pipeline folder)."
-            | Model _ -> "the source: a diffusers pipeline folder (--to single-file) or a single-file checkpoint (--to diffusers)."
-            | Config _ -> "--to diffusers: a diffusers pipeline folder of the same family (SD1.x, SD2.x, SDXL) whose configs, tokenizers and scheduler the output takes."
+            | To _ -> "single-file (a diffusers pipeline folder → one original-layout .safetensors, as webui and ComfyUI read), diffusers (a single-file .safetensors/.ckpt → a pipeline folder) or kohya (a diffusers/PEFT LoRA → kohya/webui names)."
+            | Model _ -> "the source: a diffusers pipeline folder (--to single-file), a single-file checkpoint (--to diffusers) or a LoRA file / training output (--to kohya)."
+            | Config _ -> "--to diffusers: a diffusers pipeline folder of the same family (SD1.x, SD2.x, SDXL) whose configs, tokenizers and scheduler the output takes; --to kohya: the pipeline the LoRA was trained on."
             | Out _ -> "the file (--to single-file) or folder (--to diffusers) to write; written atomically."
             | Dtype _ -> "--to single-file: fp16, bf16 or fp32 for the floating tensors (default: as stored)."
 
@@ -338,7 +338,7 @@ type CliArgs =
             | Quickstart _ -> "the main job: shapes-world base (shipped), judge-labelled pairs, SFT / Diffusion-DPO / SUDO through their recipes, evaluation; writes runs/quickstart/report.md, grid.png, curve.png."
             | Demo _ -> "a small real training run (conv net on a synthetic task)."
             | Parity _ -> "compare a component with golden outputs of the reference libraries."
-            | Convert _ -> "checkpoint formats: sudoml convert --to single-file|diffusers --model <source> --out <target> [--config <diffusers folder>] [--dtype fp16]."
+            | Convert _ -> "checkpoint formats: sudoml convert --to single-file|diffusers|kohya --model <source> --out <target> [--config <diffusers folder>] [--dtype fp16]."
             | Sample _ -> "text-to-image: PNGs, grid.png and images.jsonl."
             | Eval _ -> "models × prompts × seeds × reward models: means with intervals, paired win rates, report.md / report.html, per_prompt.jsonl."
             | Train _ -> "fine-tune: --method dpo (default), sft, sudo or spo, with Diffusion-DPO train.py's flags (docs/flags.md)."

@@ -51,7 +51,7 @@ public static class PipelineLoading
                 var fresh = UNet2DConditionModel.from_pretrained(folder, spec.variant, dtype, device);
                 comps = comps.WithUnet(fresh);
             }
-            if (spec.lora is { } l) MergeLora(comps.unet, ResolveLora(l, spec.cache_dir), spec.lora_scale);
+            if (spec.lora is { } l) MergeLora(comps, ResolveLora(l, spec.cache_dir), spec.lora_scale);
             return StableDiffusionPipeline.FromComponents(comps, spec.scheduler);
         }
         catch
@@ -126,9 +126,32 @@ public static class PipelineLoading
         return (weights, alphas);
     }
 
-    /// <summary>Merges a LoRA file into <paramref name="unet"/>: W ← W + scale·(α/r)·B·A, with r from the weights and α from
-    /// adapter_config.json beside the file (lora_alpha), network alphas in the file, or r (diffusers' default).</summary>
-    public static void MergeLora(UNet2DConditionModel unet, string file, double scale)
+    /// <summary>Merges a LoRA file into the pipeline: a kohya/webui file (lora_unet_*, lora_te_*, lora_te1_*/lora_te2_*
+    /// names; <see cref="KohyaLora"/>) into the UNet and text encoders it adapts, any diffusers/PEFT file into the UNet
+    /// (<see cref="MergeLora(UNet2DConditionModel, string, double)"/>).</summary>
+    public static void MergeLora(PipelineComponents comps, string file, double scale)
+    {
+        using (var scope = NewDisposeScope())
+        {
+            var raw = Checkpoints.ReadWeights(file);
+            if (raw.Keys.Any(k => k.StartsWith("lora_unet_", StringComparison.Ordinal) || k.StartsWith("lora_te", StringComparison.Ordinal)))
+            {
+                var modules = KohyaLora.Resolve(raw, comps.unet, comps.text_encoder, comps.text_encoder_2, file);
+                KohyaLora.Merge(modules, comps.unet, comps.text_encoder, comps.text_encoder_2, scale);
+                return;
+            }
+        }
+        MergeLora(comps.unet, file, scale);
+    }
+
+    /// <summary>A diffusers/PEFT LoRA file attached to <paramref name="unet"/> as Sudo adapters holding its weights, α
+    /// multiplied by <paramref name="scale"/>: r from the weights, α from adapter_config.json beside the file (lora_alpha),
+    /// network alphas in the file, or r (diffusers' default). The caller disposes the adapters.</summary>
+    public static Lora AttachLoraFile(UNet2DConditionModel unet, string file, double scale = 1.0) => AttachLoraFile(unet, file, scale, out _);
+
+    /// <summary><see cref="AttachLoraFile(UNet2DConditionModel, string, double)"/>, also giving the modules the file
+    /// holds (layers that only match a target name get zero adapters).</summary>
+    public static Lora AttachLoraFile(UNet2DConditionModel unet, string file, double scale, out IReadOnlySet<string> inFile)
     {
         using var scope = NewDisposeScope();
         var raw = Checkpoints.ReadWeights(file);
@@ -144,18 +167,45 @@ public static class PipelineLoading
         // Targets: every module the file adapts, by its trailing name (to_q, to_k, to_v, to_out.0, ...).
         var targets = modules.Select(m => m.EndsWith(".to_out.0", StringComparison.Ordinal) ? "to_out.0" : m[(m.LastIndexOf('.') + 1)..]).Distinct().ToArray();
         var config = new LoraConfig(rank, alpha * scale, targets);
-        using var lora = Lora.Attach(unet, config);
-        var missing = modules.Where(m => !lora.adapters.ContainsKey(m)).ToList();
-        if (missing.Count > 0) throw new InvalidDataException($"{file}: {missing.Count} LoRA modules are not in this UNet, e.g. {string.Join(", ", missing.Take(3))}");
-        var extra = lora.adapters.Keys.Where(m => !weights.ContainsKey($"unet.{m}.lora_A.weight")).ToList();
-        // Layers matching a target name but absent from the file keep a zero update.
-        foreach (var m in extra)
+        var lora = Lora.Attach(unet, config);
+        try
         {
-            weights[$"unet.{m}.lora_A.weight"] = zeros(lora.adapters[m].lora_A.shape, lora.adapters[m].lora_A.dtype);
-            weights[$"unet.{m}.lora_B.weight"] = zeros(lora.adapters[m].lora_B.shape, lora.adapters[m].lora_B.dtype);
+            var missing = modules.Where(m => !lora.adapters.ContainsKey(m)).ToList();
+            if (missing.Count > 0) throw new InvalidDataException($"{file}: {missing.Count} LoRA modules are not in this UNet, e.g. {string.Join(", ", missing.Take(3))}");
+            var extra = lora.adapters.Keys.Where(m => !weights.ContainsKey($"unet.{m}.lora_A.weight")).ToList();
+            // Layers matching a target name but absent from the file keep a zero update.
+            foreach (var m in extra)
+            {
+                weights[$"unet.{m}.lora_A.weight"] = zeros(lora.adapters[m].lora_A.shape, lora.adapters[m].lora_A.dtype);
+                weights[$"unet.{m}.lora_B.weight"] = zeros(lora.adapters[m].lora_B.shape, lora.adapters[m].lora_B.dtype);
+            }
+            lora.load_state_dict(weights);
+            inFile = modules.ToHashSet();
+            return lora;
         }
-        lora.load_state_dict(weights);
+        catch
+        {
+            lora.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Merges a diffusers/PEFT LoRA file into <paramref name="unet"/>: W ← W + scale·(α/r)·B·A
+    /// (<see cref="AttachLoraFile"/> for r and α).</summary>
+    public static void MergeLora(UNet2DConditionModel unet, string file, double scale)
+    {
         // Merged into the weights; disposing the adapters afterwards leaves the merged weights in place.
+        using var lora = AttachLoraFile(unet, file, scale);
         lora.merge();
+    }
+
+    /// <summary>A diffusers/PEFT LoRA (a file or a folder <see cref="ResolveLora"/> finds) written as a kohya/webui file for
+    /// the pipeline in <paramref name="pipelineFolder"/> (its UNet config and family give the names). Returns the
+    /// tensor count.</summary>
+    public static int ExportKohya(string lora, string pipelineFolder, string outFile, string? cacheDir = null)
+    {
+        using var comps = PipelineComponents.from_pretrained(pipelineFolder, cache_dir: cacheDir);
+        using var adapters = AttachLoraFile(comps.unet, ResolveLora(lora, cacheDir), 1.0, out var inFile);
+        return KohyaLora.Save(outFile, comps.unet.config, comps.IsSDXL, adapters, only: inFile);
     }
 }

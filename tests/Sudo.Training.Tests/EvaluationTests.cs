@@ -81,6 +81,53 @@ public class EvaluationTests : TempFolderTest
         Assert.Throws<NotSupportedException>(() => PipelineLoading.NormalizeLoraKeys(new() { ["text_encoder.x.lora_A.weight"] = w }, "test"));
     }
 
+    /// <summary>--lora &lt;kohya file&gt;: the pipeline loader merges a webui/kohya LoRA (UNet and text encoder parts) exactly
+    /// as Sudo's own adapters merge.</summary>
+    [Test]
+    public void KohyaLoraFileMergesLikeSudosAdapters()
+    {
+        var file = Path.Combine(Tmp, "kohya.safetensors");
+        using var a = PipelineComponents.from_pretrained(G("pipe_sd15"));
+        using var g = new Generator(5);
+        using var unetLora = Lora.Attach(a.unet, new LoraConfig(r: 2, lora_alpha: 2), g);
+        using var teLora = Lora.Attach(a.text_encoder, new LoraConfig(r: 2, lora_alpha: 2, target_modules: ["q_proj", "k_proj", "v_proj", "out_proj"]), g);
+        using (no_grad())
+            foreach (var p in unetLora.parameters().Concat(teLora.parameters())) p.copy_(randn(p.shape, g) * 0.1);
+        KohyaLora.Save(file, a.unet.config, false, unetLora, teLora);
+        unetLora.merge();
+        teLora.merge();
+        using var pipe = PipelineLoading.Load(new PipelineSpec { model = G("pipe_sd15"), lora = file, lora_scale = 1.0 }, ScalarType.Float32, Device.CPU);
+        using var scope = NewDisposeScope();
+        foreach (var (ma, mb) in new (nn.Module, nn.Module)[] { (a.unet, pipe.unet), (a.text_encoder, pipe.components.text_encoder) })
+        {
+            var sb = mb.state_dict();
+            foreach (var (k, t) in ma.state_dict()) Assert.That(t.equal(sb[k]), Is.True, k);
+        }
+    }
+
+    /// <summary>sudoml convert --to kohya: a PEFT LoRA folder exported with kohya names merges to the same UNet as the folder.</summary>
+    [Test]
+    public void PeftLoraExportedToKohyaMergesToTheSameWeights()
+    {
+        var peft = Path.Combine(Tmp, "peft-lora");
+        using (var a = PipelineComponents.from_pretrained(G("pipe_sd15")))
+        using (var g = new Generator(7))
+        using (var lora = Lora.Attach(a.unet, new LoraConfig(r: 2, lora_alpha: 4, target_modules: ["to_q", "to_v"]), g))
+        {
+            using (no_grad())
+                foreach (var p in lora.parameters()) p.copy_(randn(p.shape, g) * 0.1);
+            lora.save(peft);
+        }
+        var kohya = Path.Combine(Tmp, "exported.safetensors");
+        var n = PipelineLoading.ExportKohya(peft, G("pipe_sd15"), kohya);
+        using var scope = NewDisposeScope();
+        Assert.That(safetensors.load_file(kohya).Keys.Where(k => k.EndsWith(".alpha")).Count(), Is.EqualTo(n / 3));
+        using var fromPeft = PipelineLoading.Load(new PipelineSpec { model = G("pipe_sd15"), lora = peft }, ScalarType.Float32, Device.CPU);
+        using var fromKohya = PipelineLoading.Load(new PipelineSpec { model = G("pipe_sd15"), lora = kohya }, ScalarType.Float32, Device.CPU);
+        var sk = fromKohya.unet.state_dict();
+        foreach (var (k, t) in fromPeft.unet.state_dict()) Assert.That(t.equal(sk[k]), Is.True, k);
+    }
+
     /// <summary>sudoml sample --unet &lt;training output&gt; / --lora &lt;training output&gt;: the CLI's code path (Sampling.Run).</summary>
     [Test]
     public void TrainedUnetAndLoraSample()
