@@ -19,6 +19,8 @@ public static class Hub
     public static string Resolve(string nameOrPath, string? cacheDir = null, string revision = "main")
     {
         if (Directory.Exists(nameOrPath)) return Path.GetFullPath(nameOrPath);
+        // A single weight file (a single-file checkpoint, a LoRA file) is its own location: the caller reads it.
+        if (SingleFile.IsSingleFile(nameOrPath)) return Path.GetFullPath(nameOrPath);
         var parts = nameOrPath.Split('/');
         // Legacy ids without an organisation (bert-base-uncased) are cached as models--<name>.
         if (parts.Length is < 1 or > 2 || parts.Any(p => p.Length == 0 || p is "." or ".."))

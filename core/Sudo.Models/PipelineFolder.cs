@@ -2,6 +2,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Sudo.Torch;
+using static Sudo.Torch.torch;
 
 namespace Sudo.Models;
 
@@ -53,9 +54,21 @@ public sealed class PipelineComponents : IDisposable
 
     /// <summary>Reads model_index.json and loads every model component it names (unet, vae, text_encoder,
     /// and for SDXL text_encoder_2), the tokenizers and the scheduler config path.</summary>
+    /// A single-file checkpoint (.safetensors / .ckpt in the original layout) is read with the configs of its family
+    /// (<see cref="SingleFile.LoadPipeline"/>).
     public static PipelineComponents from_pretrained(string path, string? variant = null, ScalarType? dtype = null, Device? device = null, string? cache_dir = null)
     {
-        var folder = Hub.Resolve(path, cache_dir);
+        if (SingleFile.IsSingleFile(path)) return SingleFile.LoadPipeline(path, null, dtype, device, cache_dir);
+        return Build(Hub.Resolve(path, cache_dir), variant, dtype, device, weights: true);
+    }
+
+    /// <summary>The components a pipeline folder describes, built from their configs with initialisation skipped and
+    /// no weights read (the caller loads every weight, e.g. from a single-file checkpoint).</summary>
+    public static PipelineComponents from_configs(string folder, ScalarType? dtype = null, Device? device = null) =>
+        Build(folder, null, dtype, device, weights: false);
+
+    private static PipelineComponents Build(string folder, string? variant, ScalarType? dtype, Device? device, bool weights)
+    {
         var indexPath = Path.Combine(folder, "model_index.json");
         if (!File.Exists(indexPath))
             throw new FileNotFoundException($"{folder} is not a diffusers pipeline folder (no model_index.json)", indexPath);
@@ -81,13 +94,24 @@ public sealed class PipelineComponents : IDisposable
         var disposables = new List<IDisposable>();
         try
         {
-            var unet = UNet2DConditionModel.from_pretrained(Path.Combine(folder, "unet"), variant, dtype, device);
+            T Make<T>(string sub, Func<string, T> load, Func<string, T> fromConfig) where T : nn.Module
+            {
+                var dir = Path.Combine(folder, sub);
+                if (weights) return load(dir);
+                var cfg = Path.Combine(dir, "config.json");
+                if (!File.Exists(cfg)) throw new FileNotFoundException($"config not found: {cfg}", cfg);
+                using (nn.init.skip())
+                using (dtype_scope(dtype ?? ScalarType.Float32))
+                using (device_scope(device ?? Device.CPU))
+                    return fromConfig(cfg);
+            }
+            var unet = Make("unet", d => UNet2DConditionModel.from_pretrained(d, variant, dtype, device), c => new UNet2DConditionModel(UNet2DConditionConfig.FromFile(c)));
             disposables.Add(unet);
-            var vae = AutoencoderKL.from_pretrained(Path.Combine(folder, "vae"), variant, dtype, device);
+            var vae = Make("vae", d => AutoencoderKL.from_pretrained(d, variant, dtype, device), c => new AutoencoderKL(AutoencoderKLConfig.FromFile(c)));
             disposables.Add(vae);
-            var te = CLIPTextModel.from_pretrained(Path.Combine(folder, "text_encoder"), variant, dtype, device);
+            var te = Make("text_encoder", d => CLIPTextModel.from_pretrained(d, variant, dtype, device), c => new CLIPTextModel(CLIPTextConfig.FromFile(c)));
             disposables.Add(te);
-            var te2 = sdxl ? CLIPTextModelWithProjection.from_pretrained(Path.Combine(folder, "text_encoder_2"), variant, dtype, device) : null;
+            var te2 = sdxl ? Make("text_encoder_2", d => CLIPTextModelWithProjection.from_pretrained(d, variant, dtype, device), c => new CLIPTextModelWithProjection(CLIPTextConfig.FromFile(c))) : null;
             var sched = Path.Combine(folder, "scheduler", "scheduler_config.json");
             return new PipelineComponents
             {

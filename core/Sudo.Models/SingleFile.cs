@@ -446,17 +446,69 @@ public static class SingleFile
     /// used; its weights are replaced), as diffusers' from_single_file(config=...) takes them. Published atomically.</summary>
     public static void Import(string file, string configFolder, string outFolder)
     {
-        using var p = PipelineComponents.from_pretrained(configFolder);
-        using (var scope = NewDisposeScope())
-        {
-            var sd = Checkpoints.ReadWeights(file);
-            LoadInto(p, sd, file);
-        }
+        using var p = LoadPipeline(file, configFolder);
         var tmp = Path.GetFullPath(outFolder).TrimEnd('/') + $".tmp-{Environment.ProcessId}";
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
         p.save_pretrained(tmp);
         AtomicFile.PublishDirectory(tmp, outFolder);
     }
+
+    /// <summary>diffusers' default pipeline per family (DIFFUSERS_DEFAULT_PIPELINE_PATHS in single_file_utils.py): the
+    /// configs, tokenizers and scheduler a single file is read with when none are given. SD2 defaults to the 768-px
+    /// v-prediction model, as diffusers does; SD2-base (512 px, ε) files need its folder given explicitly.</summary>
+    public static readonly IReadOnlyDictionary<string, string> DefaultConfigRepo = new Dictionary<string, string>
+    {
+        ["sd1"] = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        ["sd2"] = "stabilityai/stable-diffusion-2-1",
+        ["sdxl"] = "stabilityai/stable-diffusion-xl-base-1.0",
+    };
+
+    /// <summary>The family of a single file from its keys (a safetensors header is read without the data).</summary>
+    public static string FileFamily(string file)
+    {
+        if (file.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase)) return Family(safetensors.ReadHeader(file).entries.Keys);
+        using var scope = NewDisposeScope();
+        return Family(Checkpoints.ReadWeights(file).Keys);
+    }
+
+    /// <summary>A single-file checkpoint as pipeline components: the modules are built from the configs of
+    /// <paramref name="configFolder"/> (a diffusers pipeline folder or cached repo id of the same family; default
+    /// SUDO_SINGLE_FILE_CONFIG, else <see cref="DefaultConfigRepo"/> of the file's family in the Hugging Face cache —
+    /// Sudo never downloads) and every weight is read from the file.</summary>
+    public static PipelineComponents LoadPipeline(string file, string? configFolder = null, ScalarType? dtype = null, Device? device = null, string? cacheDir = null)
+    {
+        var family = FileFamily(file);
+        var config = configFolder ?? Environment.GetEnvironmentVariable("SUDO_SINGLE_FILE_CONFIG");
+        if (config is null)
+        {
+            if (!DefaultConfigRepo.TryGetValue(family, out var repo))
+                throw new InvalidDataException($"{file}: the file looks like {DescribeFamily(safetensorsOrEmpty(file))}; give the configs of its family (a diffusers pipeline folder) with SUDO_SINGLE_FILE_CONFIG");
+            try
+            {
+                config = Hub.Resolve(repo, cacheDir);
+            }
+            catch (DirectoryNotFoundException e)
+            {
+                throw new DirectoryNotFoundException($"{file} is a {family} single-file checkpoint: its configs, tokenizer and scheduler come from a diffusers pipeline of that family — {repo} is not in the Hugging Face cache ({e.Message}); point SUDO_SINGLE_FILE_CONFIG at a diffusers folder of the same family", e);
+            }
+        }
+        var folder = Directory.Exists(config) ? config : Hub.Resolve(config, cacheDir);
+        var p = PipelineComponents.from_configs(folder, dtype, device);
+        try
+        {
+            using var scope = NewDisposeScope();
+            LoadInto(p, Checkpoints.ReadWeights(file), file);
+            return p;
+        }
+        catch
+        {
+            p.Dispose();
+            throw;
+        }
+    }
+
+    static IEnumerable<string> safetensorsOrEmpty(string file) =>
+        file.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) ? safetensors.ReadHeader(file).entries.Keys : [];
 
     /// <summary>True for a path that names one weight file (.safetensors / .ckpt / .pt / .pth / .bin) rather than a folder.</summary>
     public static bool IsSingleFile(string path) =>
