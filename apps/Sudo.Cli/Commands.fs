@@ -80,15 +80,15 @@ let selftest (device: string) (quick: bool) (golden: string) (work: string optio
 /// `sudoml convert`: diffusers folder ↔ single-file checkpoint (Sudo.Models.SingleFile), diffusers/PEFT LoRA → kohya
 /// (PipelineLoading.ExportKohya); recipes call the same functions.
 let convert (target: string) (source: string) (config: string option) (out: string) (dtype: string option) =
+    let dt =
+        match dtype with
+        | None -> Nullable()
+        | Some("fp16" | "float16") -> Nullable Sudo.Torch.ScalarType.Float16
+        | Some("bf16" | "bfloat16") -> Nullable Sudo.Torch.ScalarType.BFloat16
+        | Some("fp32" | "float32") -> Nullable Sudo.Torch.ScalarType.Float32
+        | Some d -> invalidArg "--dtype" (sprintf "--dtype %s: expected fp16, bf16 or fp32" d)
     match target with
     | "single-file" ->
-        let dt =
-            match dtype with
-            | None -> Nullable()
-            | Some("fp16" | "float16") -> Nullable Sudo.Torch.ScalarType.Float16
-            | Some("bf16" | "bfloat16") -> Nullable Sudo.Torch.ScalarType.BFloat16
-            | Some("fp32" | "float32") -> Nullable Sudo.Torch.ScalarType.Float32
-            | Some d -> invalidArg "--dtype" (sprintf "--dtype %s: expected fp16, bf16 or fp32" d)
         let n = Sudo.Models.SingleFile.Export(source, out, dt)
         printfn "wrote %s: %d tensors in the original single-file layout" out n
         0
@@ -98,7 +98,7 @@ let convert (target: string) (source: string) (config: string option) (out: stri
             eprintfn "sudoml convert --to diffusers: give --config <a diffusers pipeline folder of the same family> (its configs, tokenizers and scheduler; Sudo does not download them)"
             2
         | Some c ->
-            Sudo.Models.SingleFile.Import(source, c, out)
+            Sudo.Models.SingleFile.Import(source, c, out, dt)
             printfn "wrote %s (a diffusers pipeline folder; configs from %s)" out c
             0
     | "kohya" ->

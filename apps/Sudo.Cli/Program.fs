@@ -118,7 +118,7 @@ type ConvertArgs =
             | Model _ -> "the source: a diffusers pipeline folder (--to single-file), a single-file checkpoint (--to diffusers) or a LoRA file / training output (--to kohya)."
             | Config _ -> "--to diffusers: a diffusers pipeline folder of the same family (SD1.x, SD2.x, SDXL) whose configs, tokenizers and scheduler the output takes; --to kohya: the pipeline the LoRA was trained on."
             | Out _ -> "the file (--to single-file) or folder (--to diffusers) to write; written atomically."
-            | Dtype _ -> "--to single-file: fp16, bf16 or fp32 for the floating tensors (default: as stored)."
+            | Dtype _ -> "fp16, bf16 or fp32 for the written floating tensors (default: as stored; --to diffusers: the file's own)."
 
 type SampleArgs =
     | [<Mandatory>] Model of folder: string

@@ -215,6 +215,16 @@ public sealed record UNet2DConditionConfig
     /// <summary>runwayml/stable-diffusion-v1-5 unet/config.json.</summary>
     public static UNet2DConditionConfig SD15 => new() { cross_attention_dim = [768], attention_head_dim = [8] };
 
+    /// <summary>stabilityai/stable-diffusion-2-1 unet/config.json (768 px, v-prediction; 2-1-base differs only in sample_size 64).</summary>
+    public static UNet2DConditionConfig SD21 => new()
+    {
+        sample_size = 96,
+        cross_attention_dim = [1024],
+        attention_head_dim = [5, 10, 20, 20],
+        use_linear_projection = true,
+        upcast_attention = true,
+    };
+
     /// <summary>stabilityai/stable-diffusion-xl-base-1.0 unet/config.json.</summary>
     public static UNet2DConditionConfig SDXL => new()
     {
@@ -301,6 +311,20 @@ public sealed record CLIPTextConfig
         num_hidden_layers = 12,
         num_attention_heads = 12,
         hidden_act = "quick_gelu",
+        eos_token_id = 2,
+        bos_token_id = 0,
+    };
+
+    /// <summary>stabilityai/stable-diffusion-2-1 text_encoder/config.json: the OpenCLIP ViT-H/14 text tower without its last
+    /// block (SD2 conditions on the penultimate layer, so diffusers keeps 23 of 24).</summary>
+    public static CLIPTextConfig SD21 => new()
+    {
+        hidden_size = 1024,
+        intermediate_size = 4096,
+        projection_dim = 512,
+        num_hidden_layers = 23,
+        num_attention_heads = 16,
+        hidden_act = "gelu",
         eos_token_id = 2,
         bos_token_id = 0,
     };

@@ -444,9 +444,13 @@ public static class SingleFile
     /// loader: nothing in it executes) written as a diffusers pipeline folder. <paramref name="configFolder"/> is a
     /// diffusers pipeline of the same family (its model_index.json, component configs, tokenizers and scheduler are
     /// used; its weights are replaced), as diffusers' from_single_file(config=...) takes them. Published atomically.</summary>
-    public static void Import(string file, string configFolder, string outFolder)
+    public static void Import(string file, string configFolder, string outFolder, ScalarType? dtype = null)
     {
         using var p = LoadPipeline(file, configFolder);
+        // Written in the file's own floating dtype (its UNet's), or the one asked for.
+        var save = dtype ?? FloatingDtype(file);
+        if (save != ScalarType.Float32)
+            foreach (var m in new nn.Module?[] { p.unet, p.vae, p.text_encoder, p.text_encoder_2 }) m?.to(save);
         var tmp = Path.GetFullPath(outFolder).TrimEnd('/') + $".tmp-{Environment.ProcessId}";
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
         p.save_pretrained(tmp);
@@ -509,6 +513,21 @@ public static class SingleFile
 
     static IEnumerable<string> safetensorsOrEmpty(string file) =>
         file.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) ? safetensors.ReadHeader(file).entries.Keys : [];
+
+    /// <summary>The dtype of a single file's UNet weights (fp16 for most webui files).</summary>
+    public static ScalarType FloatingDtype(string file)
+    {
+        if (file.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+        {
+            var e = safetensors.ReadHeader(file).entries;
+            var k = e.Keys.FirstOrDefault(k => k.StartsWith(Tables.prefixes["unet"], StringComparison.Ordinal) && k.EndsWith(".weight", StringComparison.Ordinal));
+            return k is null ? ScalarType.Float32 : e[k].DType;
+        }
+        using var scope = NewDisposeScope();
+        var w = Checkpoints.ReadWeights(file);
+        var t = w.FirstOrDefault(kv => kv.Key.StartsWith(Tables.prefixes["unet"], StringComparison.Ordinal) && kv.Value.is_floating_point()).Value;
+        return t?.dtype ?? ScalarType.Float32;
+    }
 
     /// <summary>True for a path that names one weight file (.safetensors / .ckpt / .pt / .pth / .bin) rather than a folder.</summary>
     public static bool IsSingleFile(string path) =>

@@ -133,6 +133,40 @@ public class SingleFileTests
         TestContext.Out.WriteLine($"{name}: {sd.Count} diffusers tensors ↔ {original.Count} original tensors");
     }
 
+    /// <summary>SD2.1 (no key list in the shared set): its UNet and OpenCLIP text encoder built on the meta device from
+    /// the released configs convert both ways; names and shapes spot-checked against the original model code.</summary>
+    [Test]
+    public void Sd21ConvertsBothWaysOnTheMetaDevice()
+    {
+        using var _ = device_scope(Device.Meta);
+        using var scope = NewDisposeScope();
+        using var unet = new UNet2DConditionModel(UNet2DConditionConfig.SD21);
+        using var te = new CLIPTextModel(CLIPTextConfig.SD21);
+        var u = unet.state_dict();
+        var uo = SingleFile.UnetToOriginal(unet.config, u);
+        Assert.That(uo["model.diffusion_model.input_blocks.1.1.proj_in.weight"].shape, Is.EqualTo(new long[] { 320, 320 }), "SD2 projections are linear");
+        Assert.That(uo["model.diffusion_model.input_blocks.7.1.transformer_blocks.0.attn2.to_k.weight"].shape, Is.EqualTo(new long[] { 1280, 1024 }));
+        Assert.That(uo["model.diffusion_model.output_blocks.11.1.proj_out.weight"].shape, Is.EqualTo(new long[] { 320, 320 }));
+        var ub = SingleFile.UnetFromOriginal(unet.config, uo, "sd21");
+        Assert.That(ub.Keys.Order(), Is.EqualTo(u.Keys.Order()));
+        var t = te.state_dict();
+        var prefix = SingleFile.Tables.prefixes["sd2_text_encoder"];
+        var to = SingleFile.OpenClipToOriginal(t, prefix);
+        Assert.That(to[prefix + "transformer.resblocks.22.attn.in_proj_weight"].shape, Is.EqualTo(new long[] { 3072, 1024 }));
+        Assert.That(to.ContainsKey(prefix + "transformer.resblocks.23.attn.in_proj_weight"), Is.False, "diffusers keeps 23 of the 24 blocks");
+        Assert.That(to.ContainsKey(prefix + "text_projection"), Is.False, "SD2's text encoder has no projection");
+        Assert.That(SingleFile.Family(to.Keys), Is.EqualTo("sd2"));
+        // The original file's 24th block and text_projection (diffusers' SD_2_TEXT_ENCODER_KEYS_TO_IGNORE) are skipped on reading.
+        var full = new Dictionary<string, Tensor>(to)
+        {
+            [prefix + "transformer.resblocks.23.attn.in_proj_weight"] = to[prefix + "transformer.resblocks.22.attn.in_proj_weight"],
+            [prefix + "text_projection"] = empty([1024, 1024]),
+        };
+        var tb = SingleFile.OpenClipFromOriginal(full, prefix, 23, withProjection: false, "sd21");
+        Assert.That(tb.Keys.Order(), Is.EqualTo(t.Keys.Order()));
+        foreach (var (k, v) in t) Assert.That(tb[k].shape, Is.EqualTo(v.shape), k);
+    }
+
     static void Perturb(PipelineComponents p)
     {
         using var _ = no_grad();
