@@ -21,6 +21,7 @@ let config =
 let clock = Diagnostics.Stopwatch.StartNew()
 let report = WorldStudy.Run(config)
 let minutes = clock.Elapsed.TotalMinutes
+let trainMinutes = report.runs |> Seq.sumBy (fun r -> r.train_seconds) |> fun s -> s / 60.0
 
 let label m = if m = "base" then "base" else WorldStudy.Methods.[m].label
 let num (x: struct (float * float)) = WorldStudy.Cell(x)
@@ -41,13 +42,36 @@ let gainOf m = let struct (g, _) = WorldStudy.GainVsBase(report, m, "all") in g
 // Our ordering of the three methods by mean gain over the base (both splits), for the comparison with the papers'.
 let ordering =
     [ "sft"; "dpo"; "sudo" ] |> List.sortByDescending gainOf |> List.map (fun m -> sprintf "%s (%+.3f)" (label m) (gainOf m)) |> String.concat " > "
+let agreeDpo = gainOf "dpo" > gainOf "sft"
+let agreeSudo = gainOf "sudo" > gainOf "sft" && gainOf "sft" > gainOf "dpo"
 let pdata = System.Text.Json.Nodes.JsonNode.Parse(IO.File.ReadAllText(IO.Path.Combine(config.shipped_pairs, "population.json")))
+// Who the winners are: the generator of each labelled pair's preferred image (ties excluded), by kind.
+let kindOf =
+    pdata.["config"].["generators"].AsArray()
+    |> Seq.map (fun g -> string g.["name"], string g.["kind"]) |> dict
+let winnerKinds =
+    [ for l in IO.File.ReadLines(IO.Path.Combine(config.shipped_pairs, "pairs.jsonl")) do
+        let o = System.Text.Json.Nodes.JsonNode.Parse(l)
+        let label = o.["label_0"].GetValue<float>()
+        if label <> 0.5 then
+            let g = string (if label = 1.0 then o.["generator_0"] else o.["generator_1"])
+            yield g, kindOf.[g] ]
+let winners = winnerKinds.Length
+let renders = winnerKinds |> List.filter (fun (_, k) -> k = "render") |> List.length
+let corrupted = winnerKinds |> List.filter (fun (_, k) -> k = "corrupted") |> List.length
+// Checkpoints before the base's release step are weaker than the base.
+let release = WorldPopulation.BaseConfig(config.base_model).ReleaseStep
+let stepsOf =
+    pdata.["config"].["generators"].AsArray() |> Seq.map (fun g -> string g.["name"], g.["pretrain_steps"].GetValue<int>()) |> dict
+let baseLike =
+    winnerKinds |> List.filter (fun (g, k) -> k = "base" || (k = "checkpoint" && stepsOf.[g] < release)) |> List.length
 
 let pc = "%"
 Sudo.Torch.AtomicFile.WriteAllText("paper-repro/population/RESULTS.md", $"""# The quickstart's study with three training seeds — population pairs and controls
 
 Regenerate: `dotnet fsi paper-repro/population/run.fsx` from the repository root (runs are cached in
-`runs/paper-repro-population`; this run took {minutes:F0} min of wall time on 2 cores, fp32 on every machine).
+`runs/paper-repro-population`, a rerun reuses them; the {report.runs.Count} trainings took {trainMinutes:F0} min together on 2 cores,
+fp32 on every machine; this regeneration {minutes:F0} min of wall time).
 
 The regime of the papers' data: the shipped base (`assets/world/base`, an early checkpoint — step
 {WorldPopulation.BaseConfig(config.base_model).ReleaseStep} of its {WorldPopulation.BaseConfig(config.base_model).unet_steps}-step
@@ -83,11 +107,14 @@ training seed; cells are mean ± 95{pc} interval over the 3 seeds (Student t, 2 
 | Diffusion-DPO (SD1.5, human preference vs base) | DPO (59.8{pc} win) > SFT (55.5{pc}) > base |
 | SUDO / Self-DPO, Table 2 (SD1.5, PickScore win rate vs base) | Self-DPO (78.6{pc}) > SFT (75.0{pc}) > DPO (73.8{pc}) > base |
 
-Orderings are results, not targets. Where ours differs, the reasons we can name: at this scale the pairs' winners are
-mostly images of stronger generators (renders, the full pre-training), so SFT on winners is close to the positive
-control — distillation from better models, which in the papers' data is a smaller share; Diffusion-DPO's β = 5000 and
-{config.max_train_steps} steps of {config.train_batch_size} pairs are far fewer preference updates than the papers' 2000 steps × 2048 pairs;
-and SUDO's self-made losers (another prompt's image) teach text conditioning, which the judge scores only through the
-attribute checks. The real-scale tables (the recipes on Pick-a-Pic, the released checkpoints) are in the papers' folders.
+Orderings are results, not targets. Ours {(if agreeDpo then "agrees" else "does not agree")} with Diffusion-DPO's (DPO above SFT) and
+{(if agreeSudo then "agrees with" else "differs from")} SUDO's (Self-DPO above SFT above DPO); SFT on the winners: {sig' "sft"} here, while both
+papers' SFT gains. What we can name: SFT imitates every winner, and of this population's {winners} winners
+{100.0 * float baseLike / float winners:F0}{pc} are the base's own samples or a weaker checkpoint's and {100.0 * float corrupted / float winners:F0}{pc} are renders with one
+attribute wrong (well formed, unfaithful), against {100.0 * float renders / float winners:F0}{pc} faithful renders; the positive control, which
+imitates faithful renders only: {sig' "sft_truth"}. DPO and SUDO also see the loser, which is what separates a faithful
+winner from an unfaithful one. At this budget — {config.max_train_steps} steps of {config.train_batch_size} pairs at β {config.beta_dpo}, far fewer
+preference updates than the papers' (2000 steps × 2048 pairs for Diffusion-DPO) — their gains are small. The
+real-scale tables (the recipes on Pick-a-Pic, the released checkpoints) are in the papers' folders.
 """)
 printfn "wrote paper-repro/population/RESULTS.md"
