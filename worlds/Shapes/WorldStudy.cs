@@ -219,88 +219,96 @@ public static partial class WorldStudy
                 jobs.Add(new Job(m, seed, spec, runDir, args, $"dotnet fsi {spec.recipe} -- {string.Join(" ", args.Select(a => a.Contains(' ') ? $"\"{a}\"" : a))}"));
             }
         var overlap = c.overlap && Environment.ProcessorCount >= 2;
-        // With overlap the first run trains in the background while the base is judged, as every later run does while
-        // the previous one is judged.
-        var runs = new List<RunResult>();
-        (int index, Task task)? background = null;
+        // Scheduling. With overlap (≥ 2 cores) every run trains in its own process on one thread, and up to `slots` (the
+        // core count) tasks work at once: trainings, and this process judging (the base first, then each run as its
+        // training ends) on one thread fewer than it has. A run's judging is shorter than a training, so two runs train
+        // side by side whenever nothing waits to be judged. Without overlap: train, judge, one after another.
+        var slots = overlap ? Environment.ProcessorCount : 1;
         var mainThreads = (torch: get_num_threads(), blas: get_blas_threads());
-        if (overlap && jobs.Count > 0 && !jobs[0].Done)
+        var judgeThreads = overlap ? (torch: Math.Max(1, mainThreads.torch - 1), blas: Math.Max(1, mainThreads.blas - 1)) : mainThreads;
+        var running = new Dictionary<int, Task>();
+        var ready = new Queue<int>();
+        var next = 0;
+        void Fill(int reserve)
         {
-            log($"world study: {jobs[0].spec.label}, seed {jobs[0].seed}: training in the background on one thread while the base is judged (log {Path.Combine(jobs[0].runDir, "train.log")}): {jobs[0].command}");
-            background = (0, Task.Run(() => Train(root, jobs[0], background: true)));
-            set_num_threads(Math.Max(1, mainThreads.torch - 1));
-            set_blas_threads(Math.Max(1, mainThreads.blas - 1));
+            while (overlap && next < jobs.Count && running.Count < slots - reserve)
+            {
+                var k = next++;
+                var j = jobs[k];
+                if (j.Done)
+                {
+                    log($"world study: reusing {j.runDir}");
+                    ready.Enqueue(k);
+                    continue;
+                }
+                log($"world study: {j.spec.label}, seed {j.seed}: training in the background on one thread (log {Path.Combine(j.runDir, "train.log")}): {j.command}");
+                running[k] = Task.Run(() => Train(root, j, background: true));
+            }
         }
         var t1 = sw.Elapsed.TotalSeconds;
         var evalKey = $"{c.eval_prompts}|{c.eval_seeds}|{c.curve_prompts}|{c.sample_steps}|{c.guidance_scale}";
         List<Judge.Result> baseVal, baseTest;
         List<(int step, double score)> baseCurvePts;
         IReadOnlyDictionary<string, List<Judge.Result>> baseExtra;
-        List<(string label, List<(RgbImage img, double score)> row)> grid;
+        var grid = new List<(string label, List<(RgbImage img, double score)> row)>();
+        var gridRows = new (string label, List<(RgbImage img, double score)> row)?[jobs.Count];
+        var results = new RunResult?[jobs.Count];
+        double baseCurve = double.NaN;
         try
         {
+            Fill(reserve: 1);
+            set_num_threads(judgeThreads.torch);
+            set_blas_threads(judgeThreads.blas);
             (baseVal, baseTest, baseCurvePts) = CachedEval(Path.Combine(outDir, "base_eval.json"), evalKey, () => (Eval(valPrompts), Eval(testPrompts), [(0, CurvePoint())]));
             baseExtra = Extra(outDir, "base_eval", evalKey);
-            grid = [("base", GridRow())];
-        }
-        catch
-        {
-            // The background run owns its run folder: wait for it before the failure propagates.
-            if (background is { } bg0) try { bg0.task.GetAwaiter().GetResult(); } catch (Exception e) { log($"world study: background training failed: {e.Message}"); }
-            throw;
-        }
-        finally
-        {
-            set_num_threads(mainThreads.torch);
-            set_blas_threads(mainThreads.blas);
-        }
-        var baseCurve = baseCurvePts[0].score;
-        log($"world study: base judged on {valPrompts.Count}+{testPrompts.Count} held-out prompts × {c.eval_seeds} seeds: validation {baseVal.Average(r => r.score):F4}, test {baseTest.Average(r => r.score):F4} ({sw.Elapsed.TotalSeconds - t1:F0} s)");
-
-        try
-        {
-            for (var k = 0; k < jobs.Count; k++)
+            grid.Add(("base", GridRow()));
+            baseCurve = baseCurvePts[0].score;
+            log($"world study: base judged on {valPrompts.Count}+{testPrompts.Count} held-out prompts × {c.eval_seeds} seeds: validation {baseVal.Average(r => r.score):F4}, test {baseTest.Average(r => r.score):F4} ({sw.Elapsed.TotalSeconds - t1:F0} s)");
+            var judged = 0;
+            while (judged < jobs.Count)
             {
-                var j = jobs[k];
-                if (background is { } bg && bg.index == k)
+                foreach (var (k, task) in running.Where(kv => kv.Value.IsCompleted).OrderBy(kv => kv.Key).ToList())
                 {
-                    bg.task.GetAwaiter().GetResult();
-                    background = null;
-                    log($"world study: {j.spec.label}, seed {j.seed}: trained in the background ({JsonNode.Parse(File.ReadAllText(j.SummaryPath))!["seconds"]} s)");
+                    running.Remove(k);
+                    task.GetAwaiter().GetResult();
+                    log($"world study: {jobs[k].spec.label}, seed {jobs[k].seed}: trained in the background ({JsonNode.Parse(File.ReadAllText(jobs[k].SummaryPath))!["seconds"]} s)");
+                    ready.Enqueue(k);
                 }
-                else if (j.Done) log($"world study: reusing {j.runDir}");
+                Fill(reserve: ready.Count > 0 ? 1 : 0);
+                if (ready.Count > 0)
+                {
+                    var k = ready.Dequeue();
+                    (results[k], gridRows[k]) = Judged(jobs[k]);
+                    judged++;
+                }
+                else if (running.Count > 0) Task.WaitAny([.. running.Values]);
                 else
                 {
-                    log($"world study: {j.spec.label}, seed {j.seed}: {j.command}");
-                    Train(root, j, background: false);
-                }
-                var threads = (torch: get_num_threads(), blas: get_blas_threads());
-                if (overlap && k + 1 < jobs.Count && !jobs[k + 1].Done)
-                {
-                    var n = jobs[k + 1];
-                    log($"world study: {n.spec.label}, seed {n.seed}: training in the background on one thread (log {Path.Combine(n.runDir, "train.log")}): {n.command}");
-                    background = (k + 1, Task.Run(() => Train(root, n, background: true)));
-                    set_num_threads(Math.Max(1, threads.torch - 1));
-                    set_blas_threads(Math.Max(1, threads.blas - 1));
-                }
-                try
-                {
-                    runs.Add(Judged(j));
-                }
-                finally
-                {
-                    set_num_threads(threads.torch);
-                    set_blas_threads(threads.blas);
+                    // Without overlap: the next run in the foreground, with every thread.
+                    var j = jobs[next];
+                    if (j.Done) log($"world study: reusing {j.runDir}");
+                    else
+                    {
+                        log($"world study: {j.spec.label}, seed {j.seed}: {j.command}");
+                        Train(root, j, background: false);
+                    }
+                    ready.Enqueue(next++);
                 }
             }
         }
         finally
         {
-            // A failure while judging still waits for the background run (its process owns a run folder).
-            if (background is { } bg) try { bg.task.GetAwaiter().GetResult(); } catch (Exception e) { log($"world study: background training failed: {e.Message}"); }
+            set_num_threads(mainThreads.torch);
+            set_blas_threads(mainThreads.blas);
+            // A failure while judging still waits for the background runs (each process owns a run folder).
+            foreach (var task in running.Values)
+                try { task.GetAwaiter().GetResult(); } catch (Exception e) { log($"world study: background training failed: {e.Message}"); }
         }
+        // Runs and grid rows in the order of the methods and seeds, whatever order they finished in.
+        var runs = results.Select(r => r!).ToList();
+        grid.AddRange(gridRows.Where(g => g != null).Select(g => g!.Value));
 
-        RunResult Judged(Job j)
+        (RunResult run, (string label, List<(RgbImage img, double score)> row)? gridRow) Judged(Job j)
         {
             var summary = JsonNode.Parse(File.ReadAllText(j.SummaryPath))!;
             var (val, test, curve) = CachedEval(Path.Combine(j.runDir, "study_eval.json"), evalKey + "|" + j.command, () =>
@@ -321,15 +329,16 @@ public static partial class WorldStudy
                     pts.Add((c.max_train_steps, c.curve_prompts <= c.eval_prompts ? v.Take(c.curve_prompts).Average(r => r.score) : CurvePoint()));
                 return (v, Eval(testPrompts), pts);
             });
+            (string, List<(RgbImage, double)>)? gridRow = null;
             if (j.seed == c.seeds[0])
             {
                 LoadUnet(pipe, Path.Combine(j.runDir, "unet"));
-                grid.Add((j.spec.label, GridRow()));
+                gridRow = (j.spec.label, GridRow());
             }
             var extra = Extra(j.runDir, "study_eval", evalKey + "|" + j.command, Path.Combine(j.runDir, "unet"));
             log($"world study: {j.spec.label}, seed {j.seed}: validation {val.Average(r => r.score):F4}, test {test.Average(r => r.score):F4}");
             using (no_grad()) pipe.unet.load_state_dict(baseWeights);
-            return new RunResult(j.method, j.seed, j.runDir, val, test, curve, summary["seconds"]!.GetValue<double>(), summary["peak_rss_mb"]!.GetValue<double>(), j.command, extra);
+            return (new RunResult(j.method, j.seed, j.runDir, val, test, curve, summary["seconds"]!.GetValue<double>(), summary["peak_rss_mb"]!.GetValue<double>(), j.command, extra), gridRow);
         }
         foreach (var t in baseWeights.Values) t.Dispose();
 
