@@ -631,6 +631,10 @@ let main argv =
     | :? System.IO.InvalidDataException as e ->
         eprintfn "sudoml: %s" e.Message
         1
+    | :? System.Text.Json.JsonException as e ->
+        // A JSON file read without a reader of its own that names it: still a message, not a stack trace.
+        eprintfn "sudoml: a JSON file is not valid: %s" e.Message
+        1
     | :? NotSupportedException as e ->
         eprintfn "sudoml: %s" e.Message
         1

@@ -17,6 +17,19 @@ public class LoadingTests
 
     private static string Golden(string item) => Shared.Require("golden", item);
 
+    /// <summary>A config.json cut short (issue 21's first finding: `sudoml parity --model` died with a JsonReaderException)
+    /// is an InvalidDataException naming the file, from the parity's component detection and from the model loader.</summary>
+    [Test]
+    public void ATruncatedConfigNamesTheFile()
+    {
+        File.WriteAllText(Path.Combine(_tmp, "config.json"), "{\"block_out_channels\": \"abc\", ");
+        var e = Assert.Throws<InvalidDataException>(() => ModelParity.DetectComponent(_tmp))!;
+        Assert.That(e.Message, Does.Contain(Path.Combine(_tmp, "config.json")).And.Contain("not valid JSON"));
+        e = Assert.Throws<InvalidDataException>(() => UNet2DConditionConfig.FromFile(Path.Combine(_tmp, "config.json")))!;
+        Assert.That(e.Message, Does.Contain("config.json").And.Contain("not valid JSON"));
+        Assert.Throws<FileNotFoundException>(() => ModelParity.DetectComponent(Path.Combine(_tmp, "missing")));
+    }
+
     private static Tensor RunUNet(UNet2DConditionModel m, string folder)
     {
         using var io = safetensors.safe_open(Path.Combine(folder, "io.safetensors"));

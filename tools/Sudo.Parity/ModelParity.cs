@@ -32,7 +32,16 @@ public static class ModelParity
     public static string DetectComponent(string folder)
     {
         var path = Path.Combine(folder, "config.json");
-        var cfg = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"{path}: not a JSON object");
+        if (!File.Exists(path)) throw new FileNotFoundException($"{folder}: no config.json (a diffusers/transformers component folder holds config.json and its weights)", path);
+        JsonObject cfg;
+        try
+        {
+            cfg = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"{path}: not a JSON object");
+        }
+        catch (System.Text.Json.JsonException e)
+        {
+            throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e);
+        }
         var cls = (string?)cfg["_class_name"] ?? (cfg["architectures"] as JsonArray)?.FirstOrDefault()?.GetValue<string>();
         return cls switch
         {
