@@ -32,17 +32,7 @@ public class DataParallelTests
     public static void MakePairs()
     {
         _pairs = Path.Combine(Path.GetTempPath(), $"sudo-ddp-pairs-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(_pairs);
-        var rng = new Random(1);
-        var lines = new List<string>();
-        for (var i = 0; i < 12; i++)
-        {
-            RgbImage Img(int v) => new(40, 36, Enumerable.Range(0, 40 * 36 * 3).Select(_ => (byte)Math.Clamp(v + rng.Next(-60, 60), 0, 255)).ToArray());
-            ImageCodecs.Save(Img(190), Path.Combine(_pairs, $"w{i}.png"));
-            ImageCodecs.Save(Img(60), Path.Combine(_pairs, $"l{i}.png"));
-            lines.Add($$"""{"caption": "picture number {{i}}", "winner": "w{{i}}.png", "loser": "l{{i}}.png"}""");
-        }
-        File.WriteAllLines(Path.Combine(_pairs, "pairs.jsonl"), lines);
+        TestPairs.Write(_pairs, 12, 40, 36, seed: 1, noise: 60, winner: 190, loser: 60, i => $"picture number {i}");
     }
 
     [OneTimeTearDown]

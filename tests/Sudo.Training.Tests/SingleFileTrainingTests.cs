@@ -20,17 +20,7 @@ public class SingleFileTrainingTests
         try
         {
             var pairs = Path.Combine(dir, "pairs");
-            Directory.CreateDirectory(pairs);
-            var rng = new Random(2);
-            var lines = new List<string>();
-            for (var i = 0; i < 8; i++)
-            {
-                RgbImage Img(int v) => new(32, 32, Enumerable.Range(0, 32 * 32 * 3).Select(_ => (byte)Math.Clamp(v + rng.Next(-60, 60), 0, 255)).ToArray());
-                ImageCodecs.Save(Img(190), Path.Combine(pairs, $"w{i}.png"));
-                ImageCodecs.Save(Img(60), Path.Combine(pairs, $"l{i}.png"));
-                lines.Add($$"""{"caption": "picture number {{i}}", "winner": "w{{i}}.png", "loser": "l{{i}}.png"}""");
-            }
-            File.WriteAllLines(Path.Combine(pairs, "pairs.jsonl"), lines);
+            TestPairs.Write(pairs, 8, 32, 32, seed: 2, noise: 60, winner: 190, loser: 60, i => $"picture number {i}");
             var file = Path.Combine(dir, "sd15-tiny.safetensors");
             Assert.That(SingleFile.Export(golden, file), Is.GreaterThan(0));
 
