@@ -4,7 +4,8 @@
 #   dotnet.tar.xz   this machine's .NET runtime (the dotnet host + Microsoft.NETCore.App; the SDK stays here)
 #   app.tar.xz      a framework-dependent publish of the CLI (`sudoml selftest` is the check), without the native
 #                   libraries the self-test never loads (ParquetSharp's, SkiaSharp's) and without libsudo_native.so,
-#                   which gpu-check.sh builds there against the machine's PyTorch
+#                   which gpu-check.sh builds there against the machine's PyTorch; with this machine's libspng and
+#                   libturbojpeg (the self-test writes its pair folders as PNG)
 #   golden.tar.xz   the golden items the self-test reads (pipe_sd15, pipe_sdxl, unet_sd15, vae, clip_text, spm,
 #                   keys/*_config.json for the full-size models)
 #   ref.tar.xz      diffusers' and huggingface_hub's Python sources for the PyTorch side of the comparison
@@ -39,6 +40,13 @@ tar -C "$dotnet_root" -cf - dotnet host "shared/Microsoft.NETCore.App/$(basename
 echo "gpu-pack: publishing the CLI (framework-dependent)" >&2
 dotnet publish "$root/apps/Sudo.Cli/Sudo.Cli.fsproj" -c Release -r linux-x64 --no-self-contained -o "$tmp/app" -nologo -v quiet -clp:ErrorsOnly
 rm -f "$tmp/app/ParquetSharpNative.so" "$tmp/app/libSkiaSharp.so" "$tmp/app/libHarfBuzzSharp.so" "$tmp/app/libsudo_native.so"
+# The image codecs the self-test's pair folders are written with (Debian's libspng0 and libturbojpeg0; they need
+# only libc, libm and zlib): a GPU machine's image rarely has them, and .NET finds them next to the CLI.
+for lib in libspng.so.0 libturbojpeg.so.0; do
+  f="$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ { print $NF; exit }')"
+  [ -n "$f" ] || { echo "gpu-pack: $lib not found here (run scripts/setup.sh)" >&2; exit 1; }
+  cp -L "$f" "$tmp/app/$lib"
+done
 tar -C "$tmp/app" -cf - . | xz -9 -T0 >"$out.new/app.tar.xz"
 
 mkdir -p "$tmp/golden/keys"

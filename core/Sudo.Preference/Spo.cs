@@ -183,7 +183,7 @@ public sealed class SpoSampler
             if (final) break;
             // Continue from a uniformly random candidate per prompt; branch again with its ε at t_i.
             var r = Enumerable.Range(0, b).Select(p => randint(0, k, [1], generators[p]).item<long>() * b + p).ToArray();
-            var rows = tensor(r);
+            var rows = tensor(r, device: pool.device);
             shared = pool.index_select(0, rows);
             var epsR = epsPool!.index_select(0, rows);
             pool = Branch(epsR, ts[i], shared);

@@ -131,7 +131,10 @@ void delete_cached(void* p) {
 }
 
 struct CachingCpuAllocator final : c10::Allocator {
-  c10::DataPtr allocate(size_t n) const override {
+  // libtorch 1.13 declares allocate const and libtorch 2.x (from 2.3) non-const: both overloads are defined, so
+  // whichever the base declares pure virtual is overridden and the other is an unused extra (no `override`).
+  c10::DataPtr allocate(size_t n) { return static_cast<const CachingCpuAllocator*>(this)->allocate(n); }
+  c10::DataPtr allocate(size_t n) const {
     if (n < kMinCached) return g_fallback->allocate(n);
     size_t cls = size_class(n);
     auto& s = state();
