@@ -64,7 +64,7 @@ public sealed class PairDataset : PreferenceData
             {
                 n++;
                 if (string.IsNullOrWhiteSpace(line)) continue;
-                var o = JsonNode.Parse(line) as JsonObject ?? throw new InvalidDataException($"{jsonl}:{n}: not a JSON object");
+                var o = JsonInput.Parse(line, $"{jsonl}:{n}") as JsonObject ?? throw new InvalidDataException($"{jsonl}:{n}: not a JSON object");
                 rows.Add(o.ToDictionary(kv => kv.Key, kv => kv.Value is JsonValue v ? v.ToString() : kv.Value?.ToJsonString() ?? ""));
             }
         }
@@ -73,6 +73,8 @@ public sealed class PairDataset : PreferenceData
             var records = Delimited.Split(File.ReadAllText(csv), ',');
             if (records.Count == 0) throw new InvalidDataException($"{csv}: empty");
             var header = records[0].Select(h => h.Trim()).ToArray();
+            if (header.GroupBy(h => h).FirstOrDefault(g => g.Count() > 1) is { } dup)
+                throw new InvalidDataException($"{csv}: the header names column '{dup.Key}' more than once");
             foreach (var cells in records.Skip(1).Where(r => r.Any(c => c.Trim().Length > 0)))
             {
                 if (cells.Count != header.Length) throw new InvalidDataException($"{csv}: row '{string.Join(",", cells)}' has {cells.Count} cells, header has {header.Length}");
@@ -92,17 +94,29 @@ public sealed class PairDataset : PreferenceData
             if (r.TryGetValue("winner", out var ww) && r.TryGetValue("loser", out var ll)) (w, l) = (ww, ll);
             else if (r.TryGetValue("image_0", out var i0) && r.TryGetValue("image_1", out var i1) && r.TryGetValue("label_0", out var lab))
             {
-                var label = double.Parse(lab, CultureInfo.InvariantCulture);
+                if (!double.TryParse(lab, NumberStyles.Float, CultureInfo.InvariantCulture, out var label))
+                    throw new InvalidDataException($"{folder}: label_0 must be 0, 0.5 or 1, got '{lab}'");
                 if (label == 0.5) { ties++; continue; }
                 (w, l) = label == 1 ? (i0, i1) : label == 0 ? (i1, i0) : throw new InvalidDataException($"{folder}: label_0 must be 0, 0.5 or 1, got {lab}");
             }
             else throw new InvalidDataException($"{folder}: a record needs winner/loser or image_0/image_1/label_0");
             foreach (var f in new[] { w, l })
-                if (!File.Exists(Path.Combine(folder, f))) throw new FileNotFoundException($"{folder}: image '{f}' named in the pairs file does not exist");
+                if (!InsideFolder(folder, f))
+                    throw new InvalidDataException($"{folder}: image '{f}' named in the pairs file is not a relative path inside the folder");
+                else if (!File.Exists(Path.Combine(folder, f))) throw new FileNotFoundException($"{folder}: image '{f}' named in the pairs file does not exist");
             pairs.Add(new PreferencePair(cap, w, l));
         }
         if (pairs.Count == 0) throw new InvalidDataException($"{folder}: no usable pairs ({ties} ties dropped)");
         return new PairDataset(folder, pairs, ties);
+    }
+
+    /// <summary>Whether <paramref name="name"/> is a relative path that stays inside <paramref name="folder"/> (a pair
+    /// file from elsewhere cannot make Sudo read /etc/passwd or ../../secret.png as an image).</summary>
+    private static bool InsideFolder(string folder, string name)
+    {
+        if (name.Length == 0 || name.Contains('\0') || Path.IsPathRooted(name)) return false;
+        var root = Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar) + Path.DirectorySeparatorChar;
+        return Path.GetFullPath(Path.Combine(folder, name)).StartsWith(root, StringComparison.Ordinal);
     }
 
     /// <summary>AI-feedback relabelling (Diffusion-DPO's --choice_model): the image the scorer prefers

@@ -14,6 +14,7 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
+using Sudo.Torch;
 
 namespace Sudo.Data;
 
@@ -37,7 +38,7 @@ public static partial class PromptSets
         {
             ".json" => FromJson(path, column),
             ".jsonl" => File.ReadLines(path).Select((l, i) => (l, i)).Where(x => x.l.Trim().Length > 0)
-                .Select(x => Field(JsonNode.Parse(x.l) as JsonObject ?? throw new InvalidDataException($"{path}:{x.i + 1}: not a JSON object"), column, $"{path}:{x.i + 1}")).ToList(),
+                .Select(x => Field(JsonInput.Parse(x.l, $"{path}:{x.i + 1}") as JsonObject ?? throw new InvalidDataException($"{path}:{x.i + 1}: not a JSON object"), column, $"{path}:{x.i + 1}")).ToList(),
             ".tsv" or ".csv" => FromDelimited(path, ext == ".tsv" ? "\t" : ",", column),
             ".parquet" or ".arrow" => FromDataset(new ResolvedSplit("file", Path.GetDirectoryName(Path.GetFullPath(path))!, split, [Path.GetFullPath(path)], [split]), column),
             _ => File.ReadLines(path).ToList(),
@@ -56,7 +57,7 @@ public static partial class PromptSets
 
     private static List<string> FromJson(string path, string? column)
     {
-        var root = JsonNode.Parse(File.ReadAllText(path));
+        var root = JsonInput.Parse(File.ReadAllBytes(path), path);
         var items = root as JsonArray
             ?? (root is JsonObject o && o.Select(kv => kv.Value).OfType<JsonArray>().FirstOrDefault() is { } inner && o.Count == 1 ? inner : null)
             ?? throw new InvalidDataException($"{path}: expected a JSON list of prompts (strings or objects with a caption/prompt field)");

@@ -316,10 +316,66 @@ public sealed class ArrowStreamShard : TableShard
         private T[] Read<T>(string column, ColumnKind kind, Func<IArrowArray, int, T> get)
         {
             _shard.Require(column, kind);
-            var a = _batch.Column(_shard._index[column]);
+            var at = _shard._index[column];
+            if (at >= _batch.ColumnCount)
+                throw new InvalidDataException($"{_shard.Name}: record batch has {_batch.ColumnCount} columns, the schema names '{column}' as column {at + 1} (file {_shard.Path})");
+            var a = _batch.Column(at);
+            var fits = kind switch
+            {
+                ColumnKind.Float64 => a is DoubleArray,
+                ColumnKind.Int64 => a is Int64Array,
+                ColumnKind.String => a is StringArray or LargeStringArray,
+                ColumnKind.Binary => a is BinaryArray or LargeBinaryArray,
+                _ => false,
+            };
+            if (!fits || a.Length != _batch.Length)
+                throw new InvalidDataException($"{_shard.Name}: column '{column}' of a record batch is {a.Data.DataType.Name} with {a.Length} rows, the schema says {_shard._columns[column].Item2} with {_batch.Length} (file {_shard.Path})");
+            Validate(a, column);
             var result = new T[a.Length];
             for (var i = 0; i < a.Length; i++) result[i] = get(a, i);
             return result;
+        }
+
+        /// <summary>Apache.Arrow trusts a stream's buffers: an offset past its value buffer is read through a raw pointer
+        /// (an access violation, not an exception). Every buffer a read touches is checked against the array's
+        /// offset and length first (the Arrow columnar format's layout rules).</summary>
+        private void Validate(IArrowArray a, string column)
+        {
+            var d = a.Data;
+            string Bad(string what) => $"{_shard.Name}: column '{column}' of this record batch is corrupt: {what} (file {_shard.Path})";
+            if (d.Offset < 0 || d.Length < 0) throw new InvalidDataException(Bad($"offset {d.Offset}, length {d.Length}"));
+            var end = (long)d.Offset + d.Length;
+            if (d.NullCount != 0 && d.Buffers.Length > 0 && !d.Buffers[0].IsEmpty && d.Buffers[0].Length < (end + 7) / 8)
+                throw new InvalidDataException(Bad($"validity bitmap of {d.Buffers[0].Length} bytes for {end} rows"));
+            switch (a)
+            {
+                case DoubleArray or Int64Array:
+                    if (d.Buffers.Length < 2 || d.Buffers[1].Length < end * 8) throw new InvalidDataException(Bad($"value buffer too short for {end} rows"));
+                    break;
+                case StringArray or BinaryArray:
+                    CheckOffsets(d, end, 4, Bad);
+                    break;
+                case LargeStringArray or LargeBinaryArray:
+                    CheckOffsets(d, end, 8, Bad);
+                    break;
+            }
+        }
+
+        private static void CheckOffsets(ArrayData d, long end, int width, Func<string, string> bad)
+        {
+            if (d.Buffers.Length < 3) throw new InvalidDataException(bad("missing offset or value buffer"));
+            var offsets = d.Buffers[1].Span;
+            var values = d.Buffers[2].Length;
+            if (offsets.Length < (end + 1) * width) throw new InvalidDataException(bad($"offset buffer of {offsets.Length} bytes for {end} rows"));
+            long prev = -1;
+            for (var i = d.Offset; i <= end; i++)
+            {
+                long o = width == 4
+                    ? System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(offsets[(int)(i * 4)..])
+                    : System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(offsets[(int)(i * 8)..]);
+                if (o < 0 || o > values || o < prev) throw new InvalidDataException(bad($"value offset {o} at row {i} (value buffer {values} bytes, previous offset {prev})"));
+                prev = o;
+            }
         }
 
         public override double?[] ReadFloat64(string column) => Read(column, ColumnKind.Float64, (a, i) => ((DoubleArray)a).GetValue(i));

@@ -51,7 +51,7 @@ public sealed record SchedulerConfig
         JsonObject o;
         try
         {
-            o = ParsePythonJson(json) as JsonObject ?? throw new InvalidDataException($"{source}: not a JSON object");
+            o = ConfigJson.ParsePython(json, source) as JsonObject ?? throw new InvalidDataException($"{source}: not a JSON object");
         }
         catch (JsonException e)
         {

@@ -77,10 +77,11 @@ public sealed partial class CLIPTokenizer
         {
             var p = Path.Combine(folder, f);
             if (!File.Exists(p)) continue;
-            var o = JsonNode.Parse(File.ReadAllText(p)) as JsonObject;
-            var padNode = o?["pad_token"];
-            pad ??= padNode is JsonObject po ? (string?)po["content"] : padNode?.GetValue<string>();
-            if (o?["model_max_length"] is JsonValue ml && ml.TryGetValue<long>(out var m) && m < 100_000) maxLen = (int)m;
+            var o = JsonInput.ReadObject(p);
+            static string? Str(JsonNode? n) => n is JsonValue v && v.TryGetValue<string>(out var s) ? s : null;
+            var padNode = o["pad_token"];
+            pad ??= padNode is JsonObject po ? Str(po["content"]) : Str(padNode);
+            if (o["model_max_length"] is JsonValue ml && ml.TryGetValue<long>(out var m) && m < 100_000) maxLen = (int)m;
         }
         return FromFiles(vocabPath, mergesPath, pad, maxLen);
     }
@@ -105,10 +106,17 @@ public sealed partial class CLIPTokenizer
         fix_text = false,
     };
 
+    /// <summary>Token ids are dense from 0 (CLIP has 49408): a larger id in a vocabulary file is corrupt, and would
+    /// size the id → token table.</summary>
+    public const int MaxVocabId = 1 << 24;
+
     public static CLIPTokenizer FromFiles(string vocabJson, string mergesTxt, string? pad_token = null, int model_max_length = 77)
     {
-        var vocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(vocabJson))
-            ?? throw new InvalidDataException($"{vocabJson}: empty vocabulary");
+        var vocab = new Dictionary<string, int>();
+        foreach (var (token, id) in JsonInput.ReadObject(vocabJson))
+            vocab[token] = id is JsonValue v && v.TryGetValue<int>(out var i) && i >= 0 && i < MaxVocabId
+                ? i : throw new InvalidDataException($"{vocabJson}: the id of token '{token}' must be an integer in [0, {MaxVocabId}), got {id?.ToJsonString() ?? "null"}");
+        if (vocab.Count == 0) throw new InvalidDataException($"{vocabJson}: empty vocabulary");
         var lines = File.ReadAllText(mergesTxt).Trim().Split('\n');
         // transformers: merges = lines[1 : 49152 - 256 - 2 + 1] (the first line is "#version: 0.2").
         var merges = new List<(string, string)>();
@@ -118,7 +126,16 @@ public sealed partial class CLIPTokenizer
             if (parts.Length != 2) throw new InvalidDataException($"{mergesTxt}: bad merge line '{line}'");
             merges.Add((parts[0], parts[1]));
         }
-        return new CLIPTokenizer(vocab, merges, pad_token) { model_max_length = model_max_length };
+        var tok = new CLIPTokenizer(vocab, merges, pad_token) { model_max_length = model_max_length };
+        try
+        {
+            _ = tok.Bpe;   // built lazily otherwise: a merge of tokens the vocabulary lacks would surface at the first encode
+        }
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException)
+        {
+            throw new InvalidDataException($"{vocabJson} / {mergesTxt}: not a consistent BPE vocabulary and merge list: {e.Message}", e);
+        }
+        return tok;
     }
 
     /// <summary>openai/CLIP's bpe_simple_vocab_16e6.txt.gz: the vocabulary is the 256 byte symbols, the

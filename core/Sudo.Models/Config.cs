@@ -3,6 +3,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
+using Sudo.Torch;
 
 namespace Sudo.Models;
 
@@ -22,8 +23,8 @@ public static class ConfigJson
 
     /// <summary>Python's json writes NaN / Infinity / -Infinity bare (diffusers' lambda_min_clipped): quote
     /// them so System.Text.Json reads them as named literals.</summary>
-    public static JsonNode? ParsePython(string json) =>
-        JsonNode.Parse(System.Text.RegularExpressions.Regex.Replace(json, @"(?<=[:\[,]\s*)(-?Infinity|NaN)(?=\s*[,\]\}])", "\"$1\""));
+    public static JsonNode? ParsePython(string json, string source = "config") =>
+        JsonInput.Parse(System.Text.RegularExpressions.Regex.Replace(json, @"(?<=[:\[,]\s*)(-?Infinity|NaN)(?=\s*[,\]\}])", "\"$1\""), source);
 
     /// <param name="keepNull">fields whose JSON null means something (not "the default"): they are read as null.</param>
     public static T Read<T>(string path, params string[] keepNull)
@@ -32,7 +33,7 @@ public static class ConfigJson
         JsonObject o;
         try
         {
-            o = ParsePython(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"{path}: config.json must be a JSON object");
+            o = ParsePython(File.ReadAllText(path), path) as JsonObject ?? throw new InvalidDataException($"{path}: config.json must be a JSON object");
         }
         catch (JsonException e)
         {
@@ -49,6 +50,10 @@ public static class ConfigJson
         try
         {
             return clean.Deserialize<T>(Options) ?? throw new InvalidDataException($"{source}: empty config");
+        }
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException or FormatException or OverflowException)
+        {
+            throw new InvalidDataException($"{source}: not a valid {typeof(T).Name}: {e.Message}", e);
         }
         catch (JsonException e)
         {

@@ -67,14 +67,23 @@ public sealed class PipelineComponents : IDisposable
     public static PipelineComponents from_configs(string folder, ScalarType? dtype = null, Device? device = null) =>
         Build(folder, null, dtype, device, weights: false);
 
-    private static PipelineComponents Build(string folder, string? variant, ScalarType? dtype, Device? device, bool weights)
+    /// <summary>Reads and checks a model_index.json: the Stable Diffusion components Sudo builds (unet, vae,
+    /// text_encoder, tokenizer; for SDXL text_encoder_2 and tokenizer_2) with their classes. Returns the index and
+    /// whether it is SDXL; a file that is not that is an InvalidDataException (or NotSupportedException for another
+    /// component class) naming it.</summary>
+    public static (JsonObject index, bool sdxl) ReadModelIndex(string indexPath)
     {
-        var indexPath = Path.Combine(folder, "model_index.json");
         if (!File.Exists(indexPath))
-            throw new FileNotFoundException($"{folder} is not a diffusers pipeline folder (no model_index.json)", indexPath);
-        var index = JsonNode.Parse(File.ReadAllText(indexPath)) as JsonObject ?? throw new InvalidDataException($"{indexPath}: not a JSON object");
-        var cls = (string?)index["_class_name"] ?? "";
-        string? Kind(string name) => (index[name] as JsonArray)?.ElementAtOrDefault(1)?.GetValue<string>();
+            throw new FileNotFoundException($"{Path.GetDirectoryName(indexPath)} is not a diffusers pipeline folder (no model_index.json)", indexPath);
+        var index = JsonInput.ReadObject(indexPath);
+        // Each component is ["library", "ClassName"] (diffusers' save_config); anything else is absent or malformed.
+        string? Kind(string name)
+        {
+            if (!index.TryGetPropertyValue(name, out var node) || node is null) return null;
+            if (node is JsonArray { Count: 2 } a && a[1] is JsonValue v && v.TryGetValue<string>(out var k)) return k;
+            if (node is JsonArray { Count: 2 } n && n[0] is null && n[1] is null) return null;   // a component saved as None
+            throw new InvalidDataException($"{indexPath}: '{name}' must be [\"library\", \"ClassName\"], got {node.ToJsonString()}");
+        }
         void Expect(string name, params string[] classes)
         {
             var k = Kind(name);
@@ -91,6 +100,13 @@ public sealed class PipelineComponents : IDisposable
             Expect("text_encoder_2", "CLIPTextModelWithProjection");
             Expect("tokenizer_2", "CLIPTokenizer");
         }
+        return (index, sdxl);
+    }
+
+    private static PipelineComponents Build(string folder, string? variant, ScalarType? dtype, Device? device, bool weights)
+    {
+        var (index, sdxl) = ReadModelIndex(Path.Combine(folder, "model_index.json"));
+        var cls = index["_class_name"] is JsonValue cv && cv.TryGetValue<string>(out var cn) ? cn : "";
         var disposables = new List<IDisposable>();
         try
         {

@@ -111,19 +111,7 @@ public static class safetensors
 
     internal static (Dictionary<string, SafetensorsEntry>, Dictionary<string, string>, long) ParseHeader(string path, byte[] header, long dataLen, long dataStart)
     {
-        JsonNode? root;
-        try
-        {
-            root = JsonNode.Parse(header, documentOptions: new JsonDocumentOptions { MaxDepth = 8 });
-        }
-        catch (JsonException e)
-        {
-            throw new InvalidDataException($"{path}: safetensors header is not valid JSON: {e.Message}", e);
-        }
-        catch (ArgumentException e)
-        {
-            throw new InvalidDataException($"{path}: safetensors header is not valid UTF-8 JSON: {e.Message}", e);
-        }
+        var root = JsonInput.Parse(header, $"{path}: safetensors header", maxDepth: 8);
         if (root is not JsonObject obj) throw new InvalidDataException($"{path}: safetensors header must be a JSON object");
         var entries = new Dictionary<string, SafetensorsEntry>();
         var metadata = new Dictionary<string, string>();
@@ -288,15 +276,7 @@ public static class safetensors
     /// <summary>Loads a sharded checkpoint through its *.safetensors.index.json (weight_map: key → shard file).</summary>
     public static Dictionary<string, Tensor> load_sharded(string indexPath, Device? device = null, bool mmap = true)
     {
-        JsonObject root;
-        try
-        {
-            root = JsonNode.Parse(System.IO.File.ReadAllText(indexPath))?.AsObject() ?? throw new InvalidDataException($"{indexPath}: empty index");
-        }
-        catch (JsonException e)
-        {
-            throw new InvalidDataException($"{indexPath}: not valid JSON: {e.Message}", e);
-        }
+        var root = JsonInput.ReadObject(indexPath);
         if (root["weight_map"] is not JsonObject map) throw new InvalidDataException($"{indexPath}: no weight_map object");
         var dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(indexPath))!;
         var byFile = map.GroupBy(kv => (string?)kv.Value ?? throw new InvalidDataException($"{indexPath}: weight_map['{kv.Key}'] is not a file name"));
