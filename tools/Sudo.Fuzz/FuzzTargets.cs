@@ -149,7 +149,7 @@ public static class FuzzTargets
                 .Where(f => new FileInfo(f).Length <= maxBytes).Select(File.ReadAllBytes)
             : [];
 
-    private static IEnumerable<byte[]> SeedsSafetensors(string shared) => Files(Path.Combine(shared, "golden"), "*.safetensors", 64 << 10);
+    private static IEnumerable<byte[]> SeedsSafetensors(string shared) => Files(Path.Combine(shared, "golden"), "*.safetensors", 256 << 10);
 
     private static IEnumerable<byte[]> SeedsIndex(string shared)
     {
