@@ -122,6 +122,8 @@ public sealed class ParquetShard : TableShard
             {
                 using var rg = f.RowGroup(g);
                 _rows[g] = rg.MetaData.NumRows;
+                if (_rows[g] < 0 || _rows[g] > MaxRowsPerGroup)
+                    throw new InvalidDataException($"{Name}: row group {g} claims {_rows[g]} rows (at most {MaxRowsPerGroup} are read; corrupt footer?) (file {path})");
                 _columnBytes[g] = new long[schema.NumColumns];
                 for (var i = 0; i < schema.NumColumns; i++)
                     using (var cm = rg.MetaData.GetColumnChunkMetaData(i)) _columnBytes[g][i] = cm.TotalUncompressedSize;
@@ -134,6 +136,10 @@ public sealed class ParquetShard : TableShard
     }
 
     internal static string FirstLine(string s) => s.Split('\n')[0].Trim();
+
+    /// <summary>A row group is read whole, one array per column: a footer claiming more rows than this is refused rather
+    /// than allocated (Pick-a-Pic's shards hold a few hundred rows per group).</summary>
+    public const long MaxRowsPerGroup = 1 << 24;
 
     public override int BlockCount => _rows.Length;
     public override long BlockRows(int block) => _rows[block];
@@ -177,8 +183,9 @@ public sealed class ParquetShard : TableShard
                 using var reader = col.LogicalReader<T>();
                 return reader.ReadAll(checked((int)_shard._rows[_block]));
             }
-            catch (ParquetException e)
+            catch (Exception e) when (e is ParquetException or ArgumentException)
             {
+                // ArgumentException: ParquetSharp's ReadAll found fewer values than the row group's metadata promised
                 throw new InvalidDataException($"{_shard.Name}: cannot read column '{column}' of row group {_block}: {FirstLine(e.Message)} (file {_shard.Path})", e);
             }
         }
