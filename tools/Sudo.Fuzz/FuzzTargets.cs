@@ -125,19 +125,25 @@ public static class FuzzTargets
         _ = ds.Counts.ToString();
     }
 
+    /// <summary>The same bytes as each prompt-file form; rejected when every structured form (.json, .jsonl, .csv)
+    /// rejects them (plain text takes almost anything).</summary>
     private static void RunPrompts(byte[] data, string scratch)
     {
+        Exception? last = null;
+        var accepted = false;
         foreach (var ext in new[] { "txt", "json", "jsonl", "csv" })
         {
             try
             {
                 PromptSets.Read(Write(scratch, $"prompts.{ext}", data));
+                accepted |= ext != "txt";
             }
             catch (Exception e) when (IsCleanRejection(e))
             {
-                // this form rejected it cleanly: try the next
+                last = e;
             }
         }
+        if (!accepted && last is not null) throw last;
     }
 
     // ---- seeds (read from the shared folder: golden files written by the reference Python code, fixtures written by
