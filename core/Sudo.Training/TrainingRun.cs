@@ -32,6 +32,7 @@ public sealed class TrainingRun : IDisposable
         _csv = Path.Combine(outputDir, "metrics.csv");
         if (!writes) return;
         Directory.CreateDirectory(outputDir);
+        RemoveLeftovers(outputDir);
         _columns = File.Exists(_csv) ? File.ReadLines(_csv).FirstOrDefault()?.Split(',') : null;
         if (tensorboardDir != null) _tb = new TensorBoardWriter(tensorboardDir);
     }
@@ -129,8 +130,25 @@ public sealed class TrainingRun : IDisposable
             throw;
         }
         if (_totalLimit is { } limit)
-            foreach (var old in Checkpoints(OutputDir).SkipLast(limit)) Directory.Delete(old, true);
+            foreach (var old in Checkpoints(OutputDir).SkipLast(limit))
+            {
+                // Renamed out of the checkpoint-N namespace first: a kill during the deletion leaves a leftover, never a
+                // checkpoint-N folder with some of its files gone.
+                var doomed = Path.Combine(OutputDir, $".deleting-{Path.GetFileName(old)}-{Guid.NewGuid():N}");
+                Directory.Move(old, doomed);
+                Directory.Delete(doomed, true);
+            }
         return final;
+    }
+
+    /// <summary>What a run killed mid-write leaves behind: temporary checkpoint folders, checkpoints being deleted,
+    /// and a replaced checkpoint's old copy (AtomicFile.PublishDirectory). None is ever read; a new run removes them.</summary>
+    private static void RemoveLeftovers(string outputDir)
+    {
+        foreach (var d in Directory.EnumerateDirectories(outputDir, ".tmp-checkpoint-*")
+                     .Concat(Directory.EnumerateDirectories(outputDir, ".deleting-checkpoint-*"))
+                     .Concat(Directory.EnumerateDirectories(outputDir, "checkpoint-*.old-*")).ToList())
+            Directory.Delete(d, true);
     }
 
     /// <summary>The complete checkpoint-N folders of a run, oldest first.</summary>

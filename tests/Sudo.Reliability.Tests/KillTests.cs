@@ -1,0 +1,182 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text.Json;
+using NUnit.Framework;
+using Sudo.Data;
+using Sudo.Torch;
+using Sudo.Torch.Tests;
+
+namespace Sudo.Reliability.Tests;
+
+/// <summary>Training runs killed with SIGKILL at random moments (during start-up, steps and checkpoint writes) and
+/// resumed from their latest checkpoint, again and again; after every kill each checkpoint the trainer would take for
+/// complete must load, and the chain must end on the same bytes as an uninterrupted run. The suite kills each scenario
+/// a few times (SUDO_KILLS, default 3); RELIABILITY.md records SUDO_KILLS=20.</summary>
+[Category("Kill")]
+public class KillTests
+{
+    private string _root = "";
+
+    [SetUp]
+    public void SetUp()
+    {
+        _root = Path.Combine(Path.GetTempPath(), $"sudo-kill-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(_root);
+    }
+
+    [TearDown]
+    public void TearDown()
+    {
+        if (Directory.Exists(_root)) Directory.Delete(_root, true);
+    }
+
+    private static int Kills => int.TryParse(Environment.GetEnvironmentVariable("SUDO_KILLS"), out var k) && k > 0 ? k : 3;
+
+    /// <summary>The run's flags after `sudoml train` (the output folder is added per run).</summary>
+    private string[] Flags(string scenario)
+    {
+        var pipe = Shared.Require("golden", "pipe_sd15");
+        string[] common = ["--pretrained_model_name_or_path", pipe, "--train_batch_size", "2", "--learning_rate", "1e-4", "--seed", "3",
+            "--checkpointing_steps", "1", "--checkpoints_total_limit", "3"];
+        switch (scenario)
+        {
+            case "dpo-lora":
+                return [.. common, "--dataset_name", Pairs(), "--max_train_steps", "24", "--lora_rank", "2"];
+            case "dpo-full":
+                return [.. common, "--dataset_name", Pairs(), "--max_train_steps", "16"];
+            case "spo":
+                var prompts = Path.Combine(_root, "prompts.txt");
+                File.WriteAllLines(prompts, ["a red fox", "a blue bird", "a green frog", "two yellow squares"]);
+                return [.. common, "--method", "spo", "--prompts_file", prompts, "--scorer", Shared.Require("golden", "spm"), "--max_train_steps", "18",
+                    "--lora_rank", "2", "--num_inference_steps", "4", "--divert_start_step", "1", "--num_sample_each_step", "2", "--resolution", "32",
+                    "--spo_threshold", "-1"];
+            default:
+                throw new ArgumentException(scenario);
+        }
+    }
+
+    private string Pairs()
+    {
+        var dir = Path.Combine(_root, "pairs");
+        if (Directory.Exists(dir)) return dir;
+        Directory.CreateDirectory(dir);
+        var rng = new Random(0);
+        var lines = new List<string>();
+        for (var i = 0; i < 6; i++)
+        {
+            RgbImage Img(int v) => new(40, 36, Enumerable.Range(0, 40 * 36 * 3).Select(_ => (byte)Math.Clamp(v + rng.Next(-40, 40), 0, 255)).ToArray());
+            ImageCodecs.Save(Img(200), Path.Combine(dir, $"w{i}.png"));
+            ImageCodecs.Save(Img(50), Path.Combine(dir, $"l{i}.png"));
+            lines.Add($$"""{"caption": "a bright picture {{i}}", "winner": "w{{i}}.png", "loser": "l{{i}}.png"}""");
+        }
+        File.WriteAllLines(Path.Combine(dir, "pairs.jsonl"), lines);
+        return dir;
+    }
+
+    private static string Cli()
+    {
+        var dll = Path.Combine(Shared.RepoRoot(), "artifacts", "bin", "Sudo.Cli", "release", "sudoml.dll");
+        Assert.That(File.Exists(dll), Is.True, $"{dll} missing: build the solution first (dotnet build Sudo.sln -c Release)");
+        return dll;
+    }
+
+    private static Process Start(string[] flags, string output)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in (string[])[Cli(), "--torch-threads", "1", "--blas-threads", "1", "train", .. flags, "--output_dir", output])
+            psi.ArgumentList.Add(a);
+        var p = Process.Start(psi)!;
+        p.OutputDataReceived += (_, _) => { };
+        p.ErrorDataReceived += (_, _) => { };
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        return p;
+    }
+
+    private static void RunToEnd(string[] flags, string output)
+    {
+        using var p = Start(flags, output);
+        Assert.That(p.WaitForExit(TimeSpan.FromMinutes(5)), Is.True, "the run did not finish in 5 minutes");
+        Assert.That(p.ExitCode, Is.EqualTo(0), $"sudoml train exited {p.ExitCode}");
+    }
+
+    /// <summary>The final weights (output_dir/lora or output_dir/unet): file name → SHA-256 of its bytes.</summary>
+    private static Dictionary<string, string> FinalWeights(string output)
+    {
+        var files = new[] { "lora", "unet" }.Select(d => Path.Combine(output, d)).Where(Directory.Exists)
+            .SelectMany(d => Directory.EnumerateFiles(d, "*.safetensors")).Order(StringComparer.Ordinal).ToList();
+        Assert.That(files, Is.Not.Empty, $"no final weights under {output}");
+        return files.ToDictionary(f => Path.GetRelativePath(output, f), f => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(f))));
+    }
+
+    /// <summary>Every checkpoint the trainer would resume from loads: its state, its run record and every tensor file.</summary>
+    private static int CheckCheckpoints(string output)
+    {
+        var complete = Sudo.Training.TrainingRun.Checkpoints(output);
+        foreach (var c in complete)
+        {
+            var state = JsonDocument.Parse(File.ReadAllText(Path.Combine(c, "trainer_state.json")));
+            Assert.That(state.RootElement.TryGetProperty("global_step", out _) || state.RootElement.TryGetProperty("step", out _), Is.True, $"{c}: trainer_state.json has no step");
+            Assert.That(File.Exists(Path.Combine(c, "run_config.json")), Is.True, $"{c}: no run_config.json");
+            var tensors = Directory.EnumerateFiles(c, "*.safetensors", SearchOption.AllDirectories).ToList();
+            Assert.That(tensors, Is.Not.Empty, $"{c}: no tensor files");
+            foreach (var f in tensors)
+                foreach (var t in safetensors.load_file(f, mmap: false).Values) t.Dispose();
+        }
+        return complete.Count;
+    }
+
+    [TestCase("dpo-lora")]
+    [TestCase("dpo-full")]
+    [TestCase("spo")]
+    public void KilledAgainAndAgainResumesToTheSameWeights(string scenario)
+    {
+        var flags = Flags(scenario);
+        var straight = Path.Combine(_root, "straight");
+        var sw = Stopwatch.StartNew();
+        RunToEnd(flags, straight);
+        var runSeconds = sw.Elapsed.TotalSeconds;
+        var expected = FinalWeights(straight);
+
+        var chain = Path.Combine(_root, "chain");
+        var rng = new Random(20261130 ^ scenario.GetHashCode(StringComparison.Ordinal));
+        int kills = 0, midWrite = 0, finishedEarly = 0;
+        var stepsAtKill = new List<int>();
+        while (kills < Kills)
+        {
+            using var p = Start(flags, chain);
+            // Uniform over the start-up and the first part of the steps: most kills land after some progress, some during
+            // loading, and with a checkpoint after every step many during a write.
+            var delay = TimeSpan.FromSeconds(runSeconds * (0.35 + 0.55 * rng.NextDouble()));
+            var exited = p.WaitForExit(delay);
+            // Every third kill waits for the next checkpoint write to begin and kills inside it.
+            if (!exited && kills % 3 == 2)
+            {
+                var until = DateTime.UtcNow + TimeSpan.FromSeconds(runSeconds);
+                while (!p.HasExited && DateTime.UtcNow < until
+                       && !(Directory.Exists(chain) && Directory.EnumerateDirectories(chain, ".tmp-checkpoint-*").Any()))
+                    Thread.Sleep(1);
+                exited = p.HasExited;
+            }
+            if (exited)
+            {
+                Assert.That(p.ExitCode, Is.EqualTo(0), $"sudoml train exited {p.ExitCode} before the kill");
+                finishedEarly++;
+                Directory.Delete(chain, true);   // finished: start the chain again so that every kill interrupts a run
+                continue;
+            }
+            p.Kill(entireProcessTree: true);   // SIGKILL
+            p.WaitForExit();
+            kills++;
+            if (Directory.Exists(chain) && Directory.EnumerateDirectories(chain, ".tmp-checkpoint-*").Any()) midWrite++;
+            var n = CheckCheckpoints(chain);
+            stepsAtKill.Add(Sudo.Training.TrainingRun.Latest(chain) is { } l ? int.Parse(Path.GetFileName(l)["checkpoint-".Length..]) : 0);
+            Assert.That(n, Is.LessThanOrEqualTo(3), "checkpoints_total_limit 3 holds after a kill");
+        }
+        RunToEnd(flags, chain);
+        var got = FinalWeights(chain);
+        TestContext.Out.WriteLine($"{scenario}: uninterrupted run {runSeconds:F1} s; {kills} kills ({midWrite} during a checkpoint write, latest checkpoint at each kill: {string.Join(" ", stepsAtKill)}), {finishedEarly} runs finished before their kill; final weights {(got.SequenceEqual(expected) ? "bit-identical" : "DIFFERENT")}");
+        Assert.That(got, Is.EqualTo(expected), "the resumed chain ends on other bytes than the uninterrupted run");
+        Assert.That(Directory.EnumerateDirectories(chain, ".tmp-checkpoint-*"), Is.Empty, "a finished run leaves no temporary checkpoint folders");
+    }
+}
