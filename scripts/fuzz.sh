@@ -39,27 +39,29 @@ if ! command -v sharpfuzz >/dev/null; then
 fi
 
 echo "fuzz: publishing and instrumenting the harness" >&2
-rm -rf "$out/app"
-dotnet publish "$root/tools/Sudo.Fuzz/Sudo.Fuzz.csproj" -c Release -o "$out/app" -nologo -v quiet -clp:ErrorsOnly
-cp "$root/artifacts/native/build/libsudo_native.so" "$out/app/" 2>/dev/null || true
+app="$out/app.$$"   # one instrumented copy per invocation: two invocations may run side by side
+trap 'rm -rf "$app" "$out/libfuzzer-dotnet.$$"' EXIT
+dotnet publish "$root/tools/Sudo.Fuzz/Sudo.Fuzz.csproj" -c Release -o "$app" -nologo -v quiet -clp:ErrorsOnly
+cp "$root/artifacts/native/build/libsudo_native.so" "$app/" 2>/dev/null || true
 for dll in Sudo.Torch Sudo.Data Sudo.Models Sudo.Diffusion Apache.Arrow; do
-  sharpfuzz "$out/app/$dll.dll" >/dev/null
+  sharpfuzz "$app/$dll.dll" >/dev/null
 done
-"$clangxx" -O1 -g -fsanitize=fuzzer "$root/tools/Sudo.Fuzz/driver/libfuzzer_dotnet.cc" -o "$out/libfuzzer-dotnet"
+driver="$out/libfuzzer-dotnet.$$"
+"$clangxx" -O1 -g -fsanitize=fuzzer "$root/tools/Sudo.Fuzz/driver/libfuzzer_dotnet.cc" -o "$driver"
 
-[ "${targets[0]}" = all ] && mapfile -t targets < <("$out/app/Sudo.Fuzz" list | awk '{print $1}')
+[ "${targets[0]}" = all ] && mapfile -t targets < <("$app/Sudo.Fuzz" list | awk '{print $1}')
 cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 [ -f "$out/results.tsv" ] || printf 'date\ttarget\tseconds\texecutions\texec_per_s\tcoverage\tfeatures\tcorpus\tcrashes\tcpu\n' >"$out/results.tsv"
 status=0
 for t in "${targets[@]}"; do
   corpus="$out/corpus/$t"; crashes="$out/crashes/$t"
   mkdir -p "$corpus" "$crashes"
-  "$out/app/Sudo.Fuzz" seeds "$t" "$out/seeds/$t" --shared "$shared" >&2
+  "$app/Sudo.Fuzz" seeds "$t" "$out/seeds/$t" --shared "$shared" >&2
   echo "fuzz: $t for $minutes min" >&2
   start=$(date +%s)
   set +e
-  SUDO_FUZZ_EXE="$out/app/Sudo.Fuzz" SUDO_FUZZ_TARGET="$t" SUDO_SHARED="$shared" DOTNET_GCHeapHardLimit=0x80000000 \
-    "$out/libfuzzer-dotnet" -max_total_time=$((minutes * 60)) -max_len=1048576 -timeout=30 -rss_limit_mb=0 \
+  SUDO_FUZZ_EXE="$app/Sudo.Fuzz" SUDO_FUZZ_TARGET="$t" SUDO_SHARED="$shared" DOTNET_GCHeapHardLimit=0x80000000 \
+    "$driver" -max_total_time=$((minutes * 60)) -max_len=1048576 -timeout=30 -rss_limit_mb=0 \
     -print_final_stats=1 -artifact_prefix="$crashes/" "$corpus" "$out/seeds/$t" >"$out/$t.log" 2>&1
   rc=$?
   set -e

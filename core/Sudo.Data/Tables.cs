@@ -231,6 +231,7 @@ public sealed class ArrowStreamShard : TableShard
         var bytes = new List<long[]>();
         try
         {
+            CheckSchema(path);
             using var r = NewReader(out var stream);
             using (stream)
             {
@@ -264,6 +265,24 @@ public sealed class ArrowStreamShard : TableShard
         }
         _rows = rows.ToArray();
         _bytes = bytes.ToArray();
+    }
+
+    /// <summary>The schema message checked before Apache.Arrow recurses over it (ArrowSchemaCheck).</summary>
+    private unsafe void CheckSchema(string path)
+    {
+        if (_memory != null)
+        {
+            ArrowSchemaCheck.Validate(_memory.Memory.Span, $"{Name} (file {path})");
+            return;
+        }
+        using var fs = new FileStream(DataPath, FileMode.Open, FileAccess.Read, FileShare.Read);
+        var head = new byte[8];
+        fs.ReadAtLeast(head, 8, throwOnEndOfStream: false);
+        var need = (int)Math.Min(ArrowSchemaCheck.PrefixBytes(head), Math.Min(fs.Length, 64 << 20));
+        var prefix = new byte[need];
+        fs.Position = 0;
+        fs.ReadAtLeast(prefix, need, throwOnEndOfStream: false);
+        ArrowSchemaCheck.Validate(prefix, $"{Name} (file {path})");
     }
 
     private static long ArrayBytes(IArrowArray a) => a.Data.Buffers.Sum(b => (long)b.Length);
