@@ -222,7 +222,7 @@ public static class Flags
                 if (up.field != null) name = up.field;
             }
             if (!props.TryGetValue(name, out var prop)) throw Unknown(rawName, props.Keys.Concat(extras?.Keys ?? []).Concat(UpstreamFlags.ByName.Keys));
-            var parsed = Parse(rawName, prop.PropertyType, value);
+            var parsed = Parse(rawName, prop.PropertyType, value, Nullability.Create(prop).WriteState == System.Reflection.NullabilityState.Nullable);
             if (convention == FlagConvention.Diffusers && name == "beta_dpo") parsed = 2 * (double)parsed!;
             if (name == "method" && values.TryGetValue("method", out var m) && (string?)m == "sft" && (string?)parsed != "sft")
                 throw new ArgumentException($"--method {parsed} contradicts --sft");
@@ -321,10 +321,14 @@ public static class Flags
         _ => throw new ArgumentException($"--{name} {v}: expected true or false (or the bare flag)"),
     };
 
-    static object? Parse(string name, Type t, string? v)
+    private static readonly System.Reflection.NullabilityInfoContext Nullability = new();
+
+    /// <param name="nullable">whether the setting is declared nullable (string? / int?): only then does "none" mean
+    /// null. For a non-nullable string such as report_to, "none" is the value itself.</param>
+    static object? Parse(string name, Type t, string? v, bool nullable)
     {
         var inner = Nullable.GetUnderlyingType(t);
-        var nullable = inner != null || !t.IsValueType;
+        nullable |= inner != null;
         var target = inner ?? t;
         if (target == typeof(bool)) return ParseBool(name, v);
         if (v is null) throw new ArgumentException($"--{name} needs a value ({Describe(target)})");

@@ -31,7 +31,18 @@ public sealed class TrainingRun : IDisposable
         _jsonl = Path.Combine(outputDir, "metrics.jsonl");
         _csv = Path.Combine(outputDir, "metrics.csv");
         if (!writes) return;
-        Directory.CreateDirectory(outputDir);
+        try
+        {
+            // Checked before any work: a run that trains for hours and then cannot save is the worst way to find out.
+            Directory.CreateDirectory(outputDir);
+            var probe = Path.Combine(outputDir, $".write-probe-{Guid.NewGuid():N}");
+            File.WriteAllText(probe, "");
+            File.Delete(probe);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new IOException($"--output_dir {outputDir}: cannot write there ({e.Message})", e);
+        }
         RemoveLeftovers(outputDir);
         _columns = File.Exists(_csv) ? File.ReadLines(_csv).FirstOrDefault()?.Split(',') : null;
         if (tensorboardDir != null) _tb = new TensorBoardWriter(tensorboardDir);
