@@ -132,6 +132,11 @@ let benchData () =
     printfn "%s" (json r)
     0
 
+let benchSoak (model: string) (dataset: string) (steps: int) (every: int) (methodName: string) =
+    let r = Sudo.Bench.SoakBench.Run(model, dataset, steps, every, methodName, (fun l -> eprintfn "%s" l))
+    printfn "%s" (json r)
+    if r.flat then 0 else 1
+
 let benchDdp () =
     // Each configuration runs as ranks of this same command under the launcher (children read SUDO_BENCH_DDP_CHILD).
     let r = Sudo.Bench.DdpBench.Run(Array.append (selfArgv ()) [| "ddp" |])

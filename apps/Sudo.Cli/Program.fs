@@ -25,11 +25,16 @@ type BenchArgs =
     | [<CustomCommandLine("--out")>] B_Out of string
     | [<CustomCommandLine("--top")>] B_Top of int
     | [<CustomCommandLine("--emulate-avx2")>] B_Emulate_Avx2
+    | [<CustomCommandLine("--steps")>] B_Steps of int
+    | [<CustomCommandLine("--every")>] B_Every of int
+    | [<CustomCommandLine("--model")>] B_Model of string
+    | [<CustomCommandLine("--dataset")>] B_Dataset of string
+    | [<CustomCommandLine("--method")>] B_Method of string
     interface IArgParserTemplate with
         member a.Usage =
             match a with
             | Target _ ->
-                "what to measure: engine, unet, sample, train, data, ddp; compare [WORKLOAD...] (Sudo vs PyTorch table; "
+                "what to measure: engine, unet, sample, train, data, ddp; soak (RSS and live tensors over a long run); compare [WORKLOAD...] (Sudo vs PyTorch table; "
                 + "workloads small, sd15-512, sd15-512-ckpt: all of them by default, the last two with --full); "
                 + "profile [small|json] (per-op tables); side [small|json] (one side of compare, JSON)."
             | B_Config_Json _ -> "side/profile json: the UNet config file (e.g. SUDO_SHARED/golden/keys/sd15_unet_config.json)."
@@ -45,6 +50,11 @@ type BenchArgs =
             | B_Out _ -> "compare: write the rows as JSON here; profile: folder of the tables (default runs/profile)."
             | B_Top _ -> "profile: ops per table (default 30)."
             | B_Emulate_Avx2 -> "compare: both sides use the kernels of an AVX2-only CPU (ATen, OpenBLAS, oneDNN) on a newer CPU."
+            | B_Steps _ -> "soak: training steps (default 10000)."
+            | B_Every _ -> "soak: steps between samples of RSS and live tensors (default 100)."
+            | B_Model _ -> "soak: the pipeline folder (default assets/world/base, the shipped shapes-world base)."
+            | B_Dataset _ -> "soak: the pair folder (default assets/world/pairs)."
+            | B_Method _ -> "soak: dpo (default), sft or sudo."
 
 type DataArgs =
     | [<MainCommand; ExactlyOnce>] Args of action_and_dataset: string list
@@ -395,6 +405,9 @@ let main argv =
             | [ "train" ] -> Commands.benchTrain ()
             | [ "data" ] -> Commands.benchData ()
             | [ "ddp" ] -> Commands.benchDdp ()
+            | [ "soak" ] ->
+                Commands.benchSoak (a.GetResult(B_Model, defaultValue = "assets/world/base")) (a.GetResult(B_Dataset, defaultValue = "assets/world/pairs"))
+                    (a.GetResult(B_Steps, defaultValue = 10000)) (a.GetResult(B_Every, defaultValue = 100)) (a.GetResult(B_Method, defaultValue = "dpo"))
             | [ "side" ] -> Commands.benchSide (side "small" 8)
             | [ "side"; config ] -> Commands.benchSide (side config 8)
             | "compare" :: only ->
@@ -406,7 +419,7 @@ let main argv =
                 Commands.benchProfile (side config (if config = "small" then 8 else 2)) (a.GetResult(B_Out, defaultValue = "runs/profile"))
                     (a.TryGetResult B_Ref_Env) (a.GetResult(B_Top, defaultValue = 30))
             | other ->
-                eprintfn "sudoml bench: unknown target '%s' (expected: engine, unet, sample, train, data, ddp, compare, profile, side)" (String.Join(" ", other))
+                eprintfn "sudoml bench: unknown target '%s' (expected: engine, unet, sample, train, data, ddp, soak, compare, profile, side)" (String.Join(" ", other))
                 2
         | Data a ->
             match a.GetResult DataArgs.Args with

@@ -122,7 +122,8 @@ public sealed class CLIPTextEmbeddings : nn.Module
     {
         token_embedding = register_module("token_embedding", new nn.Embedding(c.vocab_size, c.hidden_size));
         position_embedding = register_module("position_embedding", new nn.Embedding(c.max_position_embeddings, c.hidden_size));
-        register_buffer("position_ids", arange(c.max_position_embeddings).view(1, -1), persistent: false);
+        using var ids = arange(c.max_position_embeddings);   // disposed here: the buffer is its view (was left to the finalizer)
+        register_buffer("position_ids", ids.view(1, -1), persistent: false);
     }
 
     public Tensor forward(Tensor input_ids)
@@ -245,7 +246,8 @@ public sealed class CLIPVisionEmbeddings : nn.Module
         patch_embedding = register_module("patch_embedding", new nn.Conv2d(c.num_channels, c.hidden_size, c.patch_size, stride: c.patch_size, bias: false));
         var positions = (c.image_size / c.patch_size) * (c.image_size / c.patch_size) + 1;
         position_embedding = register_module("position_embedding", new nn.Embedding(positions, c.hidden_size));
-        register_buffer("position_ids", arange(positions).view(1, -1), persistent: false);
+        using var ids = arange(positions);
+        register_buffer("position_ids", ids.view(1, -1), persistent: false);
     }
 
     public Tensor forward(Tensor pixel_values)
