@@ -258,9 +258,12 @@ public sealed class ArrowStreamShard : TableShard
                     }
             }
         }
-        catch (Exception e) when (e is not InvalidDataException)
+        catch (Exception e)
         {
+            // Every failure unmaps the file: a rejected stream once kept its mapping, and a process that opened
+            // ~65,000 bad files died at the kernel's limit on mappings (scripts/fuzz.sh arrow).
             Dispose();
+            if (e is InvalidDataException) throw;
             throw new InvalidDataException($"{Name}: not a valid Arrow IPC stream (truncated or corrupt): {ParquetShard.FirstLine(e.Message)} (file {path})", e);
         }
         _rows = rows.ToArray();
