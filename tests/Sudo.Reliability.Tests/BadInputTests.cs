@@ -5,6 +5,7 @@ using Sudo.Data;
 using Sudo.Torch;
 using Sudo.Torch.Tests;
 using Sudo.Training;
+using Sudo.Training.Tests;
 
 namespace Sudo.Reliability.Tests;
 
@@ -69,19 +70,10 @@ public class BadInputTests
     private string Pairs(bool onlyTies = false)
     {
         var dir = Path.Combine(_root, onlyTies ? "ties" : "pairs");
-        Directory.CreateDirectory(dir);
-        var rng = new Random(0);
-        var lines = new List<string>();
-        for (var i = 0; i < 4; i++)
-        {
-            RgbImage Img(int v) => new(40, 36, Enumerable.Range(0, 40 * 36 * 3).Select(_ => (byte)Math.Clamp(v + rng.Next(-40, 40), 0, 255)).ToArray());
-            ImageCodecs.Save(Img(200), Path.Combine(dir, $"w{i}.png"));
-            ImageCodecs.Save(Img(50), Path.Combine(dir, $"l{i}.png"));
-            lines.Add(onlyTies
-                ? $$"""{"caption": "tie {{i}}", "image_0": "w{{i}}.png", "image_1": "l{{i}}.png", "label_0": 0.5}"""
-                : $$"""{"caption": "a bright picture {{i}}", "winner": "w{{i}}.png", "loser": "l{{i}}.png"}""");
-        }
-        File.WriteAllLines(Path.Combine(dir, "pairs.jsonl"), lines);
+        TestPairs.Write(dir, 4, 40, 36, seed: 0, noise: 40, winner: 200, loser: 50, i => $"a bright picture {i}");
+        if (onlyTies)
+            File.WriteAllLines(Path.Combine(dir, "pairs.jsonl"), Enumerable.Range(0, 4)
+                .Select(i => $$"""{"caption": "tie {{i}}", "image_0": "w{{i}}.png", "image_1": "l{{i}}.png", "label_0": 0.5}"""));
         return dir;
     }
 

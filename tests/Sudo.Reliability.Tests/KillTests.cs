@@ -5,6 +5,7 @@ using NUnit.Framework;
 using Sudo.Data;
 using Sudo.Torch;
 using Sudo.Torch.Tests;
+using Sudo.Training.Tests;
 
 namespace Sudo.Reliability.Tests;
 
@@ -59,17 +60,7 @@ public class KillTests
     {
         var dir = Path.Combine(_root, "pairs");
         if (Directory.Exists(dir)) return dir;
-        Directory.CreateDirectory(dir);
-        var rng = new Random(0);
-        var lines = new List<string>();
-        for (var i = 0; i < 6; i++)
-        {
-            RgbImage Img(int v) => new(40, 36, Enumerable.Range(0, 40 * 36 * 3).Select(_ => (byte)Math.Clamp(v + rng.Next(-40, 40), 0, 255)).ToArray());
-            ImageCodecs.Save(Img(200), Path.Combine(dir, $"w{i}.png"));
-            ImageCodecs.Save(Img(50), Path.Combine(dir, $"l{i}.png"));
-            lines.Add($$"""{"caption": "a bright picture {{i}}", "winner": "w{{i}}.png", "loser": "l{{i}}.png"}""");
-        }
-        File.WriteAllLines(Path.Combine(dir, "pairs.jsonl"), lines);
+        TestPairs.Write(dir, 6, 40, 36, seed: 0, noise: 40, winner: 200, loser: 50, i => $"a bright picture {i}");
         return dir;
     }
 
