@@ -443,17 +443,15 @@ public static partial class WorldStudy
     }
 
     /// <summary>The study's pairs plus n rendered pairs (a correct render preferred to a render with one attribute
-    /// corrupted), as one pair folder referencing the original images.</summary>
+    /// corrupted), as one pair folder (the original images copied in).</summary>
     static string WriteRenderAugmented(string pairsDir, string folder, int n)
     {
         var rng = new Random(2024);
         Directory.CreateDirectory(Path.Combine(folder, "renders"));
-        var rel = Path.GetRelativePath(folder, pairsDir);
         var lines = File.ReadAllLines(Path.Combine(pairsDir, "pairs.jsonl")).Where(l => l.Length > 0).Select(l =>
         {
             var o = JsonNode.Parse(l)!.AsObject();
-            foreach (var k in new[] { "image_0", "image_1", "winner", "loser" })
-                if (o[k] is JsonValue v) o[k] = Path.Combine(rel, v.GetValue<string>());
+            CopyImages(pairsDir, folder, o);
             return o.ToJsonString();
         }).ToList();
         var prompts = World.Prompts("train", n, 5);
@@ -620,21 +618,37 @@ public static partial class WorldStudy
         AtomicFile.PublishDirectory(tmp, folder);
     }
 
-    /// <summary>The pair folder with label_0 permuted across pairs (a fixed seed), images referenced from the original.</summary>
+    /// <summary>The pair folder with label_0 permuted across pairs (a fixed seed), the images copied in.</summary>
     static void WriteShuffled(string pairsDir, string folder)
     {
         var lines = File.ReadAllLines(Path.Combine(pairsDir, "pairs.jsonl")).Where(l => l.Length > 0).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
         var labels = lines.Select(o => o["label_0"]!.GetValue<double>()).ToArray();
         new Random(12345).Shuffle(labels);
-        var rel = Path.GetRelativePath(folder, pairsDir);
+        var tmp = folder.TrimEnd('/') + $".tmp-{Environment.ProcessId}";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        Directory.CreateDirectory(tmp);
         var outLines = lines.Select((o, i) =>
         {
             o["label_0"] = labels[i];
-            o["image_0"] = Path.Combine(rel, (string)o["image_0"]!);
-            o["image_1"] = Path.Combine(rel, (string)o["image_1"]!);
+            CopyImages(pairsDir, tmp, o);
             return o.ToJsonString();
-        });
-        Directory.CreateDirectory(folder);
-        AtomicFile.WriteAllText(Path.Combine(folder, "pairs.jsonl"), string.Join("\n", outLines) + "\n");
+        }).ToList();
+        File.WriteAllText(Path.Combine(tmp, "pairs.jsonl"), string.Join("\n", outLines) + "\n");
+        AtomicFile.PublishDirectory(tmp, folder);
+    }
+
+    /// <summary>Copies the images a pair record names from <paramref name="from"/> into <paramref name="to"/> under the same
+    /// relative names: a pair file may only name images inside its own folder (<see cref="PairDataset.Load"/> refuses
+    /// <c>../</c>), and the world's pair folders are a few MB.</summary>
+    static void CopyImages(string from, string to, JsonObject record)
+    {
+        foreach (var key in new[] { "image_0", "image_1", "winner", "loser" })
+        {
+            if (record[key] is not JsonValue v) continue;
+            var name = v.GetValue<string>();
+            var dest = Path.Combine(to, name);
+            Directory.CreateDirectory(Path.GetDirectoryName(dest)!);
+            File.Copy(Path.Combine(from, name), dest, overwrite: true);
+        }
     }
 }
