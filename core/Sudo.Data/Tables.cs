@@ -90,6 +90,7 @@ public sealed class ParquetShard : TableShard
     private readonly long[][] _columnBytes;
     private readonly Dictionary<string, (ColumnKind, string)> _columns = new();
     private readonly Dictionary<string, int> _index = new();
+    private readonly HashSet<string> _required = new();
 
     public ParquetShard(string path) : base(path)
     {
@@ -103,7 +104,15 @@ public sealed class ParquetShard : TableShard
                 var c = schema.Column(i);
                 var name = c.Path.ToDotString();
                 _index[name] = i;
-                var logical = c.LogicalType;
+                // A required column (no definition levels: Spark, Polars and ParquetSharp write non-null columns so) is read
+                // as double/long, not double?/long? (ParquetSharp's LogicalReader refuses the other).
+                if (c.MaxDefinitionLevel == 0) _required.Add(name);
+                LogicalType? logical;
+                // ParquetSharp's LogicalType.Create throws ArgumentOutOfRangeException for a logical type it has no class
+                // for (the footer's "Undefined", which a converted type Arrow cannot map gives): such a column is still a
+                // column, of a type Sudo does not read (found by scripts/fuzz.sh parquet).
+                try { logical = c.LogicalType; }
+                catch (ArgumentOutOfRangeException) { logical = null; }
                 var kind = (c.PhysicalType, logical) switch
                 {
                     (PhysicalType.Double, _) => ColumnKind.Float64,
@@ -112,7 +121,9 @@ public sealed class ParquetShard : TableShard
                     (PhysicalType.ByteArray, NoneLogicalType) => ColumnKind.Binary,
                     _ => ColumnKind.Other,
                 };
-                var type = logical is NoneLogicalType ? c.PhysicalType.ToString().ToUpperInvariant() : $"{c.PhysicalType.ToString().ToUpperInvariant()} {logical}";
+                var type = logical is NoneLogicalType ? c.PhysicalType.ToString().ToUpperInvariant()
+                    : logical is null ? $"{c.PhysicalType.ToString().ToUpperInvariant()} (a logical type ParquetSharp does not know)"
+                    : $"{c.PhysicalType.ToString().ToUpperInvariant()} {logical}";
                 if (c.PhysicalType == PhysicalType.ByteArray && logical is StringLogicalType) type = "string (BYTE_ARRAY UTF8)";
                 _columns[name] = (kind, type);
             }
@@ -129,7 +140,7 @@ public sealed class ParquetShard : TableShard
                     using (var cm = rg.MetaData.GetColumnChunkMetaData(i)) _columnBytes[g][i] = cm.TotalUncompressedSize;
             }
         }
-        catch (ParquetException e)
+        catch (Exception e) when (e is ParquetException or ArgumentException)
         {
             throw new InvalidDataException($"{Name}: not a valid parquet file (truncated or corrupt; a complete file ends with the magic bytes 'PAR1' after its footer): {FirstLine(e.Message)} (file {path})", e);
         }
@@ -190,8 +201,11 @@ public sealed class ParquetShard : TableShard
             }
         }
 
-        public override double?[] ReadFloat64(string column) => Read<double?>(column, ColumnKind.Float64);
-        public override long?[] ReadInt64(string column) => Read<long?>(column, ColumnKind.Int64);
+        private T?[] ReadValues<T>(string column, ColumnKind kind) where T : struct =>
+            _shard._required.Contains(column) ? System.Array.ConvertAll(Read<T>(column, kind), v => (T?)v) : Read<T?>(column, kind);
+
+        public override double?[] ReadFloat64(string column) => ReadValues<double>(column, ColumnKind.Float64);
+        public override long?[] ReadInt64(string column) => ReadValues<long>(column, ColumnKind.Int64);
         public override string?[] ReadString(string column) => Read<string?>(column, ColumnKind.String);
         public override byte[]?[] ReadBinary(string column) => Read<byte[]?>(column, ColumnKind.Binary);
 
