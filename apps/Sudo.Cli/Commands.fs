@@ -77,8 +77,8 @@ let selftest (device: string) (quick: bool) (golden: string) (work: string optio
         out |> Option.iter (fun f -> AtomicFile.WriteAllText(f, JsonSerializer.Serialize(rows, JsonSerializerOptions(WriteIndented = true))))
         if failed = 0 then 0 else 1
 
-/// `sudoml convert`: diffusers folder ↔ single-file checkpoint (Sudo.Models.SingleFile), diffusers/PEFT LoRA → kohya
-/// (PipelineLoading.ExportKohya); recipes call the same functions.
+/// `sudoml convert`: diffusers folder ↔ single-file checkpoint (Sudo.Models.SingleFile), diffusers/PEFT LoRA ↔ kohya
+/// (PipelineLoading.ExportKohya / ExportPeft); recipes call the same functions.
 let convert (target: string) (source: string) (config: string option) (out: string) (dtype: string option) =
     let dt =
         match dtype with
@@ -110,8 +110,17 @@ let convert (target: string) (source: string) (config: string option) (out: stri
             let n = Sudo.Diffusion.PipelineLoading.ExportKohya(source, c, out)
             printfn "wrote %s: %d tensors with kohya/webui names" out n
             0
+    | "peft" ->
+        match config with
+        | None ->
+            eprintfn "sudoml convert --to peft: give --config <the diffusers pipeline folder the LoRA is for> (its modules resolve the kohya names)"
+            2
+        | Some c ->
+            let n = Sudo.Diffusion.PipelineLoading.ExportPeft(source, c, out)
+            printfn "wrote %s: %d tensors as a diffusers/PEFT LoRA (pytorch_lora_weights.safetensors, adapter_config.json)" out n
+            0
     | t ->
-        eprintfn "sudoml convert --to %s: expected single-file, diffusers or kohya" t
+        eprintfn "sudoml convert --to %s: expected single-file, diffusers, kohya or peft" t
         2
 
 let benchTrain () =

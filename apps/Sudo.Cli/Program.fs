@@ -124,10 +124,10 @@ type ConvertArgs =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | To _ -> "single-file (a diffusers pipeline folder → one original-layout .safetensors, as webui and ComfyUI read), diffusers (a single-file .safetensors/.ckpt → a pipeline folder) or kohya (a diffusers/PEFT LoRA → kohya/webui names)."
-            | Model _ -> "the source: a diffusers pipeline folder (--to single-file), a single-file checkpoint (--to diffusers) or a LoRA file / training output (--to kohya)."
-            | Config _ -> "--to diffusers: a diffusers pipeline folder of the same family (SD1.x, SD2.x, SDXL) whose configs, tokenizers and scheduler the output takes; --to kohya: the pipeline the LoRA was trained on."
-            | Out _ -> "the file (--to single-file) or folder (--to diffusers) to write; written atomically."
+            | To _ -> "single-file (a diffusers pipeline folder → one original-layout .safetensors, as webui and ComfyUI read), diffusers (a single-file .safetensors/.ckpt → a pipeline folder), kohya (a diffusers/PEFT LoRA → kohya/webui names) or peft (a kohya/webui LoRA → a diffusers/PEFT LoRA folder)."
+            | Model _ -> "the source: a diffusers pipeline folder (--to single-file), a single-file checkpoint (--to diffusers) or a LoRA file / training output (--to kohya, --to peft)."
+            | Config _ -> "--to diffusers: a diffusers pipeline folder of the same family (SD1.x, SD2.x, SDXL) whose configs, tokenizers and scheduler the output takes; --to kohya / --to peft: the pipeline the LoRA is for."
+            | Out _ -> "the file (--to single-file, --to kohya) or folder (--to diffusers, --to peft) to write; written atomically."
             | Dtype _ -> "fp16, bf16 or fp32 for the written floating tensors (default: as stored; --to diffusers: the file's own)."
 
 type SampleArgs =
@@ -142,6 +142,7 @@ type SampleArgs =
     | Steps of int
     | Guidance of float
     | Scheduler of name: string
+    | Prediction_Type of kind: string
     | Seed of int64
     | Images_Per_Prompt of int
     | Height of int
@@ -166,6 +167,7 @@ type SampleArgs =
             | Steps _ -> "denoising steps (default 30)."
             | Guidance _ -> "classifier-free guidance scale (default 7.5)."
             | Scheduler _ -> "ddim, ddpm, euler, dpmpp2m or pndm (default: the pipeline's)."
+            | Prediction_Type _ -> "epsilon or v_prediction: overrides the scheduler's (an SD2-base single file read with SD2.1's 768-v configs needs epsilon; default: the pipeline's)."
             | Seed _ -> "base seed; image i uses seed + i (default 0)."
             | Images_Per_Prompt _ -> "images per prompt (default 1)."
             | Height _ -> "image height (multiple of 8)."
@@ -287,7 +289,7 @@ type EvalArgs =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | E_Model _ -> "repeatable; the first is the base: name=PIPELINE[,unet=PATH][,lora=PATH][,lora_scale=S][,vae=PATH][,scheduler=NAME] (an empty PIPELINE reuses the base's)."
+            | E_Model _ -> "repeatable; the first is the base: name=PIPELINE[,unet=PATH][,lora=PATH][,lora_scale=S][,vae=PATH][,scheduler=NAME][,prediction_type=P] (an empty PIPELINE reuses the base's)."
             | E_Prompts _ -> "a prompt set: text file, PartiPrompts TSV, HPDv2 JSON, SPO JSON, parquet (../shared/prompts has the papers' sets)."
             | E_Max_Prompts _ -> "use the first N prompts."
             | E_Seeds _ -> "comma-separated sampling seeds, the same for every model (default 0)."
@@ -348,7 +350,7 @@ type CliArgs =
             | Quickstart _ -> "the main job: shapes-world base (shipped), judge-labelled pairs, SFT / Diffusion-DPO / SUDO through their recipes, evaluation; writes runs/quickstart/report.md, grid.png, curve.png."
             | Demo _ -> "a small real training run (conv net on a synthetic task)."
             | Parity _ -> "compare a component with golden outputs of the reference libraries."
-            | Convert _ -> "checkpoint formats: sudoml convert --to single-file|diffusers|kohya --model <source> --out <target> [--config <diffusers folder>] [--dtype fp16]."
+            | Convert _ -> "checkpoint formats: sudoml convert --to single-file|diffusers|kohya|peft --model <source> --out <target> [--config <diffusers folder>] [--dtype fp16]."
             | Sample _ -> "text-to-image: PNGs, grid.png and images.jsonl."
             | Eval _ -> "models × prompts × seeds × reward models: means with intervals, paired win rates, report.md / report.html, per_prompt.jsonl."
             | Train _ -> "fine-tune: --method dpo (default), sft, sudo or spo, with Diffusion-DPO train.py's flags (docs/flags.md)."
@@ -577,6 +579,7 @@ let main argv =
                     steps = a.GetResult(SampleArgs.Steps, defaultValue = 30),
                     guidance = a.GetResult(Guidance, defaultValue = 7.5),
                     scheduler = (a.TryGetResult Scheduler |> Option.toObj),
+                    prediction_type = (a.TryGetResult Prediction_Type |> Option.toObj),
                     seed = a.GetResult(SampleArgs.Seed, defaultValue = 0L),
                     images_per_prompt = a.GetResult(Images_Per_Prompt, defaultValue = 1),
                     height = (a.TryGetResult Height |> Option.toNullable),

@@ -21,6 +21,9 @@ public sealed record PipelineSpec
     public double lora_scale { get; init; } = 1.0;
     public string? vae { get; init; }
     public string? scheduler { get; init; }
+    /// <summary>Overrides the scheduler's prediction_type (epsilon, v_prediction; e.g. an SD2-base single file read with
+    /// SD2.1's configs). Null: the pipeline's.</summary>
+    public string? prediction_type { get; init; }
     public string? variant { get; init; }
     public string? cache_dir { get; init; }
 
@@ -32,6 +35,7 @@ public sealed record PipelineSpec
         lora is null ? null : $"lora={lora}×{lora_scale:G3}",
         vae is null ? null : $"vae={vae}",
         scheduler is null ? null : $"scheduler={scheduler}",
+        prediction_type is null ? null : $"prediction_type={prediction_type}",
     }.Where(s => s is not null));
 }
 
@@ -52,6 +56,7 @@ public static class PipelineLoading
                 comps = comps.WithUnet(fresh);
             }
             if (spec.lora is { } l) MergeLora(comps, ResolveLora(l, spec.cache_dir), spec.lora_scale);
+            comps = comps.WithPredictionType(spec.prediction_type);
             return StableDiffusionPipeline.FromComponents(comps, spec.scheduler);
         }
         catch
@@ -94,93 +99,127 @@ public static class PipelineLoading
         throw new FileNotFoundException($"{pathOrRepo}: no pytorch_lora_weights.safetensors (in it or in its lora/ folder)");
     }
 
-    /// <summary>LoRA keys in any of the three diffusers namings → ours (unet.&lt;module&gt;.lora_A.weight / lora_B.weight):
-    /// PEFT (lora_A / lora_B), diffusers' own (lora.down / lora.up), and attention processors
-    /// (&lt;block&gt;.processor.to_q_lora.down.weight, to_out_lora → to_out.0). network alphas ("….alpha") are returned apart.</summary>
+    /// <summary>LoRA keys in any of the diffusers namings → ours (&lt;component&gt;.&lt;module&gt;.lora_A.weight / lora_B.weight,
+    /// component unet, text_encoder or text_encoder_2; a key without a component prefix is the UNet's): PEFT (lora_A /
+    /// lora_B), diffusers' own (lora.down / lora.up, lora_linear_layer.down / up), and attention processors
+    /// (&lt;block&gt;.processor.to_q_lora.down.weight, to_out_lora → to_out.0). Network alphas ("….alpha") are returned apart,
+    /// keyed &lt;component&gt;.&lt;module&gt;.</summary>
     public static (Dictionary<string, Tensor> weights, Dictionary<string, double> alphas) NormalizeLoraKeys(Dictionary<string, Tensor> sd, string source)
     {
         var weights = new Dictionary<string, Tensor>();
         var alphas = new Dictionary<string, double>();
         foreach (var (k0, t) in sd)
         {
-            var k = k0.StartsWith("unet.", StringComparison.Ordinal) ? k0["unet.".Length..] : k0;
-            if (k.StartsWith("text_encoder", StringComparison.Ordinal))
-                throw new NotSupportedException($"{source}: text-encoder LoRA weights ('{k0}') are not supported; only UNet LoRAs");
+            var component = "unet";
+            var k = k0;
+            foreach (var c in new[] { "unet", "text_encoder_2", "text_encoder" })
+                if (k0.StartsWith(c + ".", StringComparison.Ordinal))
+                {
+                    (component, k) = (c, k0[(c.Length + 1)..]);
+                    break;
+                }
             if (k.EndsWith(".alpha", StringComparison.Ordinal))
             {
-                alphas[k[..^".alpha".Length]] = t.item();
+                if (t.numel() != 1) throw new InvalidDataException($"{source}: '{k0}' must be a scalar (a network alpha), has shape [{string.Join(", ", t.shape)}]");
+                alphas[$"{component}.{k[..^".alpha".Length]}"] = t.item();
                 continue;
             }
             k = k.Replace(".processor.to_q_lora.", ".to_q.lora.", StringComparison.Ordinal)
                  .Replace(".processor.to_k_lora.", ".to_k.lora.", StringComparison.Ordinal)
                  .Replace(".processor.to_v_lora.", ".to_v.lora.", StringComparison.Ordinal)
                  .Replace(".processor.to_out_lora.", ".to_out.0.lora.", StringComparison.Ordinal)
+                 .Replace(".lora_linear_layer.down.weight", ".lora_A.weight", StringComparison.Ordinal)
+                 .Replace(".lora_linear_layer.up.weight", ".lora_B.weight", StringComparison.Ordinal)
                  .Replace(".lora.down.weight", ".lora_A.weight", StringComparison.Ordinal)
                  .Replace(".lora.up.weight", ".lora_B.weight", StringComparison.Ordinal)
                  .Replace(".lora_A.default.weight", ".lora_A.weight", StringComparison.Ordinal)
                  .Replace(".lora_B.default.weight", ".lora_B.weight", StringComparison.Ordinal);
             if (!k.EndsWith(".lora_A.weight", StringComparison.Ordinal) && !k.EndsWith(".lora_B.weight", StringComparison.Ordinal))
-                throw new InvalidDataException($"{source}: '{k0}' is not a LoRA weight (expected …lora_A/lora_B, …lora.down/lora.up or …processor.to_*_lora.*)");
-            weights["unet." + k] = t;
+                throw new InvalidDataException($"{source}: '{k0}' is not a LoRA weight (expected …lora_A/lora_B, …lora.down/lora.up or …processor.to_*_lora.*{(k.Contains("lora_magnitude_vector") ? "; DoRA is not supported" : "")})");
+            weights[$"{component}.{k}"] = t;
         }
         return (weights, alphas);
     }
 
     /// <summary>Merges a LoRA file into the pipeline: a kohya/webui file (lora_unet_*, lora_te_*, lora_te1_*/lora_te2_*
-    /// names; <see cref="KohyaLora"/>) into the UNet and text encoders it adapts, any diffusers/PEFT file into the UNet
-    /// (<see cref="MergeLora(UNet2DConditionModel, string, double)"/>).</summary>
+    /// names; <see cref="KohyaLora"/>) into the UNet and text encoders it adapts with sd-scripts' merge, a diffusers/PEFT
+    /// file (UNet and text-encoder parts) through its adapters (<see cref="AttachLora"/>).</summary>
     public static void MergeLora(PipelineComponents comps, string file, double scale)
     {
         using (var scope = NewDisposeScope())
         {
             var raw = Checkpoints.ReadWeights(file);
-            if (raw.Keys.Any(k => k.StartsWith("lora_unet_", StringComparison.Ordinal) || k.StartsWith("lora_te", StringComparison.Ordinal)))
+            if (IsKohya(raw))
             {
                 var modules = KohyaLora.Resolve(raw, comps.unet, comps.text_encoder, comps.text_encoder_2, file);
                 KohyaLora.Merge(modules, comps.unet, comps.text_encoder, comps.text_encoder_2, scale);
                 return;
             }
         }
-        MergeLora(comps.unet, file, scale);
+        // Merged into the weights; disposing the adapters afterwards leaves the merged weights in place.
+        using var lora = AttachLora(comps, file, scale);
+        lora.merge();
     }
 
-    /// <summary>A diffusers/PEFT LoRA file attached to <paramref name="unet"/> as Sudo adapters holding its weights, α
-    /// multiplied by <paramref name="scale"/>: r from the weights, α from adapter_config.json beside the file (lora_alpha),
-    /// network alphas in the file, or r (diffusers' default). The caller disposes the adapters.</summary>
-    public static Lora AttachLoraFile(UNet2DConditionModel unet, string file, double scale = 1.0) => AttachLoraFile(unet, file, scale, out _);
+    static bool IsKohya(IReadOnlyDictionary<string, Tensor> raw) =>
+        raw.Keys.Any(k => k.StartsWith("lora_unet_", StringComparison.Ordinal) || k.StartsWith("lora_te", StringComparison.Ordinal));
 
-    /// <summary><see cref="AttachLoraFile(UNet2DConditionModel, string, double)"/>, also giving the modules the file
-    /// holds (layers that only match a target name get zero adapters).</summary>
-    public static Lora AttachLoraFile(UNet2DConditionModel unet, string file, double scale, out IReadOnlySet<string> inFile)
+    /// <summary>A LoRA file attached to the pipeline's models as live adapters (trainable, switchable with
+    /// <see cref="Lora.disabled"/>, savable as a diffusers folder), α multiplied by <paramref name="scale"/>: a kohya/webui
+    /// file through <see cref="KohyaLora.Attach"/>, a diffusers/PEFT file with each module's rank from its weights and α from
+    /// the file's lora_adapter_metadata, adapter_config.json beside it (rank_pattern / alpha_pattern honoured), the file's
+    /// network alphas, or r (diffusers' default: scale 1). The caller disposes the result.</summary>
+    public static PipelineLora AttachLora(PipelineComponents comps, string file, double scale = 1.0)
     {
         using var scope = NewDisposeScope();
         var raw = Checkpoints.ReadWeights(file);
+        if (IsKohya(raw))
+            return KohyaLora.Attach(KohyaLora.Resolve(raw, comps.unet, comps.text_encoder, comps.text_encoder_2, file), comps.unet, comps.text_encoder, comps.text_encoder_2, scale);
         var (weights, alphas) = NormalizeLoraKeys(raw, file);
-        var modules = weights.Keys.Where(k => k.EndsWith(".lora_A.weight", StringComparison.Ordinal))
-            .Select(k => k["unet.".Length..^".lora_A.weight".Length]).ToList();
-        if (modules.Count == 0) throw new InvalidDataException($"{file}: no LoRA weights");
-        var rank = (int)weights[$"unet.{modules[0]}.lora_A.weight"].size(0);
-        var cfgPath = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(file))!, "adapter_config.json");
-        double alpha = File.Exists(cfgPath) ? Lora.ReadConfig(Path.GetDirectoryName(Path.GetFullPath(file))!).lora_alpha
-            : alphas.Count > 0 ? alphas.Values.First() : rank;
-        if (alphas.Values.Distinct().Count() > 1) throw new NotSupportedException($"{file}: per-module network alphas differ; not supported");
-        // Targets: every module the file adapts, by its trailing name (to_q, to_k, to_v, to_out.0, ...).
-        var targets = modules.Select(m => m.EndsWith(".to_out.0", StringComparison.Ordinal) ? "to_out.0" : m[(m.LastIndexOf('.') + 1)..]).Distinct().ToArray();
-        var config = new LoraConfig(rank, alpha * scale, targets);
-        var lora = Lora.Attach(unet, config);
+        var parts = new List<(string, Lora)>();
         try
         {
-            var missing = modules.Where(m => !lora.adapters.ContainsKey(m)).ToList();
-            if (missing.Count > 0) throw new InvalidDataException($"{file}: {missing.Count} LoRA modules are not in this UNet, e.g. {string.Join(", ", missing.Take(3))}");
-            var extra = lora.adapters.Keys.Where(m => !weights.ContainsKey($"unet.{m}.lora_A.weight")).ToList();
-            // Layers matching a target name but absent from the file keep a zero update.
-            foreach (var m in extra)
+            foreach (var (component, model) in new (string, nn.Module?)[] { ("unet", comps.unet), ("text_encoder", comps.text_encoder), ("text_encoder_2", comps.text_encoder_2) })
             {
-                weights[$"unet.{m}.lora_A.weight"] = zeros(lora.adapters[m].lora_A.shape, lora.adapters[m].lora_A.dtype);
-                weights[$"unet.{m}.lora_B.weight"] = zeros(lora.adapters[m].lora_B.shape, lora.adapters[m].lora_B.dtype);
+                if (!weights.Keys.Any(k => k.StartsWith(component + ".", StringComparison.Ordinal))) continue;
+                if (model == null) throw new InvalidDataException($"{file}: the LoRA adapts {component}, which this pipeline does not have");
+                parts.Add((component, AttachPart(model, component, weights, alphas, file, scale)));
             }
-            lora.load_state_dict(weights);
-            inFile = modules.ToHashSet();
+            if (parts.Count == 0) throw new InvalidDataException($"{file}: no LoRA weights");
+            var d = parts.ToDictionary(p => p.Item1, p => p.Item2);
+            return new PipelineLora { unet = d.GetValueOrDefault("unet"), text_encoder = d.GetValueOrDefault("text_encoder"), text_encoder_2 = d.GetValueOrDefault("text_encoder_2") };
+        }
+        catch
+        {
+            foreach (var (_, l) in parts) l.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>One component's part of a normalized diffusers LoRA as adapters holding its weights.</summary>
+    static Lora AttachPart(nn.Module model, string component, Dictionary<string, Tensor> weights, Dictionary<string, double> alphas, string file, double scale)
+    {
+        var prefix = component + ".";
+        var modules = weights.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal) && k.EndsWith(".lora_A.weight", StringComparison.Ordinal))
+            .Select(k => k[prefix.Length..^".lora_A.weight".Length]).ToList();
+        foreach (var k in weights.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal) && k.EndsWith(".lora_B.weight", StringComparison.Ordinal)))
+            if (!weights.ContainsKey(k[..^".lora_B.weight".Length] + ".lora_A.weight"))
+                throw new InvalidDataException($"{file}: '{k}' has no lora_A half");
+        var fileConfig = Lora.ReadFileConfig(file, component);
+        var present = model.named_modules().Where(m => m.module is nn.Linear or nn.Conv2d).Select(m => m.name).ToHashSet();
+        var missing = modules.Where(m => !present.Contains(m)).ToList();
+        if (missing.Count > 0)
+            throw new InvalidDataException($"{file}: {missing.Count} LoRA modules are not Linear or Conv2d layers of this {component}, e.g. {string.Join(", ", missing.Take(3))}");
+        var specs = modules.Select(m =>
+        {
+            var rank = (int)weights[$"{prefix}{m}.lora_A.weight"].size(0);
+            var alpha = fileConfig?.AlphaFor(m) ?? (alphas.TryGetValue($"{component}.{m}", out var na) ? na : rank);
+            return (m, rank, alpha * scale);
+        }).ToList();
+        var lora = Lora.Attach(model, LoraConfig.ForModules(specs));
+        try
+        {
+            lora.load_state_dict(weights, prefix);
             return lora;
         }
         catch
@@ -190,8 +229,22 @@ public static class PipelineLoading
         }
     }
 
+    /// <summary>A diffusers/PEFT LoRA file's UNet part attached to <paramref name="unet"/> as Sudo adapters holding its
+    /// weights (<see cref="AttachLora"/> for r and α); a file that also adapts text encoders is refused. The caller disposes
+    /// the adapters.</summary>
+    public static Lora AttachLoraFile(UNet2DConditionModel unet, string file, double scale = 1.0)
+    {
+        using var scope = NewDisposeScope();
+        var raw = Checkpoints.ReadWeights(file);
+        if (IsKohya(raw)) throw new NotSupportedException($"{file}: a kohya/webui LoRA; attach it to a pipeline (PipelineLoading.AttachLora)");
+        var (weights, alphas) = NormalizeLoraKeys(raw, file);
+        if (weights.Keys.FirstOrDefault(k => !k.StartsWith("unet.", StringComparison.Ordinal)) is { } te)
+            throw new NotSupportedException($"{file}: it holds text-encoder LoRA weights ('{te}'); attach it to a pipeline (PipelineLoading.AttachLora) rather than to a UNet");
+        return AttachPart(unet, "unet", weights, alphas, file, scale);
+    }
+
     /// <summary>Merges a diffusers/PEFT LoRA file into <paramref name="unet"/>: W ← W + scale·(α/r)·B·A
-    /// (<see cref="AttachLoraFile"/> for r and α).</summary>
+    /// (<see cref="AttachLora"/> for r and α).</summary>
     public static void MergeLora(UNet2DConditionModel unet, string file, double scale)
     {
         // Merged into the weights; disposing the adapters afterwards leaves the merged weights in place.
@@ -199,13 +252,29 @@ public static class PipelineLoading
         lora.merge();
     }
 
-    /// <summary>A diffusers/PEFT LoRA (a file or a folder <see cref="ResolveLora"/> finds) written as a kohya/webui file for
-    /// the pipeline in <paramref name="pipelineFolder"/> (its UNet config and family give the names). Returns the
-    /// tensor count.</summary>
+    /// <summary>A diffusers/PEFT LoRA (a file or a folder <see cref="ResolveLora"/> finds; UNet and text-encoder parts)
+    /// written as a kohya/webui file for the pipeline in <paramref name="pipelineFolder"/> (its UNet config and family give
+    /// the names). Returns the tensor count.</summary>
     public static int ExportKohya(string lora, string pipelineFolder, string outFile, string? cacheDir = null)
     {
         using var comps = PipelineComponents.from_pretrained(pipelineFolder, cache_dir: cacheDir);
-        using var adapters = AttachLoraFile(comps.unet, ResolveLora(lora, cacheDir), 1.0, out var inFile);
-        return KohyaLora.Save(outFile, comps.unet.config, comps.IsSDXL, adapters, only: inFile);
+        using var adapters = AttachLora(comps, ResolveLora(lora, cacheDir));
+        if (adapters.unet == null) throw new InvalidDataException($"{lora}: no UNet LoRA weights (kohya files hold a UNet part)");
+        return KohyaLora.Save(outFile, comps.unet.config, comps.IsSDXL, adapters.unet, adapters.text_encoder, adapters.text_encoder_2);
+    }
+
+    /// <summary>A kohya/webui (or any diffusers) LoRA file written as a diffusers/PEFT LoRA folder for the pipeline in
+    /// <paramref name="pipelineFolder"/>: pytorch_lora_weights.safetensors with unet./text_encoder./text_encoder_2. keys and
+    /// each part's PEFT config (per-module ranks and α in rank_pattern / alpha_pattern) in lora_adapter_metadata, plus
+    /// adapter_config.json. Returns the tensor count.</summary>
+    public static int ExportPeft(string lora, string pipelineFolder, string outFolder, string? cacheDir = null)
+    {
+        using var comps = PipelineComponents.from_pretrained(pipelineFolder, cache_dir: cacheDir);
+        using var adapters = AttachLora(comps, ResolveLora(lora, cacheDir));
+        var tmp = outFolder.TrimEnd('/') + $".tmp-{Environment.ProcessId}";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        adapters.save(tmp);
+        AtomicFile.PublishDirectory(tmp, outFolder);
+        return adapters.Parts.Sum(p => p.lora.adapters.Count * 2);
     }
 }

@@ -24,6 +24,8 @@ public sealed record SampleSettings
     public int steps { get; init; } = 30;
     public double guidance { get; init; } = 7.5;
     public string? scheduler { get; init; }
+    /// <summary>Overrides the scheduler's prediction_type (<see cref="PipelineSpec.prediction_type"/>).</summary>
+    public string? prediction_type { get; init; }
     public long seed { get; init; }
     public int images_per_prompt { get; init; } = 1;
     public int? height { get; init; }
@@ -59,7 +61,7 @@ public static class Sampling
         var device = Device.Parse(s.device);
         var dtype = ParseDtype(s.dtype, device);
         if (dtype == ScalarType.BFloat16) Precision.RequireUsableBf16(device, s.allow_slow_bf16, "--dtype bf16");
-        var spec = new PipelineSpec { model = s.model, unet = s.unet, lora = s.lora, lora_scale = s.lora_scale, vae = s.vae, scheduler = s.scheduler };
+        var spec = new PipelineSpec { model = s.model, unet = s.unet, lora = s.lora, lora_scale = s.lora_scale, vae = s.vae, scheduler = s.scheduler, prediction_type = s.prediction_type };
         using var pipe = PipelineLoading.Load(spec, dtype, device);
         Directory.CreateDirectory(s.out_dir);
         var jobs = s.prompts.SelectMany((p, pi) => Enumerable.Range(0, s.images_per_prompt).Select(k => (prompt: p, index: pi * s.images_per_prompt + k))).ToList();

@@ -126,6 +126,7 @@ public sealed class StableDiffusionPipeline : IDisposable
     public static StableDiffusionPipeline FromComponents(PipelineComponents comps, string? scheduler = null)
     {
         var cfg = comps.scheduler_config is { } p ? SchedulerConfig.FromFile(p) : SchedulerConfig.SD15;
+        if (comps.prediction_type is { } pt) cfg = cfg with { prediction_type = pt };
         return new StableDiffusionPipeline(comps, scheduler is null ? Scheduler.FromConfig(cfg) : Scheduler.ByName(scheduler, cfg));
     }
 

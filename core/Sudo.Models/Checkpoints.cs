@@ -45,9 +45,14 @@ public static class Checkpoints
 
     /// <summary>A pickled checkpoint as a flat state dict: a top-level dict holding "state_dict" (Lightning,
     /// open_clip, HPSv2) is unwrapped; every other non-tensor entry is ignored.</summary>
-    public static Dictionary<string, Tensor> ReadPickle(string path)
+    public static Dictionary<string, Tensor> ReadPickle(string path) => ReadPickle(path, null);
+
+    /// <summary><see cref="ReadPickle(string)"/>, also showing <paramref name="inspectRoot"/> the unpickled top-level
+    /// object before its tensors are flattened (a Lightning checkpoint's global_step, ...).</summary>
+    public static Dictionary<string, Tensor> ReadPickle(string path, Action<object?>? inspectRoot)
     {
         var root = TorchPickle.Load(path);
+        inspectRoot?.Invoke(root);
         object? body = root;
         if (root is PyDict d && d.TryGet("state_dict", out var inner) && inner is PyDict) body = inner;
         var result = new Dictionary<string, Tensor>();

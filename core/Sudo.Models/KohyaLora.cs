@@ -30,7 +30,7 @@ public static class KohyaLora
     /// <summary>The kohya name prefix of a text encoder: lora_te_ (SD1.x/2.x), lora_te1_ / lora_te2_ (SDXL).</summary>
     public static string TextPrefix(bool sdxl, int which) => !sdxl ? "lora_te_" : which == 1 ? "lora_te1_" : "lora_te2_";
 
-    /// <summary>Sudo's adapters as a kohya state dict: down = lora_A, up = lora_B, alpha = the adapters' α.</summary>
+    /// <summary>Sudo's adapters as a kohya state dict: down = lora_A, up = lora_B, alpha = each adapter's α.</summary>
     public static Dictionary<string, Tensor> FromAdapters(Lora lora, Func<string, string> name, IReadOnlySet<string>? only = null)
     {
         var d = new Dictionary<string, Tensor>();
@@ -40,7 +40,7 @@ public static class KohyaLora
             var n = name(module);
             if (!d.TryAdd($"{n}.lora_down.weight", a.lora_A.detach())) throw new InvalidDataException($"two modules map to the kohya name {n}");
             d[$"{n}.lora_up.weight"] = a.lora_B.detach();
-            d[$"{n}.alpha"] = scalar_tensor(lora.config.lora_alpha, ScalarType.Float32);
+            d[$"{n}.alpha"] = scalar_tensor(a.alpha, ScalarType.Float32);   // per module: ranks and α may differ (rank_pattern)
         }
         return d;
     }
@@ -153,6 +153,56 @@ public static class KohyaLora
             if (delta.numel() != w.numel())
                 throw new InvalidDataException($"{m.component}.{m.path}: the LoRA product has {delta.numel()} elements, the weight [{string.Join(", ", w.shape)}] {w.numel()}");
             w.add_(delta.reshape(w.shape).to(w.dtype));
+        }
+    }
+
+    /// <summary>Resolved modules attached as live Sudo adapters (trainable, switchable, savable as a diffusers/PEFT LoRA):
+    /// per component, one <see cref="LoraConfig.ForModules"/> config (the most frequent rank and α, the rest in
+    /// rank_pattern / alpha_pattern, as diffusers' get_peft_kwargs builds it from a kohya file), the file's down/up as
+    /// lora_A/lora_B and α multiplied by <paramref name="multiplier"/>. Convolutions get convolution adapters (LoCon's 3×3
+    /// down with a 1×1 up included).</summary>
+    public static PipelineLora Attach(IReadOnlyList<Module> modules, UNet2DConditionModel unet, nn.Module? textEncoder, nn.Module? textEncoder2, double multiplier = 1.0)
+    {
+        Lora? Part(string component, nn.Module? model)
+        {
+            var mine = modules.Where(m => m.component == component).ToList();
+            if (mine.Count == 0) return null;
+            if (model == null) throw new InvalidDataException($"the LoRA adapts {component}, which this pipeline does not have");
+            var config = LoraConfig.ForModules(mine.Select(m => (m.path, (int)m.down.size(0), m.alpha * multiplier)).ToList());
+            var lora = Lora.Attach(model, config);
+            try
+            {
+                using var _ = no_grad();
+                foreach (var m in mine)
+                {
+                    var a = lora.adapters[m.path];
+                    foreach (var (src, dst, half) in new[] { (m.down, a.lora_A, "lora_down"), (m.up, a.lora_B, "lora_up") })
+                    {
+                        if (src.numel() != dst.numel())
+                            throw new InvalidDataException($"{component}.{m.path}: {half} [{string.Join(", ", src.shape)}] does not fit the layer (adapter [{string.Join(", ", dst.shape)}])");
+                        dst.copy_(src.reshape(dst.shape));
+                    }
+                }
+                return lora;
+            }
+            catch
+            {
+                lora.Dispose();
+                throw;
+            }
+        }
+        Lora? u = null, t1 = null;
+        try
+        {
+            u = Part("unet", unet);
+            t1 = Part("text_encoder", textEncoder);
+            return new PipelineLora { unet = u, text_encoder = t1, text_encoder_2 = Part("text_encoder_2", textEncoder2) };
+        }
+        catch
+        {
+            u?.Dispose();
+            t1?.Dispose();
+            throw;
         }
     }
 }

@@ -20,6 +20,10 @@ public sealed class PipelineComponents : IDisposable
     public required CLIPTokenizer tokenizer { get; init; }
     public CLIPTokenizer? tokenizer_2 { get; init; }
     public string? scheduler_config { get; init; }
+    /// <summary>Overrides the scheduler config's prediction_type (epsilon, v_prediction or sample) when the pipeline's
+    /// scheduler is built: inferred for a single file whose family config says otherwise (an SD2-base checkpoint read with
+    /// SD2.1's 768-v configs), or asked for (--prediction_type). Null: the config's.</summary>
+    public string? prediction_type { get; init; }
 
     /// <summary>The same components with another VAE (train.py's --pretrained_vae_model_name_or_path, e.g. SDXL's
     /// fp16-fix VAE); this object's VAE is disposed and the other modules move to the returned one.</summary>
@@ -36,7 +40,7 @@ public sealed class PipelineComponents : IDisposable
         return With(newUnet, vae);
     }
 
-    private PipelineComponents With(UNet2DConditionModel u, AutoencoderKL v) => new()
+    private PipelineComponents With(UNet2DConditionModel u, AutoencoderKL v, string? predictionType = null) => new()
     {
         Folder = Folder,
         ClassName = ClassName,
@@ -48,7 +52,18 @@ public sealed class PipelineComponents : IDisposable
         tokenizer = tokenizer,
         tokenizer_2 = tokenizer_2,
         scheduler_config = scheduler_config,
+        prediction_type = predictionType ?? prediction_type,
     };
+
+    /// <summary>The same components (the modules move to the returned object) whose scheduler will predict
+    /// <paramref name="predictionType"/>; null keeps this one's.</summary>
+    public PipelineComponents WithPredictionType(string? predictionType)
+    {
+        if (predictionType is null || predictionType == prediction_type) return this;
+        if (predictionType is not ("epsilon" or "v_prediction" or "sample"))
+            throw new ArgumentException($"prediction_type '{predictionType}': expected epsilon, v_prediction or sample");
+        return With(unet, vae, predictionType);
+    }
 
     public bool IsSDXL => text_encoder_2 != null;
 

@@ -496,13 +496,17 @@ public static class SingleFile
                 throw new DirectoryNotFoundException($"{file} is a {family} single-file checkpoint: its configs, tokenizer and scheduler come from a diffusers pipeline of that family — {repo} is not in the Hugging Face cache ({e.Message}); point SUDO_SINGLE_FILE_CONFIG at a diffusers folder of the same family", e);
             }
         }
+        var inferFromFile = configFolder is null && Environment.GetEnvironmentVariable("SUDO_SINGLE_FILE_CONFIG") is null;
         var folder = Directory.Exists(config) ? config : Hub.Resolve(config, cacheDir);
         var p = PipelineComponents.from_configs(folder, dtype, device);
         try
         {
             using var scope = NewDisposeScope();
-            LoadInto(p, Checkpoints.ReadWeights(file), file);
-            return p;
+            long? globalStep = null;
+            var weights = Checkpoints.IsPickle(file) ? Checkpoints.ReadPickle(file, root => globalStep = GlobalStep(root)) : Checkpoints.ReadWeights(file);
+            LoadInto(p, weights, file);
+            // Only when the configs are the family default (SD2.1, 768-v): a folder given explicitly says it all.
+            return inferFromFile ? p.WithPredictionType(InferPredictionType(family, globalStep)) : p;
         }
         catch
         {
@@ -510,6 +514,17 @@ public static class SingleFile
             throw;
         }
     }
+
+    /// <summary>The prediction type diffusers gives an LDM single file (single_file_utils.py, the scheduler of an original
+    /// checkpoint, L1822-1828): an SD2 file is v_prediction unless its global_step is 875000 — SD2-base's released
+    /// checkpoint, which is epsilon (diffusers' own comment calls this rule brittle; --prediction_type overrides it); other
+    /// families keep their config's (null).</summary>
+    public static string? InferPredictionType(string family, long? globalStep) =>
+        family == "sd2" ? (globalStep == 875000 ? "epsilon" : "v_prediction") : null;
+
+    /// <summary>The global_step a Lightning checkpoint stores beside its state_dict (null when absent).</summary>
+    public static long? GlobalStep(object? root) =>
+        root is PyDict d && d.TryGet("global_step", out var v) && v is IConvertible c and not string ? c.ToInt64(System.Globalization.CultureInfo.InvariantCulture) : null;
 
     static IEnumerable<string> safetensorsOrEmpty(string file) =>
         file.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) ? safetensors.ReadHeader(file).entries.Keys : [];

@@ -18,12 +18,12 @@ namespace Sudo.Preference;
 /// <summary>A model under evaluation: a short name and what to load.</summary>
 public sealed record EvalModel(string name, PipelineSpec spec)
 {
-    /// <summary>"name=PIPELINE[,unet=PATH][,lora=PATH][,lora_scale=S][,vae=PATH][,scheduler=NAME]"; an empty PIPELINE
+    /// <summary>"name=PIPELINE[,unet=PATH][,lora=PATH][,lora_scale=S][,vae=PATH][,scheduler=NAME][,prediction_type=P]"; an empty PIPELINE
     /// means <paramref name="basePipeline"/> (the first model's), e.g. "dpo=,unet=mhdang/dpo-sd1.5-text2image-v1".</summary>
     public static EvalModel Parse(string text, string? basePipeline = null)
     {
         var eq = text.IndexOf('=');
-        if (eq <= 0) throw new ArgumentException($"model '{text}': expected name=PIPELINE[,unet=PATH][,lora=PATH][,lora_scale=S][,vae=PATH][,scheduler=NAME]");
+        if (eq <= 0) throw new ArgumentException($"model '{text}': expected name=PIPELINE[,unet=PATH][,lora=PATH][,lora_scale=S][,vae=PATH][,scheduler=NAME][,prediction_type=P]");
         var name = text[..eq];
         var parts = text[(eq + 1)..].Split(',');
         var pipeline = parts[0].Length > 0 ? parts[0] : basePipeline ?? throw new ArgumentException($"model '{name}': no pipeline (and no base model to take it from)");
@@ -41,7 +41,8 @@ public sealed record EvalModel(string name, PipelineSpec spec)
                 "vae" => spec with { vae = v },
                 "scheduler" => spec with { scheduler = v },
                 "variant" => spec with { variant = v },
-                _ => throw new ArgumentException($"model '{name}': unknown key '{k}' (unet, lora, lora_scale, vae, scheduler, variant)"),
+                "prediction_type" => spec with { prediction_type = v },
+                _ => throw new ArgumentException($"model '{name}': unknown key '{k}' (unet, lora, lora_scale, vae, scheduler, prediction_type, variant)"),
             };
         }
         return new EvalModel(name, spec);

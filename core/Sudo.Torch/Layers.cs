@@ -4,8 +4,9 @@ public static partial class torch
 {
     public static partial class nn
     {
-        /// <summary>A side branch added to a Linear layer's output (LoRA and friends).</summary>
-        public interface ILinearAdapter
+        /// <summary>A side branch added to a Linear or Conv2d layer's output (LoRA and friends): it gets the layer's input
+        /// and returns what is added to the layer's output.</summary>
+        public interface IAdapter
         {
             bool enabled { get; }
             Tensor forward(Tensor x);
@@ -114,7 +115,7 @@ public static partial class torch
 
             /// <summary>An optional low-rank adapter added to the output (LoRA). It is not a child module: the
             /// layer's state_dict keeps the base model's keys; adapters are saved on their own.</summary>
-            public ILinearAdapter? adapter { get; set; }
+            public IAdapter? adapter { get; set; }
 
             public override Tensor forward(Tensor x)
             {
@@ -160,7 +161,18 @@ public static partial class torch
                 }
             }
 
-            public override Tensor forward(Tensor x) => functional.conv2d(x, weight, bias, stride, padding, dilation, groups);
+            /// <summary>An optional low-rank adapter added to the output (LoRA on a convolution, as PEFT's lora.Conv2d). It
+            /// is not a child module: the layer's state_dict keeps the base model's keys.</summary>
+            public IAdapter? adapter { get; set; }
+
+            public override Tensor forward(Tensor x)
+            {
+                var y = functional.conv2d(x, weight, bias, stride, padding, dilation, groups);
+                if (adapter is not { enabled: true } a) return y;
+                using var delta = a.forward(x);
+                using (y) return y + delta;
+            }
+
             protected override string ExtraRepr() => $"weight=[{string.Join(", ", weight.shape)}], stride={stride}, padding={padding}";
         }
 

@@ -95,6 +95,17 @@ public sealed record TrainConfig
     /// <summary>LoRA rank (0 = full fine-tune). With LoRA the reference is the same UNet with adapters off.</summary>
     public int lora_rank { get; init; }
     public double? lora_alpha { get; init; }
+    /// <summary>Start the LoRA adapters from an existing LoRA instead of fresh ones (sd-scripts' --network_weights): a
+    /// diffusers/PEFT file or folder, a kohya/webui file, or a training output's lora/; ranks and α come from the file
+    /// (leave --lora_rank and --lora_alpha unset). The reference stays the base UNet with the adapters off.</summary>
+    public string? lora_weights { get; init; }
+    /// <summary>The noise-prediction target: epsilon or v_prediction, overriding the scheduler config's (diffusers'
+    /// train_text_to_image.py --prediction_type; an SD2-base single file read with SD2.1's 768-v configs needs epsilon).
+    /// Null: the pipeline's.</summary>
+    public string? prediction_type { get; init; }
+    /// <summary>Whether the UNet is trained through LoRA adapters (fresh, or from --lora_weights).</summary>
+    [JsonIgnore]
+    public bool UsesLora => lora_rank > 0 || lora_weights != null;
     /// <summary>Keep the frozen reference UNet in bf16 (full fine-tune only), whatever frozen_precision says.</summary>
     public bool reference_bf16 { get; init; }
     /// <summary>The dtype of the frozen modules (VAE, text encoders, the frozen-copy reference UNet). "auto": train.py's
@@ -163,6 +174,10 @@ public sealed record TrainConfig
             throw new ArgumentException("--train_batch_size, --gradient_accumulation_steps, --max_train_steps and --num_train_epochs must be ≥ 1");
         Sudo.Training.MixedPrecision.Validate(mixed_precision, Device.Parse(device));
         if (lora_rank < 0) throw new ArgumentException("--lora_rank must be ≥ 0");
+        if (prediction_type is not (null or "epsilon" or "v_prediction"))
+            throw new ArgumentException($"--prediction_type {prediction_type}: expected epsilon or v_prediction (or leave it unset for the scheduler's)");
+        if (lora_weights != null && (lora_rank > 0 || lora_alpha != null))
+            throw new ArgumentException("--lora_weights takes the adapters' ranks and α from the file: leave --lora_rank and --lora_alpha unset");
         if (frozen_precision is not ("auto" or "fp32"))
             throw new ArgumentException($"--frozen_precision {frozen_precision}: expected auto (train.py: the mixed-precision dtype) or fp32");
         if (proportion_empty_prompts is < 0 or > 1) throw new ArgumentException("--proportion_empty_prompts must be in [0, 1]");

@@ -91,8 +91,8 @@ public sealed class Trainer : IDisposable
         _loss = method.offline_loss;
         // One GPU per process: "cuda" in a CUDA job means this rank's cuda:LOCAL_RANK (as accelerate assigns it).
         var device = this.data_parallel.world_size > 1 && Device.Parse(config.device) is { Type: DeviceType.CUDA, Index: < 0 } ? this.data_parallel.device : Device.Parse(config.device);
-        if (method.reference == ReferencePolicy.AdaptersOff && config.lora_rank == 0)
-            throw new ArgumentException($"method {method.name} compares with the UNet's LoRA adapters off: pass --lora_rank ≥ 1");
+        if (method.reference == ReferencePolicy.AdaptersOff && !config.UsesLora)
+            throw new ArgumentException($"method {method.name} compares with the UNet's LoRA adapters off: pass --lora_rank ≥ 1 (or --lora_weights)");
         // Before any loading: a bf16 request on a CPU without bf16 kernels is refused (or warned about) now, not after hours.
         if (config.MixedPrecision == "bf16") Precision.RequireUsableBf16(device, config.allow_slow_bf16, "--mixed_precision bf16");
         if (config.reference_bf16) Precision.RequireUsableBf16(device, config.allow_slow_bf16, "--reference_bf16");
@@ -114,7 +114,7 @@ public sealed class Trainer : IDisposable
         var comps = PipelineComponents.from_pretrained(modelFolder, config.variant, ScalarType.Float32, device);
         if (config.pretrained_vae_model_name_or_path is { } vaePath)
             comps = comps.WithVae(AutoencoderKL.from_pretrained(Hub.Resolve(vaePath, config.hub_cache_dir), config.variant, ScalarType.Float32, device));
-        pipe = StableDiffusionPipeline.FromComponents(comps, "ddpm");
+        pipe = StableDiffusionPipeline.FromComponents(comps.WithPredictionType(config.prediction_type), "ddpm");
         if (config.unet_init is { } init)
         {
             using var scope = NewDisposeScope();
@@ -150,10 +150,11 @@ public sealed class Trainer : IDisposable
             pipe.components.text_encoder.to(frozenDt);
             pipe.components.text_encoder_2?.to(frozenDt);
         }
-        if (config.lora_rank > 0)
+        if (config.UsesLora)
         {
             unet.requires_grad_(false);
-            lora = Lora.Attach(unet, new LoraConfig(config.lora_rank, config.lora_alpha ?? config.lora_rank), _rng);
+            lora = config.lora_weights is { } lw ? AttachLoraWeights(pipe.components, lw, config.hub_cache_dir)
+                : Lora.Attach(unet, new LoraConfig(config.lora_rank, config.lora_alpha ?? config.lora_rank), _rng);
             _trainable = lora.parameters().ToArray();
         }
         else
@@ -199,6 +200,23 @@ public sealed class Trainer : IDisposable
             using (no_grad()) _ema = _trainable.Select(p => { var e = p.detach().clone(); DisposeScope.Current?.Detach(e); return e; }).ToArray();
     }
 
+    /// <summary>--lora_weights: the UNet part of a LoRA (diffusers/PEFT or kohya/webui; PipelineLoading.AttachLora) as the
+    /// trainable adapters. A file that also adapts a text encoder is refused: Sudo trains the UNet's adapters, and merging
+    /// the text-encoder part would change the reference's conditioning too.</summary>
+    public static Lora AttachLoraWeights(PipelineComponents comps, string pathOrRepo, string? hubCacheDir = null)
+    {
+        var file = PipelineLoading.ResolveLora(pathOrRepo, hubCacheDir);
+        var attached = PipelineLoading.AttachLora(comps, file);
+        if (attached.text_encoder != null || attached.text_encoder_2 != null || attached.unet == null)
+        {
+            attached.Dispose();
+            throw new ArgumentException(attached.unet == null
+                ? $"--lora_weights {pathOrRepo}: the LoRA has no UNet part"
+                : $"--lora_weights {pathOrRepo}: the LoRA also adapts the text encoder; Sudo trains UNet adapters only (pass a LoRA of the UNet only)");
+        }
+        return attached.unet;
+    }
+
     /// <summary>A frozen copy of a UNet (no gradients; optionally in bf16) — the DPO reference.</summary>
     public static UNet2DConditionModel CloneFrozen(UNet2DConditionModel src, ScalarType? dtype = null)
     {
@@ -227,7 +245,7 @@ public sealed class Trainer : IDisposable
             $"{data.Count} pairs from {data.Source} ({data.Counts})" + (_pairs != method.pairs ? $"; {_pairs.Describe()}" : "") +
                 $"; {config.dataloader_num_workers} loader worker(s)",
             $"effective batch = {config.train_batch_size} pairs per device × {config.gradient_accumulation_steps} accumulation × {data_parallel.world_size} process{(data_parallel.world_size == 1 ? "" : "es")} = {eff} pairs; {total_steps} optimizer steps",
-            $"optimizer {optimizer.GetType().Name}, lr {optimizer.param_groups[0].initial_lr:G3} ({config.lr_scheduler}, warmup {config.lr_warmup_steps}), {_trainable.Sum(p => p.numel()):N0} trainable parameters" + (lora != null ? $" (LoRA rank {config.lora_rank})" : ""),
+            $"optimizer {optimizer.GetType().Name}, lr {optimizer.param_groups[0].initial_lr:G3} ({config.lr_scheduler}, warmup {config.lr_warmup_steps}), {_trainable.Sum(p => p.numel()):N0} trainable parameters" + (lora != null ? $" (LoRA rank {lora.config.r}{(lora.config.rank_pattern != null ? " and others" : "")}{(config.lora_weights != null ? $", from {config.lora_weights}" : "")})" : ""),
             $"reference: {(method.reference == ReferencePolicy.None ? "none" : lora != null ? "the same UNet with LoRA adapters off" : "frozen copy" + (config.reference_bf16 ? " (bf16)" : config.FrozenDtype is { } fd ? $" ({fd.TorchName()})" : ""))}; mixed precision {config.MixedPrecision}" +
                 $"; VAE and text encoders in {(config.FrozenDtype ?? ScalarType.Float32).TorchName()}" + (config.Offload ? "; frozen modules offloaded to the CPU" : ""),
         };

@@ -236,4 +236,37 @@ public class SingleFileTests
         Assert.That(e.Message, Does.Contain("cut.safetensors (VAE)").And.Contain("encoder.mid_block.attentions.0.to_q.weight"));
         Assert.That(SingleFile.Family(new[] { "state_dict.x", "optimizer.y" }), Is.EqualTo("unknown"));
     }
+
+    /// <summary>diffusers' rule for an SD2 single file read with the family's default (SD2.1, 768-v) configs: v_prediction,
+    /// except the released SD2-base checkpoint (global_step 875000), which is epsilon; the global_step comes from the
+    /// pickle's top level beside state_dict (the golden nested_zip.pt stores 2³³+5, README_rewards.md).</summary>
+    [Test]
+    public void Sd2PredictionTypeFollowsDiffusersGlobalStepRule()
+    {
+        Assert.That(SingleFile.InferPredictionType("sd2", 875000), Is.EqualTo("epsilon"));
+        Assert.That(SingleFile.InferPredictionType("sd2", 140000), Is.EqualTo("v_prediction"));
+        Assert.That(SingleFile.InferPredictionType("sd2", null), Is.EqualTo("v_prediction"));
+        Assert.That(SingleFile.InferPredictionType("sd1", 875000), Is.Null);
+        Assert.That(SingleFile.InferPredictionType("sdxl", null), Is.Null);
+        long? step = null;
+        using var scope = NewDisposeScope();
+        var weights = Checkpoints.ReadPickle(Shared.Require("golden", "pickle", "nested_zip.pt"), root => step = SingleFile.GlobalStep(root));
+        Assert.That(weights, Is.Not.Empty);
+        Assert.That(step, Is.EqualTo((1L << 33) + 5));
+        Assert.That(SingleFile.GlobalStep(null), Is.Null);
+    }
+
+    /// <summary>--prediction_type: the components carry the override to the scheduler they are built with; bad values
+    /// are refused.</summary>
+    [Test]
+    public void PredictionTypeOverrideTravelsWithTheComponents()
+    {
+        var folder = Shared.Require("golden", "pipe_sd15");
+        var a = PipelineComponents.from_pretrained(folder);
+        Assert.That(a.prediction_type, Is.Null);
+        Assert.That(a.WithPredictionType(null), Is.SameAs(a));
+        using var v = a.WithPredictionType("v_prediction");
+        Assert.That((v.prediction_type, ReferenceEquals(v.unet, a.unet)), Is.EqualTo(("v_prediction", true)));
+        Assert.That(Assert.Throws<ArgumentException>(() => v.WithPredictionType("x0"))!.Message, Does.Contain("epsilon, v_prediction or sample"));
+    }
 }

@@ -78,7 +78,20 @@ public class EvaluationTests : TempFolderTest
             "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0.lora_A.weight",
             "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight",
         }));
-        Assert.Throws<NotSupportedException>(() => PipelineLoading.NormalizeLoraKeys(new() { ["text_encoder.x.lora_A.weight"] = w }, "test"));
+        // Text-encoder parts keep their component; network alphas are keyed by component and module.
+        var (te, alphas) = PipelineLoading.NormalizeLoraKeys(new()
+        {
+            ["text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.down.weight"] = w,
+            ["text_encoder_2.text_model.encoder.layers.0.mlp.fc1.lora_B.weight"] = w,
+            ["unet.mid_block.attentions.0.proj_in.alpha"] = scalar_tensor(8.0),
+        }, "test");
+        Assert.That(te.Keys, Is.EquivalentTo(new[]
+        {
+            "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight",
+            "text_encoder_2.text_model.encoder.layers.0.mlp.fc1.lora_B.weight",
+        }));
+        Assert.That(alphas, Is.EqualTo(new Dictionary<string, double> { ["unet.mid_block.attentions.0.proj_in"] = 8.0 }));
+        Assert.Throws<InvalidDataException>(() => PipelineLoading.NormalizeLoraKeys(new() { ["unet.x.lora_magnitude_vector"] = w }, "test"));
     }
 
     /// <summary>--lora &lt;kohya file&gt;: the pipeline loader merges a webui/kohya LoRA (UNet and text encoder parts) exactly
@@ -129,6 +142,87 @@ public class EvaluationTests : TempFolderTest
     }
 
     /// <summary>sudoml sample --unet &lt;training output&gt; / --lora &lt;training output&gt;: the CLI's code path (Sampling.Run).</summary>
+    /// <summary>A kohya file of mixed ranks and α (an SD1.5 to_q, a to_k without .alpha, the 1×1 proj_in, a 3×3 resnet
+    /// conv and a text-encoder q_proj) → sudoml convert --to peft → a diffusers folder whose adapters (read back through
+    /// lora_adapter_metadata, rank_pattern / alpha_pattern) hold the same tensors and α per module → --to kohya → the
+    /// file's tensors and α again.</summary>
+    [Test]
+    public void KohyaToPeftAndBackKeepsEveryTensorRankAndAlpha()
+    {
+        var pipeFolder = G("pipe_sd15");
+        using var scope = NewDisposeScope();
+        using var g = new Generator(31);
+        var kohya = new Dictionary<string, Tensor>();
+        void Add(string name, long[] down, long[] up, double? alpha)
+        {
+            kohya[$"{name}.lora_down.weight"] = randn(down, g) * 0.2;
+            kohya[$"{name}.lora_up.weight"] = randn(up, g) * 0.2;
+            if (alpha is { } a) kohya[$"{name}.alpha"] = scalar_tensor(a, ScalarType.Float32);
+        }
+        using (var p = PipelineComponents.from_pretrained(pipeFolder))
+        {
+            var m = p.unet.named_modules().ToDictionary(x => x.name, x => x.module);
+            long[] W(string path) => m[path] is nn.Linear l ? l.weight.shape : ((nn.Conv2d)m[path]).weight.shape;
+            var q = W("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q");
+            Add("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", [2, q[1]], [q[0], 2], 1.0);
+            var k = W("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k");
+            Add("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", [4, k[1]], [k[0], 4], null);
+            var pin = W("down_blocks.0.attentions.0.proj_in");
+            Add("lora_unet_down_blocks_0_attentions_0_proj_in", [2, pin[1], 1, 1], [pin[0], 2, 1, 1], 1.0);
+            var c1 = W("down_blocks.0.resnets.0.conv1");
+            Add("lora_unet_down_blocks_0_resnets_0_conv1", [3, c1[1], 3, 3], [c1[0], 3, 1, 1], 1.5);
+            var tq = p.text_encoder.text_model.encoder.layers[0].self_attn.q_proj.weight.shape;
+            Add("lora_te_text_model_encoder_layers_0_self_attn_q_proj", [2, tq[1]], [tq[0], 2], 1.0);
+        }
+        var kohyaFile = Path.Combine(Tmp, "mixed.safetensors");
+        safetensors.save_file(kohya, kohyaFile);
+
+        var peft = Path.Combine(Tmp, "peft");
+        var n = PipelineLoading.ExportPeft(kohyaFile, pipeFolder, peft);
+        Assert.That(n, Is.EqualTo(10));
+        var weightsFile = Path.Combine(peft, "pytorch_lora_weights.safetensors");
+        var meta = JsonNode.Parse(safetensors.load_metadata(weightsFile)[Lora.MetadataKey])!.AsObject();
+        Assert.That((int)meta["unet.r"]!, Is.EqualTo(2));
+        Assert.That((int)meta["unet.rank_pattern"]!["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"]!, Is.EqualTo(4));
+        Assert.That((int)meta["unet.rank_pattern"]!["down_blocks.0.resnets.0.conv1"]!, Is.EqualTo(3));
+        Assert.That(meta.ContainsKey("text_encoder.r"), Is.True);
+        var stored = safetensors.load_file(weightsFile);
+        Assert.That(stored.Keys, Does.Contain("text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"));
+
+        // Read back as adapters: same tensors, rank and α per module as the kohya file.
+        using (var p = PipelineComponents.from_pretrained(pipeFolder))
+        using (var back = PipelineLoading.AttachLora(p, weightsFile))
+        {
+            var expected = new Dictionary<string, (string kohya, int rank, double alpha)>
+            {
+                ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"] = ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", 2, 1.0),
+                ["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"] = ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", 4, 4.0),
+                ["down_blocks.0.attentions.0.proj_in"] = ("lora_unet_down_blocks_0_attentions_0_proj_in", 2, 1.0),
+                ["down_blocks.0.resnets.0.conv1"] = ("lora_unet_down_blocks_0_resnets_0_conv1", 3, 1.5),
+            };
+            Assert.That(back.unet!.adapters.Keys, Is.EquivalentTo(expected.Keys));
+            foreach (var (path, (name, rank, alpha)) in expected)
+            {
+                var a = back.unet.adapters[path];
+                Assert.That((a.rank, a.alpha), Is.EqualTo((rank, alpha)), path);
+                Assert.That(a.lora_A.equal(kohya[$"{name}.lora_down.weight"].reshape(a.lora_A.shape)), Is.True, path);
+                Assert.That(a.lora_B.equal(kohya[$"{name}.lora_up.weight"].reshape(a.lora_B.shape)), Is.True, path);
+            }
+            var te = back.text_encoder!.adapters["text_model.encoder.layers.0.self_attn.q_proj"];
+            Assert.That(te.lora_A.equal(kohya["lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"]), Is.True);
+        }
+
+        // And back to kohya: every tensor and α as in the original file.
+        var again = Path.Combine(Tmp, "again.safetensors");
+        var count = PipelineLoading.ExportKohya(peft, pipeFolder, again);
+        var round = safetensors.load_file(again);
+        Assert.That(count, Is.EqualTo(15));
+        Assert.That(round.Keys.Where(key => !key.EndsWith(".alpha")), Is.EquivalentTo(kohya.Keys.Where(key => !key.EndsWith(".alpha"))));
+        foreach (var (key, t) in kohya)
+            Assert.That(round[key].reshape(t.shape).equal(t), Is.True, key);
+        Assert.That(round["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.alpha"].item(), Is.EqualTo(4.0), "α = r made explicit");
+    }
+
     [Test]
     public void TrainedUnetAndLoraSample()
     {

@@ -245,6 +245,84 @@ public class TrainerTests
         Assert.That(t2.global_step, Is.EqualTo(4));
     }
 
+    /// <summary>--prediction_type v_prediction: the trainer's noise schedule regresses on v = √ᾱ·ε − √(1−ᾱ)·x₀ (diffusers'
+    /// train_text_to_image.py registers it on the noise scheduler); an unknown value is refused before anything loads.</summary>
+    [Test]
+    public void PredictionTypeOverridesTheTrainingTarget()
+    {
+        Assert.That(Assert.Throws<ArgumentException>(() => (Config() with { prediction_type = "x0" }).Validate())!.Message, Does.Contain("--prediction_type x0"));
+        using var t = new Trainer(Config("sft", 1) with { prediction_type = "v_prediction" });
+        Assert.That(t.noise_schedule.config.prediction_type, Is.EqualTo("v_prediction"));
+        using var scope = NewDisposeScope();
+        using var g = new Generator(4);
+        var x0 = randn([1, 4, 2, 2], g);
+        var eps = randn([1, 4, 2, 2], g);
+        var steps = tensor(new long[] { 700 });
+        var ab = t.noise_schedule.alphas_cumprod[700].item();
+        var v = eps * Math.Sqrt(ab) - x0 * Math.Sqrt(1 - ab);
+        Assert.That((t.noise_schedule.target(x0, eps, steps) - v).abs().max().item(), Is.LessThan(1e-5));
+    }
+
+    /// <summary>--lora_weights: training starts from an existing LoRA (here a kohya file of mixed ranks with a convolution
+    /// module): the adapters begin as the file's tensors with its ranks and α, train, save with rank_pattern, and a run
+    /// stopped at its checkpoint and resumed ends bit-identical to a straight run.</summary>
+    [Test]
+    public void LoraWeightsStartTrainingFromAKohyaFileAndResumeExactly()
+    {
+        using var scope = NewDisposeScope();
+        var file = Path.Combine(Path.GetTempPath(), $"sudo-kohya-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            using var g = new Generator(9);
+            var kohya = new Dictionary<string, Tensor>();
+            using (var p = PipelineComponents.from_pretrained(Shared.Require("golden", "pipe_sd15")))
+            {
+                var m = p.unet.named_modules().ToDictionary(x => x.name, x => x.module);
+                var q = ((nn.Linear)m["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"]).weight.shape;
+                kohya["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight"] = randn([2, q[1]], g) * 0.2;
+                kohya["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight"] = randn([q[0], 2], g) * 0.2;
+                kohya["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha"] = scalar_tensor(1.0, ScalarType.Float32);
+                var pin = ((nn.Conv2d)m["down_blocks.0.attentions.0.proj_in"]).weight.shape;
+                kohya["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"] = randn([4, pin[1], 1, 1], g) * 0.2;
+                kohya["lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight"] = randn([pin[0], 4, 1, 1], g) * 0.2;
+            }
+            safetensors.save_file(kohya, file);
+            Assert.That(() => Config() with { lora_weights = file, lora_rank = 2 }, Throws.Nothing);
+            Assert.That(Assert.Throws<ArgumentException>(() => (Config() with { lora_weights = file, lora_rank = 2 }).Validate())!.Message, Does.Contain("--lora_weights"));
+
+            Dictionary<string, float[]> straight, resumed;
+            using (var t = new Trainer(Config("dpo", 4) with { lora_weights = file, resume_from_checkpoint = null, checkpointing_steps = 0, output_dir = _out + "-a" }))
+            {
+                var q = t.lora!.adapters["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"];
+                var pin = t.lora.adapters["down_blocks.0.attentions.0.proj_in"];
+                Assert.That(t.lora.adapters, Has.Count.EqualTo(2));
+                Assert.That((q.rank, q.alpha, pin.rank, pin.alpha), Is.EqualTo((2, 1.0, 4, 4.0)));
+                Assert.That(pin.lora_B.equal(kohya["lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight"]), Is.True, "starts from the file");
+                t.Train(_ => { });
+                Assert.That(pin.lora_B.equal(kohya["lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight"]), Is.False, "trained");
+                straight = LoraWeights(t.lora);
+            }
+            var saved = Lora.ReadConfig(Path.Combine(_out + "-a", "lora"));
+            Assert.That(saved.RankFor("down_blocks.0.attentions.0.proj_in"), Is.EqualTo(4));
+            Assert.That(saved.RankFor("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"), Is.EqualTo(2));
+            Directory.Delete(_out + "-a", true);
+            using (var t = new Trainer(Config("dpo", 2) with { lora_weights = file, checkpointing_steps = 2 }))
+                t.Train(_ => { });
+            using (var t = new Trainer(Config("dpo", 4) with { lora_weights = file, checkpointing_steps = 2, resume_allow_changes = "max_train_steps" }))
+            {
+                var log = new List<string>();
+                t.Train(log.Add);
+                Assert.That(log[0], Does.Contain("resumed from"));
+                resumed = LoraWeights(t.lora!);
+            }
+            foreach (var k in straight.Keys) Assert.That(resumed[k], Is.EqualTo(straight[k]), k);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
     [Test]
     public void LoraSavesDiffusersKeysAndMergesExactly()
     {
