@@ -97,6 +97,7 @@ public sealed record LoraConfig(int r = 4, double lora_alpha = 4, string[]? targ
             if (module == k || module.EndsWith("." + k, StringComparison.Ordinal)) return k;
             // A key is a regular expression (PEFT: "experts.*.w1"); NonBacktracking keeps a hostile config from taking
             // exponential time.
+            if (Patterns.Count > 4096) Patterns.Clear();   // bounded: configs come and go in a long process
             var re = Patterns.GetOrAdd(k, key =>
             {
                 try { return new System.Text.RegularExpressions.Regex($"^(?:.*\\.)?(?:{key})$", System.Text.RegularExpressions.RegexOptions.NonBacktracking | System.Text.RegularExpressions.RegexOptions.CultureInvariant); }

@@ -36,6 +36,7 @@ public static class FuzzTargets
         new("png", "ImageCodecs.Decode through libspng (pixel limit ImageCodecs.MaxPixels)", SeedsPng, (d, _) => ImageCodecs.Decode(d, "input.png")),
         new("jpeg", "ImageCodecs.Decode through libturbojpeg (pixel limit ImageCodecs.MaxPixels)", SeedsJpeg, (d, _) => ImageCodecs.Decode(d, "input.jpg")),
         new("config", "config.json readers (UNet, VAE, CLIP text, CLIP), scheduler_config.json, model_index.json", SeedsConfig, RunConfig),
+        new("lora-config", "Lora.ReadConfig of a PEFT adapter_config.json, then every module's rank and α (rank_pattern / alpha_pattern regexes)", SeedsLoraConfig, RunLoraConfig),
         new("tokenizer", "CLIPTokenizer.FromFiles (vocab.json + merges.txt) and an encode", SeedsTokenizer, RunTokenizer),
         new("pairs-jsonl", "PairDataset.Load of a folder with pairs.jsonl and two images", s => SeedsPairs(s, "jsonl"), (d, s) => RunPairs(d, s, "pairs.jsonl")),
         new("pairs-csv", "PairDataset.Load of a folder with pairs.csv and two images", s => SeedsPairs(s, "csv"), (d, s) => RunPairs(d, s, "pairs.csv")),
@@ -105,6 +106,24 @@ public static class FuzzTargets
         CLIPConfig.FromFile(p);
         SchedulerConfig.FromFile(p);
         PipelineComponents.ReadModelIndex(p);
+    }
+
+    private static readonly string[] LoraModules =
+    [
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", "up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_out.0",
+        "mid_block.attentions.0.proj_in", "text_model.encoder.layers.11.self_attn.k_proj", "down_blocks.0.resnets.0.conv1",
+    ];
+
+    private static void RunLoraConfig(byte[] data, string scratch)
+    {
+        Write(scratch, "adapter_config.json", data);
+        var c = Lora.ReadConfig(scratch);
+        foreach (var m in LoraModules)
+        {
+            var (r, alpha) = (c.RankFor(m), c.AlphaFor(m));
+            if (r < 1) throw new InvalidOperationException($"rank {r} < 1 accepted for {m}");
+            _ = alpha;
+        }
     }
 
     private static void RunTokenizer(byte[] data, string scratch)
@@ -187,6 +206,22 @@ public static class FuzzTargets
             foreach (var img in shard.ReadBinary(0, "jpg_0").Take(4))
                 if (img is not null) yield return img;
         }
+    }
+
+    /// <summary>adapter_config.json as PEFT writes it (its LoraConfig.to_dict keys), and as Sudo writes it with per-module
+    /// ranks and α (the form a converted kohya file takes), one with regex pattern keys.</summary>
+    private static IEnumerable<byte[]> SeedsLoraConfig(string shared)
+    {
+        yield return Encoding.UTF8.GetBytes("""
+            {"base_model_name_or_path": null, "bias": "none", "fan_in_fan_out": false, "inference_mode": true, "init_lora_weights": true,
+             "layers_pattern": null, "layers_to_transform": null, "lora_alpha": 8, "lora_dropout": 0.0, "modules_to_save": null,
+             "peft_type": "LORA", "r": 8, "rank_pattern": {}, "alpha_pattern": {}, "revision": null,
+             "target_modules": ["to_k", "to_q", "to_v", "to_out.0"], "task_type": null, "use_dora": false, "use_rslora": false}
+            """);
+        yield return Encoding.UTF8.GetBytes(LoraConfig.ForModules([(LoraModules[0], 4, 4.0), (LoraModules[1], 4, 1.0), (LoraModules[2], 8, 4.0), (LoraModules[3], 2, 2.0)])
+            .ToJson().ToJsonString());
+        yield return Encoding.UTF8.GetBytes(new LoraConfig(4, 4, ["to_q", "proj_in"], rank_pattern: new Dictionary<string, int> { [@"up_blocks\.\d+\..*to_out\.0"] = 2, ["attn1.to_q"] = 16 },
+            alpha_pattern: new Dictionary<string, double> { ["mid_block.*"] = 1.5 }).ToJson().ToJsonString());
     }
 
     private static IEnumerable<byte[]> SeedsConfig(string shared) =>
