@@ -43,20 +43,24 @@ app="$out/app.$$"   # one instrumented copy per invocation: two invocations may 
 trap 'rm -rf "$app" "$out/libfuzzer-dotnet.$$"' EXIT
 dotnet publish "$root/tools/Sudo.Fuzz/Sudo.Fuzz.csproj" -c Release -o "$app" -nologo -v quiet -clp:ErrorsOnly
 cp "$root/artifacts/native/build/libsudo_native.so" "$app/" 2>/dev/null || true
+[ "${targets[0]}" = all ] && mapfile -t targets < <("$app/Sudo.Fuzz" list | awk '{print $1}')
+# Seeds first, with the harness not yet instrumented: instrumented code writes coverage into libFuzzer's shared memory
+# and faults outside the driver (the jpeg seeds read a parquet shard through Sudo.Data).
+for t in "${targets[@]}"; do
+  "$app/Sudo.Fuzz" seeds "$t" "$out/seeds/$t" --shared "$shared" >&2
+done
 for dll in Sudo.Torch Sudo.Data Sudo.Models Sudo.Diffusion Apache.Arrow; do
   sharpfuzz "$app/$dll.dll" >/dev/null
 done
 driver="$out/libfuzzer-dotnet.$$"
 "$clangxx" -O1 -g -fsanitize=fuzzer "$root/tools/Sudo.Fuzz/driver/libfuzzer_dotnet.cc" -o "$driver"
 
-[ "${targets[0]}" = all ] && mapfile -t targets < <("$app/Sudo.Fuzz" list | awk '{print $1}')
 cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 [ -f "$out/results.tsv" ] || printf 'date\ttarget\tseconds\texecutions\texec_per_s\tcoverage\tfeatures\tcorpus\tcrashes\tcpu\n' >"$out/results.tsv"
 status=0
 for t in "${targets[@]}"; do
   corpus="$out/corpus/$t"; crashes="$out/crashes/$t"
   mkdir -p "$corpus" "$crashes"
-  "$app/Sudo.Fuzz" seeds "$t" "$out/seeds/$t" --shared "$shared" >&2
   echo "fuzz: $t for $minutes min" >&2
   start=$(date +%s)
   set +e
