@@ -45,6 +45,8 @@ public class KillTests
                 return [.. common, "--dataset_name", Pairs(), "--max_train_steps", "24", "--lora_rank", "2"];
             case "dpo-full":
                 return [.. common, "--dataset_name", Pairs(), "--max_train_steps", "16"];
+            case "ddp-lora":   // two ranks under sudoml launch (Gloo); a kill takes the launcher and both ranks, as a lost node
+                return [.. common, "--dataset_name", Pairs(), "--max_train_steps", "10", "--lora_rank", "2"];
             case "spo":
                 var prompts = Path.Combine(_root, "prompts.txt");
                 File.WriteAllLines(prompts, ["a red fox", "a blue bird", "a green frog", "two yellow squares"]);
@@ -71,10 +73,12 @@ public class KillTests
         return dll;
     }
 
-    private static Process Start(string[] flags, string output)
+    /// <summary>`sudoml train` with the flags; with <paramref name="ranks"/> 2, under `sudoml launch --nproc_per_node 2`.</summary>
+    private static Process Start(string[] flags, string output, int ranks = 1)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in (string[])[Cli(), "--torch-threads", "1", "--blas-threads", "1", "train", .. flags, "--output_dir", output])
+        string[] train = [Cli(), "--torch-threads", "1", "--blas-threads", "1", "train", .. flags, "--output_dir", output];
+        foreach (var a in ranks == 1 ? train : [Cli(), "launch", "--nproc_per_node", $"{ranks}", "--master_port", $"{Shared.FreePort()}", "--", "dotnet", .. train])
             psi.ArgumentList.Add(a);
         var p = Process.Start(psi)!;
         p.OutputDataReceived += (_, _) => { };
@@ -84,9 +88,9 @@ public class KillTests
         return p;
     }
 
-    private static void RunToEnd(string[] flags, string output)
+    private static void RunToEnd(string[] flags, string output, int ranks = 1)
     {
-        using var p = Start(flags, output);
+        using var p = Start(flags, output, ranks);
         Assert.That(p.WaitForExit(TimeSpan.FromMinutes(5)), Is.True, "the run did not finish in 5 minutes");
         Assert.That(p.ExitCode, Is.EqualTo(0), $"sudoml train exited {p.ExitCode}");
     }
@@ -117,17 +121,34 @@ public class KillTests
         return complete.Count;
     }
 
+    /// <summary>Each scenario's uninterrupted run (final weight hashes, seconds), made once per test process.</summary>
+    private static readonly Dictionary<string, (Dictionary<string, string> weights, double seconds)> Straight = new();
+
+    private (Dictionary<string, string> weights, double seconds) StraightRun(string scenario, string[] flags, int ranks)
+    {
+        if (Straight.TryGetValue(scenario, out var known)) return known;
+        var output = Path.Combine(_root, "straight");
+        var sw = Stopwatch.StartNew();
+        RunToEnd(flags, output, ranks);
+        return Straight[scenario] = (FinalWeights(output), sw.Elapsed.TotalSeconds);
+    }
+
+    private static int Ranks(string scenario)
+    {
+        if (!scenario.StartsWith("ddp", StringComparison.Ordinal)) return 1;
+        if (!Sudo.Torch.ProcessGroup.Available()) Assert.Ignore("the shim was built without c10d/Gloo");
+        return 2;
+    }
+
     [TestCase("dpo-lora")]
     [TestCase("dpo-full")]
     [TestCase("spo")]
+    [TestCase("ddp-lora")]
     public void KilledAgainAndAgainResumesToTheSameWeights(string scenario)
     {
         var flags = Flags(scenario);
-        var straight = Path.Combine(_root, "straight");
-        var sw = Stopwatch.StartNew();
-        RunToEnd(flags, straight);
-        var runSeconds = sw.Elapsed.TotalSeconds;
-        var expected = FinalWeights(straight);
+        var ranks = Ranks(scenario);
+        var (expected, runSeconds) = StraightRun(scenario, flags, ranks);
 
         var chain = Path.Combine(_root, "chain");
         var rng = new Random(20261130 ^ scenario.GetHashCode(StringComparison.Ordinal));
@@ -135,7 +156,7 @@ public class KillTests
         var stepsAtKill = new List<int>();
         while (kills < Kills)
         {
-            using var p = Start(flags, chain);
+            using var p = Start(flags, chain, ranks);
             // Uniform over the start-up and the first part of the steps: most kills land after some progress, some during
             // loading, and with a checkpoint after every step many during a write.
             var delay = TimeSpan.FromSeconds(runSeconds * (0.35 + 0.55 * rng.NextDouble()));
@@ -164,10 +185,59 @@ public class KillTests
             stepsAtKill.Add(Sudo.Training.TrainingRun.Latest(chain) is { } l ? int.Parse(Path.GetFileName(l)["checkpoint-".Length..]) : 0);
             Assert.That(n, Is.LessThanOrEqualTo(3), "checkpoints_total_limit 3 holds after a kill");
         }
-        RunToEnd(flags, chain);
+        RunToEnd(flags, chain, ranks);
         var got = FinalWeights(chain);
         TestContext.Out.WriteLine($"{scenario}: uninterrupted run {runSeconds:F1} s; {kills} kills ({midWrite} during a checkpoint write, latest checkpoint at each kill: {string.Join(" ", stepsAtKill)}), {finishedEarly} runs finished before their kill; final weights {(got.SequenceEqual(expected) ? "bit-identical" : "DIFFERENT")}");
         Assert.That(got, Is.EqualTo(expected), "the resumed chain ends on other bytes than the uninterrupted run");
         Assert.That(Directory.EnumerateDirectories(chain, ".tmp-checkpoint-*"), Is.Empty, "a finished run leaves no temporary checkpoint folders");
     }
+
+    /// <summary>One rank of a two-rank run killed (SIGKILL) after its first checkpoint, as a crashed or OOM-killed worker:
+    /// the launcher must notice, stop the surviving rank within its grace period (it would otherwise wait in a collective
+    /// for a peer that is gone) and exit non-zero; the job then resumes from its latest checkpoint to the same bytes as an
+    /// uninterrupted run.</summary>
+    [Test]
+    public void AKilledRankStopsTheJobAndTheJobResumesToTheSameWeights()
+    {
+        var flags = Flags("ddp-lora");
+        var ranks = Ranks("ddp-lora");
+        var (expected, _) = StraightRun("ddp-lora", flags, ranks);
+
+        var chain = Path.Combine(_root, "chain");
+        using (var p = Start(flags, chain, ranks))
+        {
+            var until = DateTime.UtcNow + TimeSpan.FromMinutes(2);
+            while (!p.HasExited && DateTime.UtcNow < until && Sudo.Training.TrainingRun.Latest(chain) is null) Thread.Sleep(20);
+            Assert.That(p.HasExited, Is.False, "the run ended before its first checkpoint");
+            var rank1 = ChildWithEnvironment(p.Id, "RANK=1");
+            Assert.That(rank1, Is.Not.Null, "rank 1's process was not found among the launcher's children");
+            using (var victim = Process.GetProcessById(rank1!.Value)) victim.Kill();   // SIGKILL, rank 1 only
+            var sw = Stopwatch.StartNew();
+            Assert.That(p.WaitForExit(TimeSpan.FromSeconds(60)), Is.True, "the launcher still runs 60 s after a rank died");
+            TestContext.Out.WriteLine($"ddp: rank 1 killed; the launcher exited {p.ExitCode} after {sw.Elapsed.TotalSeconds:F1} s");
+            Assert.That(p.ExitCode, Is.Not.EqualTo(0), "a job that lost a rank must not report success");
+        }
+        CheckCheckpoints(chain);
+        RunToEnd(flags, chain, ranks);
+        Assert.That(FinalWeights(chain), Is.EqualTo(expected), "the resumed job ends on other bytes than the uninterrupted run");
+    }
+
+    /// <summary>The pid of a child of <paramref name="parent"/> whose environment holds <paramref name="entry"/> (Linux /proc).</summary>
+    private static int? ChildWithEnvironment(int parent, string entry)
+    {
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), out var pid)) continue;
+            try
+            {
+                var stat = File.ReadAllText(Path.Combine(dir, "stat"));
+                var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');   // after "pid (comm) ": state, ppid, ...
+                if (int.Parse(fields[1], System.Globalization.CultureInfo.InvariantCulture) != parent) continue;
+                if (File.ReadAllText(Path.Combine(dir, "environ")).Split('\0').Contains(entry)) return pid;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException) { }
+        }
+        return null;
+    }
+
 }
