@@ -113,7 +113,10 @@ public sealed class ParquetShard : TableShard
                 // column, of a type Sudo does not read (found by scripts/fuzz.sh parquet).
                 try { logical = c.LogicalType; }
                 catch (ArgumentOutOfRangeException) { logical = null; }
-                var kind = (c.PhysicalType, logical) switch
+                // A repeated column (a list) is not a column Sudo reads; ParquetSharp refuses to read a repeated leaf outside a
+                // LIST/MAP group with a plain System.Exception (found by scripts/fuzz.sh parquet).
+                var repeated = c.MaxRepetitionLevel > 0;
+                var kind = repeated ? ColumnKind.Other : (c.PhysicalType, logical) switch
                 {
                     (PhysicalType.Double, _) => ColumnKind.Float64,
                     (PhysicalType.Int64, NoneLogicalType or IntLogicalType { BitWidth: 64 }) => ColumnKind.Int64,
@@ -125,6 +128,7 @@ public sealed class ParquetShard : TableShard
                     : logical is null ? $"{c.PhysicalType.ToString().ToUpperInvariant()} (a logical type ParquetSharp does not know)"
                     : $"{c.PhysicalType.ToString().ToUpperInvariant()} {logical}";
                 if (c.PhysicalType == PhysicalType.ByteArray && logical is StringLogicalType) type = "string (BYTE_ARRAY UTF8)";
+                if (repeated) type = $"repeated {type}";
                 _columns[name] = (kind, type);
             }
             _rows = new long[md.NumRowGroups];
@@ -194,9 +198,10 @@ public sealed class ParquetShard : TableShard
                 using var reader = col.LogicalReader<T>();
                 return reader.ReadAll(checked((int)_shard._rows[_block]));
             }
-            catch (Exception e) when (e is ParquetException or ArgumentException)
+            catch (Exception e) when (e is ParquetException or ArgumentException || e.GetType() == typeof(Exception))
             {
-                // ArgumentException: ParquetSharp's ReadAll found fewer values than the row group's metadata promised
+                // ArgumentException: ParquetSharp's ReadAll found fewer values than the row group's metadata promised;
+                // a plain Exception: ParquetSharp's own schema checks when it builds a reader
                 throw new InvalidDataException($"{_shard.Name}: cannot read column '{column}' of row group {_block}: {FirstLine(e.Message)} (file {_shard.Path})", e);
             }
         }

@@ -154,6 +154,44 @@ public class FuzzTests
         }
     }
 
+    /// <summary>The second parquet finding (libFuzzer, 635 k inputs): a top-level column whose repetition is REPEATED,
+    /// not inside a LIST group. ParquetSharp threw a plain System.Exception ("found a repeated node ... not the child of a
+    /// valid list or map annotated group") when the column was read. Rebuilt from scratch: the OPTIONAL repetition
+    /// (thrift compact 0x25 0x02) of a ParquetSharp-written column becomes REPEATED (0x25 0x04). The shard opens, the column
+    /// is listed as repeated and refused by name, and the other columns read.</summary>
+    [Test]
+    public void ParquetRepeatedTopLevelColumnIsListedAndRefusedByName()
+    {
+        var path = Path.Combine(Path.GetTempPath(), $"sudo-repeated-{Guid.NewGuid():N}.parquet");
+        try
+        {
+            using (var w = new ParquetSharp.ParquetFileWriter(path, [new ParquetSharp.Column<string>("caption"), new ParquetSharp.Column<double?>("score")]))
+            {
+                using var rg = w.AppendRowGroup();
+                using (var c = rg.NextColumn().LogicalWriter<string>()) c.WriteBatch(["a red square", "two blue circles"]);
+                using (var c = rg.NextColumn().LogicalWriter<double?>()) c.WriteBatch([0.25, null]);
+                w.Close();
+            }
+            var bytes = File.ReadAllBytes(path);
+            var element = new byte[] { 0x25, 0x02, 0x18, 0x05 }.Concat(Encoding.ASCII.GetBytes("score")).ToArray();
+            var at = bytes.AsSpan().IndexOf(element);
+            Assert.That(at, Is.GreaterThan(0), "the score column's schema element (OPTIONAL, name) was not found in the footer");
+            bytes[at + 1] = 0x04;
+            File.WriteAllBytes(path, bytes);
+
+            using var shard = Sudo.Data.TableShard.Open(path);
+            Assert.That(shard.Columns["score"].kind, Is.EqualTo(Sudo.Data.ColumnKind.Other));
+            Assert.That(shard.Columns["score"].type, Does.StartWith("repeated"));
+            Assert.That(() => shard.ReadFloat64(0, "score"), Throws.InstanceOf<InvalidDataException>().With.Message.Contains("score"));
+            Assert.That(shard.ReadString(0, "caption"), Is.EqualTo(new[] { "a red square", "two blue circles" }));
+            Assert.That(Rounds.RunOne(FuzzTargets.Get("parquet"), File.ReadAllBytes(path), out _)?.Error, Is.Null);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
     /// <summary>The libFuzzer finding (scripts/fuzz.sh arrow): a schema whose field is its own descendant made Apache.Arrow
     /// recurse until the stack overflowed, killing the process. The check refuses nesting deeper than
     /// ArrowSchemaCheck.MaxDepth before Apache.Arrow reads the schema (a cycle is infinitely deep): shown here on
