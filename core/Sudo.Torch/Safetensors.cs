@@ -279,7 +279,10 @@ public static class safetensors
         var root = JsonInput.ReadObject(indexPath);
         if (root["weight_map"] is not JsonObject map) throw new InvalidDataException($"{indexPath}: no weight_map object");
         var dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(indexPath))!;
-        var byFile = map.GroupBy(kv => (string?)kv.Value ?? throw new InvalidDataException($"{indexPath}: weight_map['{kv.Key}'] is not a file name"));
+        // A value that is not a string (an object, a number, null) is a named error; the explicit (string?) conversion threw
+        // InvalidOperationException on an object (found by scripts/fuzz.sh safetensors-index).
+        var byFile = map.GroupBy(kv => kv.Value is JsonValue v && v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>()
+            : throw new InvalidDataException($"{indexPath}: weight_map['{kv.Key}'] is not a file name (got {kv.Value?.ToJsonString() ?? "null"})"));
         var result = new Dictionary<string, Tensor>();
         try
         {
