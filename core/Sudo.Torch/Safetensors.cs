@@ -282,7 +282,7 @@ public static class safetensors
         // A value that is not a string (an object, a number, null) is a named error; the explicit (string?) conversion threw
         // InvalidOperationException on an object (found by scripts/fuzz.sh safetensors-index).
         var byFile = map.GroupBy(kv => kv.Value is JsonValue v && v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>()
-            : throw new InvalidDataException($"{indexPath}: weight_map['{kv.Key}'] is not a file name (got {kv.Value?.ToJsonString() ?? "null"})"));
+            : throw new InvalidDataException($"{indexPath}: weight_map['{kv.Key}'] is not a file name (got a JSON {kv.Value?.GetValueKind().ToString().ToLowerInvariant() ?? "null"})"));
         var result = new Dictionary<string, Tensor>();
         try
         {
