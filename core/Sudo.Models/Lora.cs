@@ -25,11 +25,12 @@ public sealed class LoraAdapter : nn.IAdapter, IDisposable
         : this([rank, layer.in_features], [layer.out_features, rank], layer.weight.device, rank, alpha, init, generator) { }
 
     public LoraAdapter(nn.Conv2d layer, int rank, double alpha, string init, Generator? generator)
-        : this([rank, layer.weight.size(1), layer.weight.size(2), layer.weight.size(3)], [layer.weight.size(0), rank, 1, 1], layer.weight.device, rank, alpha, init, generator)
-    {
-        if (layer.groups != 1) throw new NotSupportedException($"LoRA on a grouped convolution (groups {layer.groups}) is not supported");
-        _conv = layer;
-    }
+        : this(ConvShapeA(layer, rank), [layer.weight.size(0), rank, 1, 1], layer.weight.device, rank, alpha, init, generator) => _conv = layer;
+
+    /// <summary>lora_A's shape for a convolution, checked before anything is allocated.</summary>
+    private static long[] ConvShapeA(nn.Conv2d layer, int rank) => layer.groups == 1
+        ? [rank, layer.weight.size(1), layer.weight.size(2), layer.weight.size(3)]
+        : throw new NotSupportedException($"LoRA on a grouped convolution (groups {layer.groups}) is not supported");
 
     private LoraAdapter(long[] aShape, long[] bShape, Device dev, int rank, double alpha, string init, Generator? generator)
     {
