@@ -179,22 +179,24 @@ let benchSide (o: Sudo.Bench.SideOptions) =
     printfn "%s" (r.ToJsonString())
     0
 
-let benchCompare (full: bool) (only: string list) (configJson: string) (trainRuns: int) (sampleRuns: int) (fullRuns: int) (refEnv: string option) (out: string option) (avx2: bool) =
+let benchCompare (full: bool) (only: string list) (configJson: string) (trainRuns: int) (sampleRuns: int) (fullRuns: int) (refEnv: string option) (out: string option) (avx2: bool) (refMalloc: string) =
     let shared = Environment.GetEnvironmentVariable "SUDO_SHARED" |> Option.ofObj |> Option.defaultValue "../shared"
     let sd15 = if isNull configJson then IO.Path.Combine(shared, "golden", "keys", "sd15_unet_config.json") else configJson
+    Sudo.Bench.CompareBench.RefAllocatorEnvironment refMalloc |> ignore // a bad name or a missing library stops here, before any run
     let info = Library.Info()
-    printfn "bench compare | %s [%s]%s | libtorch %s | torch threads %d, BLAS threads %d | %s" info.Cpu.Model info.Cpu.Summary
-        (if avx2 then " emulating AVX2-only kernels" else "") info.TorchVersion info.TorchThreads info.BlasThreads (DateTime.UtcNow.ToString("yyyy-MM-dd"))
+    printfn "bench compare | %s [%s]%s | libtorch %s | torch threads %d, BLAS threads %d | PyTorch allocator %s | %s" info.Cpu.Model info.Cpu.Summary
+        (if avx2 then " emulating AVX2-only kernels" else "") info.TorchVersion info.TorchThreads info.BlasThreads refMalloc (DateTime.UtcNow.ToString("yyyy-MM-dd"))
     let workloads = Sudo.Bench.CompareBench.Workloads(full, sd15, trainRuns, sampleRuns, fullRuns, only)
-    let rows = Sudo.Bench.CompareBench.Compare(selfArgv (), workloads, Option.toObj refEnv, Action<string>(eprintfn "%s"), avx2)
+    let rows = Sudo.Bench.CompareBench.Compare(selfArgv (), workloads, Option.toObj refEnv, Action<string>(eprintfn "%s"), avx2, refMalloc)
     printf "%s" (Sudo.Bench.CompareBench.Table rows)
     out |> Option.iter (fun f -> AtomicFile.WriteAllText(f, JsonSerializer.Serialize(rows, JsonSerializerOptions(WriteIndented = true))))
     if rows.Count = 0 then 1 else 0
 
-let benchProfile (o: Sudo.Bench.SideOptions) (outDir: string) (refEnv: string option) (top: int) =
+let benchProfile (o: Sudo.Bench.SideOptions) (outDir: string) (refEnv: string option) (top: int) (refMalloc: string) =
+    Sudo.Bench.CompareBench.RefAllocatorEnvironment refMalloc |> ignore
     let script = IO.Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "bench", "reference", "profile_ref.py") |> IO.Path.GetFullPath
     let script = if IO.File.Exists script then script else IO.Path.GetFullPath(IO.Path.Combine("bench", "reference", "profile_ref.py"))
-    printf "%s" (Sudo.Bench.CompareBench.Profile(o, outDir, Option.toObj refEnv, script, top, Action<string>(eprintfn "%s")))
+    printf "%s" (Sudo.Bench.CompareBench.Profile(o, outDir, Option.toObj refEnv, script, top, Action<string>(eprintfn "%s"), refMalloc))
     printfn "tables in %s" outDir
     0
 

@@ -25,6 +25,7 @@ type BenchArgs =
     | [<CustomCommandLine("--out")>] B_Out of string
     | [<CustomCommandLine("--top")>] B_Top of int
     | [<CustomCommandLine("--emulate-avx2")>] B_Emulate_Avx2
+    | [<CustomCommandLine("--ref-malloc")>] B_Ref_Malloc of string
     | [<CustomCommandLine("--steps")>] B_Steps of int
     | [<CustomCommandLine("--every")>] B_Every of int
     | [<CustomCommandLine("--model")>] B_Model of string
@@ -50,6 +51,7 @@ type BenchArgs =
             | B_Out _ -> "compare: write the rows as JSON here; profile: folder of the tables (default runs/profile)."
             | B_Top _ -> "profile: ops per table (default 30)."
             | B_Emulate_Avx2 -> "compare: both sides use the kernels of an AVX2-only CPU (ATen, OpenBLAS, oneDNN) on a newer CPU."
+            | B_Ref_Malloc _ -> "compare/profile: the PyTorch side's allocator: glibc (default, a plain python), tcmalloc or jemalloc (preloaded as PyTorch's torch.backends.xeon.run_cpu launcher does)."
             | B_Steps _ -> "soak: training steps (default 10000)."
             | B_Every _ -> "soak: steps between samples of RSS and live tensors (default 100)."
             | B_Model _ -> "soak: the pipeline folder (default assets/world/base, the shipped shapes-world base)."
@@ -416,10 +418,11 @@ let main argv =
                 Commands.benchCompare (a.Contains B_Full) only (a.GetResult(B_Config_Json, defaultValue = null))
                     (a.GetResult(B_Train_Runs, defaultValue = 7)) (a.GetResult(B_Sample_Runs, defaultValue = 3))
                     (a.GetResult(B_Full_Runs, defaultValue = 1)) (a.TryGetResult B_Ref_Env) (a.TryGetResult B_Out) (a.Contains B_Emulate_Avx2)
+                    (a.GetResult(B_Ref_Malloc, defaultValue = "glibc"))
             | [ "profile" ] | [ "profile"; _ ] as t ->
                 let config = match t with [ _; c ] -> c | _ -> "small"
                 Commands.benchProfile (side config (if config = "small" then 8 else 2)) (a.GetResult(B_Out, defaultValue = "runs/profile"))
-                    (a.TryGetResult B_Ref_Env) (a.GetResult(B_Top, defaultValue = 30))
+                    (a.TryGetResult B_Ref_Env) (a.GetResult(B_Top, defaultValue = 30)) (a.GetResult(B_Ref_Malloc, defaultValue = "glibc"))
             | other ->
                 eprintfn "sudoml bench: unknown target '%s' (expected: engine, unet, sample, train, data, ddp, soak, compare, profile, side)" (String.Join(" ", other))
                 2

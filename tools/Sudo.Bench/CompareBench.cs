@@ -234,6 +234,44 @@ public static class CompareBench
         ["DNNL_MAX_CPU_ISA"] = "AVX2",
     };
 
+    /// <summary>The memory allocators the PyTorch side can run with, as PyTorch's own CPU launcher sets them
+    /// (<c>torch/backends/xeon/run_cpu.py</c>, <c>_Launcher.set_memory_allocator</c>): <c>glibc</c> (what a plain
+    /// <c>python</c> gets), <c>tcmalloc</c> (the launcher's default: libtcmalloc preloaded) and <c>jemalloc</c> (preloaded,
+    /// with the launcher's <c>MALLOC_CONF</c>). Both preloaded allocators keep freed memory for reuse instead of returning
+    /// it to the kernel at once, which is the page-fault cost the default pays (docs/performance.md).</summary>
+    public static readonly string[] RefAllocators = ["glibc", "tcmalloc", "jemalloc"];
+
+    /// <summary>run_cpu.py's MALLOC_CONF for JeMalloc.</summary>
+    public const string JemallocConf = "oversize_threshold:1,background_thread:true,metadata_thp:auto";
+
+    /// <summary>The environment that gives the PyTorch side <paramref name="allocator"/> (one of <see cref="RefAllocators"/>),
+    /// the library looked up in <paramref name="libraryDirs"/> (default: the system's library folders, where Debian's
+    /// libgoogle-perftools4 and libjemalloc2 put them).</summary>
+    public static IReadOnlyDictionary<string, string> RefAllocatorEnvironment(string allocator, IEnumerable<string>? libraryDirs = null)
+    {
+        if (!RefAllocators.Contains(allocator))
+            throw new ArgumentException($"bench: unknown --ref-malloc '{allocator}' (expected one of {string.Join(", ", RefAllocators)})");
+        if (allocator == "glibc") return new Dictionary<string, string>();
+        var (lib, package) = allocator == "tcmalloc" ? ("libtcmalloc.so", "libgoogle-perftools4") : ("libjemalloc.so", "libjemalloc2");
+        var dirs = libraryDirs ?? ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib", "/usr/local/lib", "/usr/lib64"];
+        // The unversioned name first (a -dev package's link), then the runtime's lib*.so.N.
+        var found = dirs.Where(Directory.Exists)
+            .SelectMany(d => new[] { Path.Combine(d, lib) }.Concat(Directory.EnumerateFiles(d, lib + ".*").Order(StringComparer.Ordinal)))
+            .FirstOrDefault(File.Exists)
+            ?? throw new FileNotFoundException($"bench: --ref-malloc {allocator} needs {lib} (Debian: apt-get install {package}); looked in {string.Join(", ", dirs)}");
+        var env = new Dictionary<string, string> { ["LD_PRELOAD"] = found };
+        if (allocator == "jemalloc") env["MALLOC_CONF"] = JemallocConf;
+        return env;
+    }
+
+    private static Dictionary<string, string>? Merge(IReadOnlyDictionary<string, string>? a, IReadOnlyDictionary<string, string> b)
+    {
+        if (a is null && b.Count == 0) return null;
+        var m = new Dictionary<string, string>(a ?? new Dictionary<string, string>());
+        foreach (var (k, v) in b) m[k] = v;
+        return m;
+    }
+
     /// <summary>Where the PyTorch reference lives: SUDO_REF_ENV (an env.sh of ../shared/ref/setup_ref.sh) or
     /// /tmp/ref/env.sh, and bench_ref.py under SUDO_SHARED/ref.</summary>
     public static (string? env, string shared) Reference(string? refEnv)
@@ -244,11 +282,13 @@ public static class CompareBench
     }
 
     /// <summary>Runs every workload on both sides (Sudo in a child process of <paramref name="self"/>, PyTorch
-    /// through bench_ref.py when the reference exists) with the same torch and BLAS thread counts.</summary>
+    /// through bench_ref.py when the reference exists) with the same torch and BLAS thread counts; the PyTorch side
+    /// with <paramref name="refAllocator"/> (<see cref="RefAllocators"/>; Sudo always uses its own caching allocator).</summary>
     public static List<Row> Compare(string[] self, IEnumerable<(string name, SideOptions options)> workloads, string? refEnv, Action<string> log,
-        bool emulateAvx2 = false)
+        bool emulateAvx2 = false, string refAllocator = "glibc")
     {
         var env2 = emulateAvx2 ? Avx2Environment : null;
+        var torchEnv = Merge(env2, RefAllocatorEnvironment(refAllocator));
         var (env, shared) = Reference(refEnv);
         var benchRef = Path.Combine(shared, "ref", "bench_ref.py");
         var info = Library.Info();
@@ -263,9 +303,9 @@ public static class CompareBench
             JsonObject? torchSide = null;
             if (env != null && File.Exists(benchRef))
             {
-                log($"bench compare: {name}: PyTorch (torch threads {threads}, OPENBLAS_NUM_THREADS {blas})");
+                log($"bench compare: {name}: PyTorch (torch threads {threads}, OPENBLAS_NUM_THREADS {blas}, allocator {refAllocator})");
                 var cmd = $". '{env}' && OPENBLAS_NUM_THREADS={blas} \"$PY\" '{benchRef}' {string.Join(' ', SideArgs(o).Select(a => "'" + a + "'"))} --threads {threads}";
-                torchSide = RunChild("bash", ["-c", cmd], env2, log);
+                torchSide = RunChild("bash", ["-c", cmd], torchEnv, log);
             }
             rows.AddRange(Rows(name, sudo, torchSide));
         }
@@ -276,8 +316,10 @@ public static class CompareBench
     /// and one forward+backward of the workload's UNet after two warm-up passes; written as sudo_fwd.tsv and
     /// sudo_fwd_bwd.tsv in <paramref name="outDir"/>, with bench/reference/profile_ref.py's torch_*.tsv beside them
     /// when the reference exists. Returns the comparison text (largest self times first).</summary>
-    public static string Profile(SideOptions o, string outDir, string? refEnv, string? profileRefScript, int top, Action<string> log)
+    public static string Profile(SideOptions o, string outDir, string? refEnv, string? profileRefScript, int top, Action<string> log,
+        string refAllocator = "glibc")
     {
+        var torchEnv = Merge(null, RefAllocatorEnvironment(refAllocator));
         Directory.CreateDirectory(outDir);
         var cfg = Config(o);
         manual_seed(0);
@@ -310,7 +352,7 @@ public static class CompareBench
             if (o.size is int sz) args.AddRange(["--size", sz.ToString(CultureInfo.InvariantCulture)]);
             if (o.grad_ckpt) args.Add("--grad-ckpt");
             var cmd = $". '{env}' && OPENBLAS_NUM_THREADS={info.BlasThreads} \"$PY\" '{profileRefScript}' {string.Join(' ', args.Select(a => "'" + a + "'"))}";
-            RunChild("bash", ["-c", cmd], null, log);
+            RunChild("bash", ["-c", cmd], torchEnv, log);
         }
         else log("bench profile: no PyTorch reference (env.sh or bench/reference/profile_ref.py missing); Sudo's tables only");
         var sb = new System.Text.StringBuilder();
