@@ -2,7 +2,8 @@
 # Installs the system packages Sudo needs, only when missing: libtorch-dev (libtorch 1.13 CPU), libgloo-dev (the
 # Gloo headers c10d's ProcessGroupGloo needs for distributed training), the
 # pthread OpenBLAS (Debian's reference BLAS is ~45x slower), cmake, g++, ccache, and the image codecs
-# (libturbojpeg0, libspng0), and the DejaVu fonts report figures are captioned with (fonts-dejavu-core). Idempotent and quiet when everything is there. As non-root it prints the
+# (libturbojpeg0, libspng0), the DejaVu fonts report figures are captioned with (fonts-dejavu-core), and strace (a
+# test watches the fsync calls of atomic writes with it). Idempotent and quiet when everything is there. As non-root it prints the
 # exact command instead of running it. With LIBTORCH=<dir> or LIBTORCH_USE_PYTORCH=1 (scripts/libtorch-choice.sh)
 # the system libtorch is not needed; on a machine without dpkg (not Debian/Ubuntu) it checks for the tools and
 # libraries by name and says what is missing instead of installing.
@@ -13,7 +14,7 @@ if ! command -v dotnet >/dev/null; then
   echo "setup: the .NET SDK (dotnet, net10.0) is not on PATH; install it first" >&2
   exit 1
 fi
-pkgs=(libopenblas0-pthread cmake g++ ccache libturbojpeg0 libspng0 fonts-dejavu-core)
+pkgs=(libopenblas0-pthread cmake g++ ccache libturbojpeg0 libspng0 fonts-dejavu-core strace)
 choice="$(bash "$root/scripts/libtorch-choice.sh")"
 read -r kind _ _ <<<"$choice"
 [ "$kind" = system ] && pkgs=(libtorch-dev libgloo-dev "${pkgs[@]}")

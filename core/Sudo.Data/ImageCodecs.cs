@@ -283,7 +283,7 @@ public static unsafe partial class ImageCodecs
         try
         {
             File.WriteAllBytes(tmp, bytes);
-            File.Move(tmp, full, overwrite: true);
+            Sudo.Torch.AtomicFile.MoveIntoPlace(tmp, full);
         }
         catch
         {

@@ -376,7 +376,7 @@ public static class TorchPickle
                         Record($"data/{i}", Bytes(storages[i]));
                     Record("version", "3\n"u8);
                 }
-                File.Move(tmp, full, overwrite: true);
+                AtomicFile.MoveIntoPlace(tmp, full);
             }
             catch
             {
