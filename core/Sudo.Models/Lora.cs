@@ -88,28 +88,74 @@ public sealed record LoraConfig(int r = 4, double lora_alpha = 4, string[]? targ
     public int RankFor(string module) => PatternKey(rank_pattern?.Keys, module) is { } k ? rank_pattern![k] : r;
     public double AlphaFor(string module) => PatternKey(alpha_pattern?.Keys, module) is { } k ? alpha_pattern![k] : lora_alpha;
 
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, System.Text.RegularExpressions.Regex> Patterns = new();
+    /// <summary>At most this many distinct rank_pattern / alpha_pattern keys of one config may be regular expressions
+    /// (PEFT configs hold a few; keys that are module names, with '.' as their only special character, are matched
+    /// without building one). Each compiled expression costs up to a few MB.</summary>
+    public const int MaxRegexKeys = 256;
 
-    private static string? PatternKey(IEnumerable<string>? keys, string module)
+    /// <summary>The longest rank_pattern / alpha_pattern key compiled as a regular expression (module names are ~100 characters).</summary>
+    public const int MaxRegexKeyLength = 1024;
+
+    // The compiled keys live as long as their config (a process that reads many configs must not keep them all:
+    // libFuzzer's lora-config run ran out of memory after 150 k configs with a process-wide cache, finding 26).
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<LoraConfig,
+        System.Collections.Concurrent.ConcurrentDictionary<string, System.Text.RegularExpressions.Regex>> Compiled = new();
+
+    private string? PatternKey(IEnumerable<string>? keys, string module)
     {
         if (keys == null) return null;
         foreach (var k in keys)
         {
-            if (module == k || module.EndsWith("." + k, StringComparison.Ordinal)) return k;
-            // A key is a regular expression (PEFT: "experts.*.w1"); NonBacktracking keeps a hostile config from taking
-            // exponential time.
-            if (Patterns.Count > 4096) Patterns.Clear();   // bounded: configs come and go in a long process
-            var re = Patterns.GetOrAdd(k, key =>
+            if (IsModuleName(k))
             {
-                try { return new System.Text.RegularExpressions.Regex($"^(?:.*\\.)?(?:{key})$", System.Text.RegularExpressions.RegexOptions.NonBacktracking | System.Text.RegularExpressions.RegexOptions.CultureInvariant); }
-                catch (Exception e) when (e is ArgumentException or NotSupportedException)
+                if (MatchesModuleName(k, module)) return k;
+                continue;
+            }
+            // A key with other special characters is a regular expression (PEFT: "experts.*.w1"); NonBacktracking keeps
+            // a hostile config from taking exponential time.
+            var cache = Compiled.GetValue(this, _ => new());
+            if (!cache.TryGetValue(k, out var re))
+            {
+                if (k.Length > MaxRegexKeyLength)
+                    throw new InvalidDataException($"LoRA config: a rank_pattern/alpha_pattern key of {k.Length} characters is longer than Sudo compiles ({MaxRegexKeyLength}): '{k[..64]}...'");
+                if (cache.Count >= MaxRegexKeys)
+                    throw new InvalidDataException($"LoRA config: more than {MaxRegexKeys} rank_pattern/alpha_pattern keys are regular expressions (expected module names or a few patterns)");
+                re = cache.GetOrAdd(k, key =>
                 {
-                    throw new InvalidDataException($"LoRA config: rank_pattern/alpha_pattern key '{key}' is not a regular expression Sudo can match ({e.Message})");
-                }
-            });
+                    try { return new System.Text.RegularExpressions.Regex($"^(?:.*\\.)?(?:{key})$", System.Text.RegularExpressions.RegexOptions.NonBacktracking | System.Text.RegularExpressions.RegexOptions.CultureInvariant); }
+                    catch (Exception e) when (e is ArgumentException or NotSupportedException)
+                    {
+                        throw new InvalidDataException($"LoRA config: rank_pattern/alpha_pattern key '{key}' is not a regular expression Sudo can match ({e.Message})");
+                    }
+                });
+            }
             if (re.IsMatch(module)) return k;
         }
         return null;
+    }
+
+    /// <summary>True when <paramref name="key"/> has no regular-expression syntax but '.' (a module name such as
+    /// "mid_block.attentions.0.proj_in").</summary>
+    private static bool IsModuleName(string key) => key.Length > 0 && key.AsSpan().IndexOfAny("\\^$|?*+()[]{}#") < 0 && !key.Any(char.IsWhiteSpace);
+
+    /// <summary>What the regular expression ^(?:.*\.)?(?:key)$ decides for a key that <see cref="IsModuleName"/>: '.' in the
+    /// key matches any character but '\n', the part before it is empty or ends in '.' and has no '\n', and '$' also
+    /// matches before a final '\n' (Python's re and .NET agree on all three).</summary>
+    private static bool MatchesModuleName(string key, string module)
+    {
+        bool At(int end)
+        {
+            int start = end - key.Length;
+            if (start < 0) return false;
+            for (int i = 0; i < key.Length; i++)
+            {
+                char c = module[start + i];
+                if (key[i] == '.' ? c == '\n' : c != key[i]) return false;
+            }
+            if (start == 0) return true;
+            return module[start - 1] == '.' && module.AsSpan(0, start - 1).IndexOf('\n') < 0;
+        }
+        return At(module.Length) || (module.Length > 0 && module[^1] == '\n' && At(module.Length - 1));
     }
 
     /// <summary>This config as PEFT writes it (adapter_config.json, and diffusers' lora_adapter_metadata).</summary>

@@ -78,6 +78,52 @@ public class LoraTests
         Assert.Throws<InvalidDataException>(() => regex.RankFor("a.to_q"));
     }
 
+    /// <summary>A key that is a module name ('.' its only special character) is matched without compiling it, and must decide
+    /// exactly as its regular expression ^(?:.*\.)?(?:key)$ does ('.' matches any character but a newline).</summary>
+    [Test]
+    public void ModuleNameKeysDecideAsTheirRegularExpression()
+    {
+        string[] keys = ["to_q", "attn2.to_q", "to_out.0", "0", "a.b.c", "."];
+        string[] modules = ["to_q", "x.to_q", "xto_q", "x.attn2.to_q", "xattn2.to_q", "attn2Xto_q", "y.attn2Xto_q", "to_out.0", "a.to_outX0",
+            "to_out\n0", "b.to_q\n", "b.to_q\n\n", "b\n.to_q", "b.\nto_q", "", "to_q.", ".to_q", "a.b.c", "a.a.b.c", "aXbXc", "0", "x.10", "x.0", ".", "\n"];
+        foreach (var key in keys)
+        {
+            var c = new LoraConfig(4, 4, rank_pattern: new Dictionary<string, int> { [key] = 7 });
+            var re = new System.Text.RegularExpressions.Regex($"^(?:.*\\.)?(?:{key})$");
+            foreach (var m in modules)
+                Assert.That(c.RankFor(m), Is.EqualTo(re.IsMatch(m) ? 7 : 4), $"key '{key}', module '{m.Replace("\n", "\\n")}'");
+        }
+    }
+
+    /// <summary>Finding 26 of RELIABILITY.md: compiled pattern keys were cached for the whole process (up to 4096 of them, a
+    /// few MB each), so a process reading many configs ran out of memory. They now live with their config, and a config
+    /// may hold at most <see cref="LoraConfig.MaxRegexKeys"/> of them.</summary>
+    [Test]
+    public void CompiledPatternKeysAreFreedWithTheirConfigAndBounded()
+    {
+        static long Heap()
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            GC.Collect();
+            return GC.GetTotalMemory(true);
+        }
+        static int Use(int i) => new LoraConfig(4, 4, rank_pattern: new Dictionary<string, int> { [$"blocks\\.{i}\\..*(to_q|to_k)"] = 2 })
+            .RankFor($"x.blocks.{i}.attn.to_q");
+        Assert.That(Use(0), Is.EqualTo(2));
+        var before = Heap();
+        for (int i = 1; i <= 200; i++) Use(i);
+        var grown = Heap() - before;
+        Assert.That(grown, Is.LessThan(16L << 20), $"200 configs read and dropped left {grown / 1e6:F1} MB behind");
+
+        var many = Enumerable.Range(0, LoraConfig.MaxRegexKeys + 1).ToDictionary(i => $"b{i}.*x", _ => 2);
+        var e = Assert.Throws<InvalidDataException>(() => new LoraConfig(4, 4, rank_pattern: many).RankFor("a.to_q"))!;
+        Assert.That(e.Message, Does.Contain($"more than {LoraConfig.MaxRegexKeys}"));
+        var names = Enumerable.Range(0, 5000).ToDictionary(i => $"down_blocks.{i}.to_q", i => 1 + i % 3);
+        Assert.That(new LoraConfig(4, 4, rank_pattern: names).RankFor("unet.down_blocks.4999.to_q"), Is.EqualTo(1 + 4999 % 3), "module-name keys need no compiling");
+        Assert.Throws<InvalidDataException>(() => new LoraConfig(4, 4, rank_pattern: new Dictionary<string, int> { [new string('a', 2000) + "*"] = 2 }).RankFor("a"));
+    }
+
     /// <summary>diffusers' get_peft_kwargs: r and lora_alpha are the most frequent values, the rest go to the patterns.</summary>
     [Test]
     public void ForModulesKeepsTheMostFrequentRankAndAlphaAsDefaults()
