@@ -26,7 +26,9 @@ public static partial class torch
         {
             /// <summary>fp32 scaled_dot_product_attention without a mask runs a blocked kernel (never holding the
             /// [.., L, S] scores; core/native/src/attention.cpp) once the scores would take this many bytes
-            /// (default 512 MiB: SD1.5's 4096-token self-attention at 512 px); 0 = always, long.MaxValue = never.</summary>
+            /// (default 512 MiB: SD1.5's 4096-token self-attention at 512 px) with gradients, four times as many without
+            /// (nothing is kept for backward then, and the composed ops are faster on some CPUs); 0 = always,
+            /// long.MaxValue = never.</summary>
             public static long blocked_attention_min_bytes
             {
                 get { Library.EnsureLoaded(); return Native.sudo_sdpa_blocked_min_bytes(-1); }

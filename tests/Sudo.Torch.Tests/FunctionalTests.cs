@@ -213,6 +213,42 @@ public class FunctionalTests
         }
     }
 
+    /// <summary>Without gradients nothing is kept for backward, so the blocked kernel starts at four times
+    /// blocked_attention_min_bytes (composed attention is faster there on Intel; attention.cpp has the figures).</summary>
+    [Test]
+    public void WithoutGradientsTheBlockedKernelStartsAtFourTimesTheBound()
+    {
+        if (F.fused_attention_available) Assert.Ignore("libtorch ≥ 2.1 runs its fused kernel at every size");
+        if (Environment.GetEnvironmentVariable("SUDO_SDPA") is { Length: > 0 } mode) Assert.Ignore($"SUDO_SDPA={mode} fixes the choice");
+        using var scope = NewDisposeScope();
+        using var g = new Generator(6);
+        // [B, h, L, d] views of [B, L, h·d] projections; the blocked kernel lays its output out as [B, L, h, E] memory.
+        Tensor Heads() => randn([1, 64, 16], g, float32).requires_grad_().view(1, 64, 2, 8).transpose(1, 2);
+        var (q, k, v) = (Heads(), Heads(), Heads());
+        static bool Blocked(Tensor o) => o.stride()[1] < o.stride()[2];
+        var threshold = backends.cpu.blocked_attention_min_bytes;
+        try
+        {
+            backends.cpu.blocked_attention_min_bytes = 16 << 10;   // the scores take 1·2·64·64·4 bytes = 32 KiB: 2× the bound
+            var withGrad = F.scaled_dot_product_attention(q, k, v);
+            Assert.That(Blocked(withGrad), Is.True, "with gradients: blocked from 1× the bound");
+            using (no_grad())
+            {
+                var without = F.scaled_dot_product_attention(q, k, v);
+                Assert.That(Blocked(without), Is.False, "without gradients: composed below 4× the bound");
+                Check.Close(without, withGrad.detach(), 1e-5, "composed and blocked agree");
+                backends.cpu.blocked_attention_min_bytes = 8 << 10;   // 32 KiB = 4× the bound
+                Assert.That(Blocked(F.scaled_dot_product_attention(q, k, v)), Is.True, "without gradients: blocked from 4× the bound");
+                backends.cpu.blocked_attention_min_bytes = long.MaxValue;
+                Assert.That(Blocked(F.scaled_dot_product_attention(q, k, v)), Is.False, "long.MaxValue: never");
+            }
+        }
+        finally
+        {
+            backends.cpu.blocked_attention_min_bytes = threshold;
+        }
+    }
+
     private static Tensor Rand(long[] shape, long seed)
     {
         using var g = new Generator(seed);
