@@ -136,7 +136,7 @@ public sealed record LoraConfig(int r = 4, double lora_alpha = 4, string[]? targ
 
     /// <summary>True when <paramref name="key"/> has no regular-expression syntax but '.' (a module name such as
     /// "mid_block.attentions.0.proj_in").</summary>
-    private static bool IsModuleName(string key) => key.Length > 0 && key.AsSpan().IndexOfAny("\\^$|?*+()[]{}#") < 0 && !key.Any(char.IsWhiteSpace);
+    private static bool IsModuleName(string key) => key.Length > 0 && key.AsSpan().IndexOfAny("\\^$|?*+()[]{}") < 0;
 
     /// <summary>What the regular expression ^(?:.*\.)?(?:key)$ decides for a key that <see cref="IsModuleName"/>: '.' in the
     /// key matches any character but '\n', the part before it is empty or ends in '.' and has no '\n', and '$' also

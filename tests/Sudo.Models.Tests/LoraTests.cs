@@ -83,9 +83,9 @@ public class LoraTests
     [Test]
     public void ModuleNameKeysDecideAsTheirRegularExpression()
     {
-        string[] keys = ["to_q", "attn2.to_q", "to_out.0", "0", "a.b.c", "."];
+        string[] keys = ["to_q", "attn2.to_q", "to_out.0", "0", "a.b.c", ".", "to q", "a#b"];
         string[] modules = ["to_q", "x.to_q", "xto_q", "x.attn2.to_q", "xattn2.to_q", "attn2Xto_q", "y.attn2Xto_q", "to_out.0", "a.to_outX0",
-            "to_out\n0", "b.to_q\n", "b.to_q\n\n", "b\n.to_q", "b.\nto_q", "", "to_q.", ".to_q", "a.b.c", "a.a.b.c", "aXbXc", "0", "x.10", "x.0", ".", "\n"];
+            "to_out\n0", "b.to_q\n", "b.to_q\n\n", "b\n.to_q", "b.\nto_q", "", "to_q.", ".to_q", "a.b.c", "a.a.b.c", "aXbXc", "0", "x.10", "x.0", ".", "\n", "x.to q", "to  q", "a#b", "c.a#b"];
         foreach (var key in keys)
         {
             var c = new LoraConfig(4, 4, rank_pattern: new Dictionary<string, int> { [key] = 7 });
