@@ -26,7 +26,7 @@ public static partial class torch
         {
             /// <summary>fp32 scaled_dot_product_attention without a mask runs a blocked kernel (never holding the
             /// [.., L, S] scores; core/native/src/attention.cpp) once the scores would take this many bytes
-            /// (default 512 MiB: SD1.5's 4096-token self-attention at 512 px) with gradients, four times as many without
+            /// (default 512 MiB: SD1.5's 4096-token self-attention at 512 px) with gradients, twice as many without
             /// (nothing is kept for backward then, and the composed ops are faster on some CPUs); 0 = always,
             /// long.MaxValue = never.</summary>
             public static long blocked_attention_min_bytes
