@@ -163,15 +163,13 @@ bool blocked_attention_applies(const at::Tensor& q, const at::Tensor& k, const a
   if (k.size(-1) != q.size(-1) || v.size(-2) != k.size(-2) || q.size(-2) == 0 || k.size(-2) == 0) return false;
   // Only where the scores would be large: below that the composed ops are as fast or faster and their memory small.
   // Without gradients (sampling, a frozen reference, the first pass of a checkpointed block) the composed ops keep
-  // nothing for backward and hold the scores (and the probabilities) only for the call, so the bound is twice as high:
-  // SD1.5's 4096-token self-attention at 512 px and batch 1 (512 MiB of scores) runs composed there, batch 2 (1 GiB)
-  // stays blocked. Forward alone, that attention (8 heads, d = 40, batch 1, one thread; bench/attention.fsx) took
-  // blocked/composed 1.79/0.92 s and 1.12/0.87 s with AVX-512 kernels, 1.90/1.46 s and 0.97/1.20 s with AVX2-only
-  // kernels on a noisy 2-core Intel Xeon @ 2.00 GHz VM; 0.59 s either way for N = 16 on the 2-core AMD EPYC above.
-  // A bound of 4x (batch 2 composed too) raised the full-size SD1.5 benchmark's peak RSS on that AMD EPYC from 18.9 to
-  // 20.8 GB (the frozen reference's batch-2 forward holds 1 GiB of scores and 1 GiB of probabilities per layer) and
-  // made no pass measurably faster (docs/performance.md). With gradients the blocked kernel is as fast and does not keep
-  // the probabilities for backward (3.4 GB at N = 16).
+  // nothing for backward, so the bound is twice as high: SD1.5's 4096-token self-attention at 512 px runs composed at
+  // batch 1 (512 MiB of scores) and blocked at batch 2 (1 GiB). Forward alone, batch 1 (8 heads, d = 40, one thread;
+  // bench/attention.fsx), blocked/composed took 1.79/0.92 s and 1.12/0.87 s with AVX-512 kernels, 1.90/1.46 s and
+  // 0.97/1.20 s with AVX2-only kernels on a noisy 2-core Intel Xeon @ 2.00 GHz VM; 0.59 s either way for N = 16 on the
+  // 2-core AMD EPYC above. A 4x bound (batch 2 composed too) cost 1.9 GB of full-size peak RSS there and no measurable
+  // time (docs/performance.md). With gradients the blocked kernel is as fast and keeps no probabilities for backward
+  // (3.4 GB at N = 16).
   const int64_t scores = q.numel() / q.size(-1) * k.size(-2);
   const bool grad = at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
   const int64_t min = g_min_bytes.load();
